@@ -1,0 +1,130 @@
+"""Parameter names: unwrap DDP and torch.compile wrappers, resolve tied aliases, suggest names.
+
+Every public function that takes ``params=`` (a module or a name -> tensor mapping) goes through
+:func:`named_parameters` so the same parameter gets the same name everywhere in gradscope.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ._errors import GradscopeError, UnknownParameterError
+
+__all__ = [
+    "ParamNames",
+    "describe",
+    "named_parameters",
+    "suggest",
+    "unwrap_module",
+]
+
+ParamsLike = nn.Module | Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
+
+
+def describe(obj: object) -> str:
+    """A short description of ``obj`` for error messages: its type and, for tensors, shape."""
+    if isinstance(obj, torch.Tensor):
+        return f"a tensor of shape {tuple(obj.shape)} ({obj.dtype})"
+    text = repr(obj)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(obj).__name__} {text}"
+
+
+def unwrap_module(module: nn.Module) -> nn.Module:
+    """The user's own module inside DDP, DataParallel and torch.compile wrappers."""
+    seen = 0
+    while seen < 16:
+        seen += 1
+        inner = getattr(module, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if isinstance(inner, nn.Module):
+            module = inner
+            continue
+        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            module = module.module
+            continue
+        break
+    return module
+
+
+@dataclass
+class ParamNames:
+    """Parameters by name, with tied parameters (one tensor, several names) resolved to one entry.
+
+    ``canonical`` maps every name, aliases included, to the first name the module gives that
+    tensor; ``params`` holds one tensor per canonical name, in module order.
+    """
+
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+    canonical: dict[str, str] = field(default_factory=dict)
+
+    def aliases(self, name: str) -> list[str]:
+        """Every name of the tensor that ``name`` refers to, the canonical one first."""
+        key = self.resolve(name)
+        return [alias for alias, target in self.canonical.items() if target == key]
+
+    def resolve(self, name: str) -> str:
+        """The canonical name for ``name``; raise a helpful error for an unknown one."""
+        try:
+            return self.canonical[name]
+        except KeyError:
+            raise UnknownParameterError(
+                f"no parameter named {name!r}{suggest(name, self.canonical)}"
+            ) from None
+
+    def name_of(self, tensor: torch.Tensor) -> str | None:
+        for name, param in self.params.items():
+            if param is tensor:
+                return name
+        return None
+
+
+def suggest(name: str, known: Iterable[str]) -> str:
+    """A ' (did you mean ...?)' suffix naming the closest known names, or the list of names."""
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    if close:
+        return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+    if not known:
+        return "; there are no parameters at all"
+    shown = ", ".join(repr(k) for k in known[:8])
+    more = f" and {len(known) - 8} more" if len(known) > 8 else ""
+    return f"; known names: {shown}{more}"
+
+
+def named_parameters(params: ParamsLike, *, argument: str = "params") -> ParamNames:
+    """Resolve ``params`` (a module, a mapping or (name, tensor) pairs) to a :class:`ParamNames`.
+
+    >>> names = named_parameters(nn.Linear(2, 1))
+    >>> list(names.params)
+    ['weight', 'bias']
+    """
+    if isinstance(params, nn.Module):
+        pairs: Iterable[tuple[str, torch.Tensor]] = unwrap_module(params).named_parameters(
+            remove_duplicate=False
+        )
+    elif isinstance(params, Mapping):
+        pairs = params.items()
+    elif isinstance(params, torch.Tensor) or not isinstance(params, Iterable):
+        raise GradscopeError(
+            f"{argument}= takes an nn.Module or a mapping of name -> tensor, "
+            f"not {describe(params)}; pass the model itself (e.g. {argument}=net) "
+            f"or dict(net.named_parameters())"
+        )
+    else:
+        pairs = params
+    names = ParamNames()
+    by_id: dict[int, str] = {}
+    for name, tensor in pairs:
+        if not isinstance(tensor, torch.Tensor):
+            raise GradscopeError(f"{argument}= entry {name!r} is {describe(tensor)}, not a tensor")
+        first = by_id.setdefault(id(tensor), name)
+        names.canonical[name] = first
+        if first == name:
+            names.params[name] = tensor
+    return names
