@@ -25,6 +25,7 @@ from ._assert_grads import (
     assert_no_grad,
 )
 from ._assert_update import assert_params_updated
+from ._assert_watch import assert_watch_finite
 
 __all__ = [
     "assert_all_params_have_grad",
@@ -34,4 +35,5 @@ __all__ = [
     "assert_grads_finite",
     "assert_no_grad",
     "assert_params_updated",
+    "assert_watch_finite",
 ]
