@@ -285,10 +285,41 @@ def _adam(draw: Any, params: list[torch.Tensor], decoupled: bool) -> torch.optim
     )
 
 
+@st.composite
+def _rmsprop(draw: Any, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    return torch.optim.RMSprop(
+        params,
+        lr=draw(_LR),
+        alpha=draw(st.sampled_from([0.9, 0.99])),
+        eps=draw(st.sampled_from([1e-8, 1e-6])),
+        weight_decay=draw(_DECAY),
+        momentum=draw(st.sampled_from([0.0, 0.9])),
+        centered=draw(st.booleans()),
+        maximize=draw(st.booleans()),
+        foreach=draw(st.booleans()),
+    )
+
+
+@st.composite
+def _adagrad(draw: Any, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    return torch.optim.Adagrad(
+        params,
+        lr=draw(_LR),
+        lr_decay=draw(st.sampled_from([0.0, 1e-3])),
+        weight_decay=draw(_DECAY),
+        initial_accumulator_value=draw(st.sampled_from([0.0, 0.1])),
+        eps=draw(st.sampled_from([1e-10, 1e-6])),
+        maximize=draw(st.booleans()),
+        foreach=draw(st.booleans()),
+    )
+
+
 def optimizers(params: nn.Module | Iterable[torch.Tensor]) -> st.SearchStrategy[Any]:
-    """Configured ``torch.optim`` optimizers over ``params``: SGD (momentum, dampening, nesterov,
-    weight decay, maximize), Adam and AdamW (amsgrad, weight decay, maximize), for-loop and
-    foreach implementations: the families ``gradscope.check_step`` has references for.
+    """Configured ``torch.optim`` optimizers over ``params`` (a module: its trainable ones).
+
+    The families ``gradscope.check_step`` has reference rules for: SGD (momentum, dampening,
+    nesterov), Adam and AdamW (amsgrad), RMSprop (centered, momentum) and Adagrad (lr decay),
+    each with weight decay, maximize, and the for-loop or foreach implementation.
     """
     if isinstance(params, nn.Module):
         chosen: list[torch.Tensor] = [p for p in params.parameters() if p.requires_grad]
@@ -300,4 +331,6 @@ def optimizers(params: nn.Module | Iterable[torch.Tensor]) -> st.SearchStrategy[
         chosen = list(params)
     if not chosen:
         raise GradscopeError("optimizers(): there are no trainable parameters to optimize")
-    return st.one_of(_sgd(chosen), _adam(chosen, False), _adam(chosen, True))
+    return st.one_of(
+        _sgd(chosen), _adam(chosen, False), _adam(chosen, True), _rmsprop(chosen), _adagrad(chosen)
+    )

@@ -16,6 +16,13 @@ import gradscope.testing as gt
 from gradscope import GradscopeError
 
 SETTINGS = settings(max_examples=30, deadline=None)
+FAMILIES = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+)
 
 
 def _loss(out: torch.Tensor) -> torch.Tensor:
@@ -98,7 +105,7 @@ def test_drawing_a_model_leaves_the_global_rng_alone() -> None:
 def test_drawn_optimizers_cover_the_trainable_parameters_and_step(data: st.DataObject) -> None:
     case = data.draw(gst.models(frozen_branch=True))
     opt = data.draw(gst.optimizers(case.module))
-    assert type(opt) in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+    assert type(opt) in FAMILIES
     trainable = [p for p in case.module.parameters() if p.requires_grad]
     assert [id(p) for p in opt.param_groups[0]["params"]] == [id(p) for p in trainable]
     opt.zero_grad()
@@ -107,7 +114,7 @@ def test_drawn_optimizers_cover_the_trainable_parameters_and_step(data: st.DataO
     assert all(bool(torch.isfinite(p).all()) for p in trainable)
 
 
-@pytest.mark.parametrize("family", [torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_every_optimizer_family_can_be_drawn(family: type) -> None:
     params = [torch.nn.Parameter(torch.zeros(2))]
     once = settings(database=None)
