@@ -37,11 +37,12 @@ class Failure:
     """One offending tensor: its name and shape, then what is wrong with it (numbers included)."""
 
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...] | None
     problem: str
 
     def line(self) -> str:
-        return f"  {self.name} {shape_text(self.shape)}: {self.problem}"
+        shape = "" if self.shape is None else " " + shape_text(self.shape)
+        return f"  {self.name}{shape}: {self.problem}"
 
 
 def shape_text(shape: Sequence[int]) -> str:
