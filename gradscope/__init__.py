@@ -8,8 +8,17 @@
 torch.Size([6])
 """
 
-from ._errors import GradientAssertionError, GradscopeError, GradscopeWarning, UnknownParameterError
+from ._errors import (
+    GradientAssertionError,
+    GradscopeError,
+    GradscopeWarning,
+    StepMismatch,
+    UnknownParameterError,
+)
 from ._lenet import LeNet
+from ._step_check import check_step
+from ._step_report import ParamCheck, StepReport
+from ._verify import verify_optimizer
 
 __version__ = "0.1.0"
 
@@ -18,6 +27,11 @@ __all__ = [
     "GradscopeError",
     "GradscopeWarning",
     "LeNet",
+    "ParamCheck",
+    "StepMismatch",
+    "StepReport",
     "UnknownParameterError",
     "__version__",
+    "check_step",
+    "verify_optimizer",
 ]

@@ -13,8 +13,13 @@ EXPECTED = {
     "GradscopeError",
     "GradscopeWarning",
     "LeNet",
+    "ParamCheck",
+    "StepMismatch",
+    "StepReport",
     "UnknownParameterError",
     "__version__",
+    "check_step",
+    "verify_optimizer",
 }
 
 
