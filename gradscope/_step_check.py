@@ -21,7 +21,7 @@ from torch.utils.hooks import RemovableHandle
 from ._errors import GradscopeError
 from ._naming import ParamNames, ParamsLike, describe, named_parameters
 from ._references import Reference, builtin_reference
-from ._step_compare import Snapshot, compare, reread_grads, take_snapshot
+from ._step_compare import Snapshot, compare, grads_after_closure, take_snapshot
 from ._step_report import StepReport
 
 __all__ = ["check_step", "resolve_inputs"]
@@ -59,17 +59,14 @@ def resolve_inputs(
     return optimizer, names, (label, reference)
 
 
-def _pre_hook(ref: weakref.ref[_StepCheck], _opt: object, args: Any, kwargs: Any) -> None:
+def _pre_hook(
+    ref: weakref.ref[_StepCheck], _opt: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
     check = ref()
-    if check is not None:
-        check._before_step()
-
-
-def _post_hook(ref: weakref.ref[_StepCheck], _opt: object, args: Any, kwargs: Any) -> None:
-    check = ref()
-    if check is not None:
-        closure = (bool(args) and args[0] is not None) or kwargs.get("closure") is not None
-        check._after_step(closure)
+    if check is None:
+        return None
+    snapshot = check._before_step()
+    return None if snapshot is None else grads_after_closure(snapshot, args, kwargs)
 
 
 class _StepCheck:
@@ -94,23 +91,19 @@ class _StepCheck:
     def _take(self) -> Snapshot:
         return take_snapshot(self._optimizer, self._names, with_state=self._ref is not None)
 
-    def _before_step(self) -> None:
+    def _before_step(self) -> Snapshot | None:
+        """Copy everything on the first step; the snapshot if it was just taken."""
         self._calls += 1
-        if self._snapshot is None and not self._manual:
-            self._snapshot = self._take()
-
-    def _after_step(self, with_closure: bool) -> None:
-        if with_closure and self._calls == 1 and self._snapshot is not None:
-            reread_grads(self._snapshot)  # the closure computed the gradients the step used
+        if self._snapshot is not None or self._manual:
+            return None
+        self._snapshot = self._take()
+        return self._snapshot
 
     def __enter__(self) -> StepReport:
         if self._manual:
             self._snapshot = self._take()
         me = weakref.ref(self)
-        self._handles = [
-            self._optimizer.register_step_pre_hook(functools.partial(_pre_hook, me)),
-            self._optimizer.register_step_post_hook(functools.partial(_post_hook, me)),
-        ]
+        self._handles = [self._optimizer.register_step_pre_hook(functools.partial(_pre_hook, me))]
         return self._report
 
     def __exit__(

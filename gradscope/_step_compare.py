@@ -20,7 +20,7 @@ from ._references import Reference
 from ._step_report import FAIL, OK, SKIPPED, UNCHECKED, ParamCheck, StepReport
 from ._tolerance import compute_dtype, tolerance
 
-__all__ = ["Snapshot", "compare", "reread_grads", "take_snapshot"]
+__all__ = ["Snapshot", "compare", "grads_after_closure", "take_snapshot"]
 
 
 @dataclass
@@ -37,6 +37,7 @@ class _Entry:
 class Snapshot:
     entries: list[_Entry]
     groups: list[dict[str, Any]]
+    grads_from_closure: bool = False
 
 
 def _copy(value: Any) -> Any:
@@ -80,10 +81,34 @@ def take_snapshot(
     return Snapshot(entries, groups)
 
 
-def reread_grads(snapshot: Snapshot) -> None:
-    """Take the gradients again (after ``step(closure)``, which computes them inside the step)."""
-    for entry in snapshot.entries:
-        entry.grad = _grad(entry.tensor)
+def grads_after_closure(
+    snapshot: Snapshot, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """For ``step(closure)``: new step arguments whose closure re-reads the gradients it made.
+
+    The closure runs backward inside the step, so the gradients the step uses exist only after
+    its first call. They are read right then: after the step they may be gone or changed
+    (torch's foreach SGD with Nesterov adds the momentum to ``p.grad`` in place). ``args``
+    holds the optimizer first, as a step pre-hook receives it. None when there is no closure.
+    """
+    if len(args) > 1 and args[1] is not None:
+        closure, rest = args[1], None
+    elif kwargs.get("closure") is not None:
+        closure, rest = kwargs["closure"], kwargs
+    else:
+        return None
+
+    def read_grads_after(*a: Any, **kw: Any) -> Any:
+        result = closure(*a, **kw)
+        if not snapshot.grads_from_closure:
+            snapshot.grads_from_closure = True
+            for entry in snapshot.entries:
+                entry.grad = _grad(entry.tensor)
+        return result
+
+    if rest is None:
+        return (args[0], read_grads_after, *args[2:]), kwargs
+    return args, {**rest, "closure": read_grads_after}
 
 
 def _num(value: Any) -> float | None:
@@ -96,8 +121,9 @@ def _real(t: Tensor, dtype: torch.dtype) -> Tensor:
     """``t`` in the reference's dtype; complex tensors as real views, as torch.optim treats them."""
     if t.is_sparse:
         t = t.to_dense()
-    t = t.to(dtype) if (t.is_floating_point() or t.is_complex()) else t
-    return torch.view_as_real(t) if t.is_complex() else t
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    return t.to(dtype) if t.is_floating_point() else t
 
 
 def _same(a: Tensor, b: Tensor) -> bool:

@@ -34,22 +34,21 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype a reference runs in: float32 for float16/bfloat16, the dtype itself otherwise.
+    """The real dtype a reference runs in: float32 for (b)float16, else the (real) dtype itself.
 
-    >>> compute_dtype(torch.bfloat16)
-    torch.float32
+    Complex parameters are checked as real views, as torch.optim updates them.
+
+    >>> compute_dtype(torch.bfloat16), compute_dtype(torch.complex128)
+    (torch.float32, torch.float64)
     """
-    if dtype in _LOW_PRECISION:
-        return torch.float32
-    if dtype.is_complex:
-        return torch.complex64 if dtype == torch.complex32 else dtype
-    return dtype
+    dtype = _real_dtype(dtype)
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
 def _real_dtype(dtype: torch.dtype) -> torch.dtype:
-    if dtype.is_complex:
-        return torch.empty((), dtype=dtype).real.dtype
-    return dtype
+    return {torch.complex32: torch.float16, torch.complex64: torch.float32}.get(
+        dtype, torch.float64 if dtype == torch.complex128 else dtype
+    )
 
 
 def tolerance(

@@ -16,7 +16,7 @@ from ._errors import GradscopeError, GradscopeWarning, StepMismatch
 from ._naming import ParamNames, ParamsLike
 from ._references import Reference
 from ._step_check import resolve_inputs
-from ._step_compare import Snapshot, compare, reread_grads, take_snapshot
+from ._step_compare import Snapshot, compare, grads_after_closure, take_snapshot
 from ._step_report import StepReport
 
 __all__ = ["OptimizerVerifier", "verify_optimizer"]
@@ -24,17 +24,20 @@ __all__ = ["OptimizerVerifier", "verify_optimizer"]
 _ON_MISMATCH = ("warn", "raise")
 
 
-def _pre_hook(ref: weakref.ref[OptimizerVerifier], opt: Any, args: Any, kwargs: Any) -> None:
+def _pre_hook(
+    ref: weakref.ref[OptimizerVerifier], opt: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
     verifier = ref()
-    if verifier is not None:
-        verifier._before_step(opt)
+    if verifier is None or verifier._snapshot is not None:
+        return None
+    snapshot = verifier._before_step(opt)
+    return grads_after_closure(snapshot, args, kwargs)
 
 
 def _post_hook(ref: weakref.ref[OptimizerVerifier], opt: Any, args: Any, kwargs: Any) -> None:
     verifier = ref()
     if verifier is not None:
-        closure = (bool(args) and args[0] is not None) or kwargs.get("closure") is not None
-        verifier._after_step(opt, closure)
+        verifier._after_step()
 
 
 def _remove(handles: list[RemovableHandle]) -> None:
@@ -91,16 +94,14 @@ class OptimizerVerifier:
         """The reports of the steps that failed."""
         return [report for report in self.reports if not report.ok]
 
-    def _before_step(self, opt: torch.optim.Optimizer) -> None:
-        if self._snapshot is None:
-            self._snapshot = take_snapshot(opt, self._names, with_state=self._ref is not None)
+    def _before_step(self, opt: torch.optim.Optimizer) -> Snapshot:
+        self._snapshot = take_snapshot(opt, self._names, with_state=self._ref is not None)
+        return self._snapshot
 
-    def _after_step(self, opt: torch.optim.Optimizer, closure: bool) -> None:
+    def _after_step(self) -> None:
         snapshot, self._snapshot = self._snapshot, None
         if snapshot is None:
             return
-        if closure:
-            reread_grads(snapshot)
         report = compare(snapshot, self._ref, optimizer=self._name, step=len(self.reports))
         self.reports.append(report)
         if report.ok:
