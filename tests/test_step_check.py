@@ -103,6 +103,7 @@ def test_step_with_a_closure_uses_the_gradients_it_computed(
         assert report.ok, str(report)
 
 
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")
 def test_bfloat16_sparse_and_complex_parameters() -> None:
     w = nn.Parameter(torch.randn(6, 5).bfloat16())
     opt = optim.Adam([w], lr=1e-2, foreach=False)
