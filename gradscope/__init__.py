@@ -16,13 +16,20 @@ from ._errors import (
     UnknownParameterError,
 )
 from ._lenet import LeNet
+from ._records import BackwardRecord, GradRecord
+from ._stats import GradStats
 from ._step_check import check_step
 from ._step_report import ParamCheck, StepReport
+from ._summary import Summary
 from ._verify import verify_optimizer
+from ._watch import Watch, watch
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackwardRecord",
+    "GradRecord",
+    "GradStats",
     "GradientAssertionError",
     "GradscopeError",
     "GradscopeWarning",
@@ -30,8 +37,11 @@ __all__ = [
     "ParamCheck",
     "StepMismatch",
     "StepReport",
+    "Summary",
     "UnknownParameterError",
+    "Watch",
     "__version__",
     "check_step",
     "verify_optimizer",
+    "watch",
 ]

@@ -9,6 +9,12 @@ from types import ModuleType
 import gradscope
 
 EXPECTED = {
+    "BackwardRecord",
+    "GradRecord",
+    "GradStats",
+    "Summary",
+    "Watch",
+    "watch",
     "GradientAssertionError",
     "GradscopeError",
     "GradscopeWarning",
