@@ -77,6 +77,18 @@ def test_one_sgd_step_moves_every_parameter(net: nn.Module, batch: Batch) -> Non
     gt.assert_params_updated(net, step)
 
 
+def test_sgd_steps_match_the_documented_update_rule(net: nn.Module, batch: Batch) -> None:
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        loss_of(net, batch).backward()
+        optimizer.step()
+
+    for _ in range(2):  # the second step also checks the momentum buffers
+        gt.assert_step_matches_reference(optimizer, step, params=net)
+
+
 def test_a_frozen_feature_extractor_stays_out_of_the_graph(
     net: gradscope.LeNet, batch: Batch
 ) -> None:

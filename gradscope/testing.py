@@ -24,6 +24,7 @@ from ._assert_grads import (
     assert_grads_finite,
     assert_no_grad,
 )
+from ._assert_step import assert_step_matches_reference
 from ._assert_update import assert_params_updated
 from ._assert_watch import assert_watch_finite
 
@@ -35,5 +36,6 @@ __all__ = [
     "assert_grads_finite",
     "assert_no_grad",
     "assert_params_updated",
+    "assert_step_matches_reference",
     "assert_watch_finite",
 ]

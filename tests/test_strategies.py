@@ -76,6 +76,26 @@ def test_watch_and_assertions_hold_on_any_drawn_model(data: st.DataObject) -> No
         gt.assert_no_grad(net, [*case.frozen, *case.unused])
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_the_step_check_passes_for_any_drawn_model_and_torch_optimizer(
+    data: st.DataObject,
+) -> None:
+    case = data.draw(gst.models())
+    net = case.module
+    opt = data.draw(gst.optimizers(net))
+    x = data.draw(case.inputs)
+    with gradscope.watch(net) as w:
+        for _ in range(2):  # the second step starts from optimizer state
+            opt.zero_grad()
+            _loss(net(x)).backward()
+            with gradscope.check_step(opt, params=net) as report:
+                opt.step()
+            assert report.ok, f"{opt}\n{report}"
+    assert len(w.records) == 2
+    assert set(w.last.missing) == set(case.unused)
+
+
 @pytest.mark.parametrize(
     "feature",
     ["linear", "conv1d", "conv2d", "relu_inplace", "+res", "x2", "+frozen", "+unused"],

@@ -551,3 +551,83 @@ def test_unknown_names_suggest_the_close_ones(lenet: nn.Module) -> None:
 @pytest.mark.parametrize("name", gt.__all__)
 def test_every_assertion_hides_its_frames(name: str) -> None:
     assert "__tracebackhide__" in getattr(gt, name).__code__.co_varnames
+
+
+# --- assert_step_matches_reference -------------------------------------------------------------
+
+
+class _DoubleStepSGD(torch.optim.SGD):
+    """A buggy optimizer: applies the SGD update twice."""
+
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        super().step()
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-group["lr"])
+
+
+def _training_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor):  # type: ignore[no-untyped-def]
+    def step() -> torch.Tensor:
+        opt.zero_grad()
+        loss = net(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step
+
+
+def test_step_matches_reference_passes_for_torch_adam(
+    lenet: gradscope.LeNet, lenet_input: torch.Tensor
+) -> None:
+    opt = torch.optim.Adam(lenet.parameters(), lr=1e-3, amsgrad=True)
+    step = _training_step(lenet, opt, lenet_input)
+    loss = gt.assert_step_matches_reference(opt, step, params=lenet)
+    assert loss.shape == ()
+    gt.assert_step_matches_reference(opt, step, params=lenet)  # the second step, with state
+
+
+def test_step_matches_reference_names_every_parameter_of_a_buggy_optimizer(
+    lenet: gradscope.LeNet, lenet_input: torch.Tensor
+) -> None:
+    opt = _DoubleStepSGD(lenet.parameters(), lr=0.1)
+    step = _training_step(lenet, opt, lenet_input)
+    with pytest.raises(GradientAssertionError) as excinfo:
+        gt.assert_step_matches_reference(opt, step, params=lenet, msg="buggy")
+    text = _message(excinfo)
+    assert text.startswith("buggy\nassert_step_matches_reference: _DoubleStepSGD.step() does not")
+    assert "10 of 10 parameters failed" in text
+    # oracle: the extra update is exactly lr * grad, so the worst difference is lr * max|grad|
+    assert lenet.fc3.bias.grad is not None
+    extra = 0.1 * float(lenet.fc3.bias.grad.abs().max())
+    line = next(line for line in text.splitlines() if line.startswith("  fc3.bias (10,): "))
+    found = re.search(r"max abs diff (\S+) \(tolerance (\S+)\), (\S+) of the step", line)
+    assert found is not None, line
+    assert float(found[1]) == pytest.approx(extra, rel=1e-3)
+    assert float(found[2]) < extra / 100
+    assert float(found[3]) == pytest.approx(1.0, rel=1e-3)  # off by one whole step
+
+
+def test_step_matches_reference_names_a_parameter_left_out(
+    lenet: gradscope.LeNet, lenet_input: torch.Tensor
+) -> None:
+    opt = torch.optim.SGD([p for n, p in lenet.named_parameters() if n != "fc2.bias"], lr=0.1)
+    with pytest.raises(GradientAssertionError) as excinfo:
+        gt.assert_step_matches_reference(opt, _training_step(lenet, opt, lenet_input), lenet)
+    text = _message(excinfo)
+    assert "1 of 10 parameters failed" in text
+    assert "  fc2.bias (84,): " in text and "no param group" in text
+
+
+def test_step_matches_reference_bad_input(lenet: gradscope.LeNet) -> None:
+    opt = torch.optim.SGD(lenet.parameters(), lr=0.1)
+    with pytest.raises(GradscopeError, match=r"step, not step\(\)"):
+        gt.assert_step_matches_reference(opt, 3)  # type: ignore[arg-type]
+    with pytest.raises(GradscopeError, match=r"takes a torch\.optim\.Optimizer"):
+        gt.assert_step_matches_reference(lenet, lambda: None)  # type: ignore[arg-type]
+    rprop = torch.optim.Rprop(lenet.parameters())
+    lenet(torch.randn(1, 1, 32, 32)).sum().backward()
+    with pytest.raises(GradscopeError, match="no reference rule for Rprop"):
+        gt.assert_step_matches_reference(rprop, rprop.step)
