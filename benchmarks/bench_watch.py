@@ -82,7 +82,9 @@ def make_step(net: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
-def bench_model(factory: Callable[[], tuple[nn.Module, torch.Tensor]], rounds: int) -> dict[str, float]:
+def bench_model(
+    factory: Callable[[], tuple[nn.Module, torch.Tensor]], rounds: int
+) -> dict[str, float]:
     net, x = factory()
     steps: dict[str, Callable[[], None]] = {}
     watches = []
