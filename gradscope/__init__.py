@@ -9,6 +9,8 @@ torch.Size([6])
 """
 
 from ._errors import GradientAssertionError, GradscopeError, GradscopeWarning, UnknownParameterError
+from ._graph import Graph, NonfiniteGradient, graph
+from ._graph_walk import GraphEdge, GraphNode, SavedTensor
 from ._lenet import LeNet
 
 __version__ = "0.1.0"
@@ -17,7 +19,13 @@ __all__ = [
     "GradientAssertionError",
     "GradscopeError",
     "GradscopeWarning",
+    "Graph",
+    "GraphEdge",
+    "GraphNode",
     "LeNet",
+    "NonfiniteGradient",
+    "SavedTensor",
     "UnknownParameterError",
     "__version__",
+    "graph",
 ]

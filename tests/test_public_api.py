@@ -12,9 +12,15 @@ EXPECTED = {
     "GradientAssertionError",
     "GradscopeError",
     "GradscopeWarning",
+    "Graph",
+    "GraphEdge",
+    "GraphNode",
     "LeNet",
+    "NonfiniteGradient",
+    "SavedTensor",
     "UnknownParameterError",
     "__version__",
+    "graph",
 }
 
 
