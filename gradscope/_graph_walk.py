@@ -64,7 +64,7 @@ GRAPH_FREED_HINT = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SavedTensor:
     """One tensor an autograd node saved for backward (e.g. ``mat1`` of ``AddmmBackward0``)."""
 
@@ -76,7 +76,7 @@ class SavedTensor:
     storage: int = 0  # data pointer, to count memory shared by several nodes once
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class GraphNode:
     """One node of the backward graph: an op, a parameter, another leaf, or a collapsed module.
 
@@ -120,7 +120,7 @@ class GraphNode:
         return self.op
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class GraphEdge:
     """Gradient flows from ``src`` (nearer the loss) to ``dst``, as ``src``'s input ``slot``."""
 
@@ -182,6 +182,7 @@ def op_name(fn: Any) -> str:
 
 
 _SAVED_NAMES: dict[type, tuple[str, ...]] = {}
+_DTYPES: dict[torch.dtype, str] = {}
 
 
 def _saved_names(fn: Any) -> tuple[str, ...]:
@@ -211,15 +212,21 @@ def _saved(fn: Any, param_ptrs: set[int]) -> tuple[SavedTensor, ...]:
         for k, t in enumerate(values):
             if not isinstance(t, torch.Tensor):
                 continue
-            ptr = t.data_ptr() if t.layout == torch.strided else 0
+            try:
+                ptr = t.data_ptr()
+            except RuntimeError:  # sparse and other storage-less layouts
+                ptr = 0
+            dtype = _DTYPES.get(t.dtype)
+            if dtype is None:
+                dtype = _DTYPES[t.dtype] = str(t.dtype).removeprefix("torch.")
             out.append(
                 SavedTensor(
-                    name=name if len(values) == 1 else f"{name}[{k}]",
-                    shape=tuple(t.shape),
-                    dtype=str(t.dtype).removeprefix("torch."),
-                    nbytes=t.numel() * t.element_size(),
-                    is_parameter=ptr in param_ptrs,
-                    storage=ptr,
+                    name if len(values) == 1 else f"{name}[{k}]",
+                    tuple(t.shape),
+                    dtype,
+                    t.nbytes,
+                    ptr in param_ptrs,
+                    ptr,
                 )
             )
     return tuple(out)
