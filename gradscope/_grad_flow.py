@@ -223,10 +223,13 @@ def _origin(
                 reason = f"the sum of its {len(into[i])} incoming finite gradients is {_kind(got)}"
             return Origin(i, None, _kind(got), reason)
         slots, _ = rec.values[i]
-        for slot in slots:
-            v = out.get((i, slot))
-            if slot >= 0 and v is not None and not math.isfinite(v):
-                return Origin(
-                    i, slot, _kind(v), f"it produced {_kind(v)} in the gradient for input {slot}"
-                )
+        bad = [
+            (slot, v)
+            for slot in slots
+            if slot >= 0 and (v := out.get((i, slot))) is not None and not math.isfinite(v)
+        ]
+        if bad:
+            said = " and ".join(f"{_kind(v)} for input {slot}" for slot, v in bad)
+            slot, v = bad[0]
+            return Origin(i, slot, _kind(v), f"it produced a gradient with {said}")
     return None

@@ -39,7 +39,8 @@ _peek = torch._C._autograd._get_sequence_nr
 class _Calls(threading.local):
     def __init__(self) -> None:
         self.stack: list[tuple[int, str, int]] = []  # (id(module), path, first sequence number)
-        self.done: list[tuple[int, int, str]] = []  # (start, end, path) of finished inner calls
+        # (start, end, nesting depth, path) of finished calls inside the outermost one
+        self.done: list[tuple[int, int, int, str]] = []
 
 
 _CALLS = _Calls()
@@ -74,7 +75,7 @@ def _make_post(path: str) -> Any:
         end = _peek()
         if end == start:
             return  # no node created (no_grad, inference mode, or no differentiable input)
-        _CALLS.done.append((start, end, path))
+        _CALLS.done.append((start, end, len(calls), path))
         if not calls:
             done = _CALLS.done
             _CALLS.done = []
@@ -83,10 +84,10 @@ def _make_post(path: str) -> Any:
     return post
 
 
-def _tag(output: Any, start: int, end: int, calls: list[tuple[int, int, str]]) -> None:
+def _tag(output: Any, start: int, end: int, calls: list[tuple[int, int, int, str]]) -> None:
     owner: list[str | None] = [None] * (end - start)
-    # outer calls first (earlier start, later end), so inner ranges overwrite them
-    for s, e, path in sorted(calls, key=lambda c: (c[0], -c[1])):
+    # outer calls first (earlier start, later end, shallower), so inner ranges overwrite them
+    for s, e, _, path in sorted(calls, key=lambda c: (c[0], -c[1], c[2])):
         owner[s - start : e - start] = [path] * (e - s)
     seen: set[int] = set()
     boundary: list[Any] = []  # nodes made before this call: keep ids stable until we are done
