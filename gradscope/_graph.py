@@ -15,7 +15,16 @@ from torch import nn
 from ._errors import GradscopeError
 from ._grad_flow import GradRecorder
 from ._graph_dot import DotGraph, build_dot, drawn_node_count, format_norm
-from ._graph_walk import VIEW_OPS, GraphEdge, GraphFreed, GraphNode, WalkResult, raise_freed, walk
+from ._graph_walk import (
+    VIEW_OPS,
+    GraphEdge,
+    GraphFreed,
+    GraphNode,
+    WalkResult,
+    raise_freed,
+    topological,
+    walk,
+)
 from ._module_tags import MODULE_PATH_KEY
 from ._naming import describe, named_parameters
 from ._render import find_renderers, render
@@ -270,7 +279,7 @@ class Graph:
                 here = nxt
             if len(run) > 2:
                 for i in run:
-                    group[i] = f"chain#{n.id}"
+                    group[i] = f"#chain{n.id}"
         return _collapsed(data, group, note="chains of single-input ops drawn as one node")
 
     def _plan(self, depth: int | None, max_nodes: int, fold: bool) -> Graph:
@@ -289,11 +298,29 @@ class Graph:
                     f"{len(data.nodes)} nodes is above the budget of {max_nodes}: "
                     f"collapsed to module depth {d}; pass depth=... or max_nodes=... to override"
                 )
-        chains = (best or self)._collapse_chains()
-        return chains._note(
+        del best
+        smaller = self._collapse_chains()
+        if drawn_node_count(smaller.nodes, smaller.edges, fold) > max_nodes:
+            smaller = smaller._collapse_spans(max_nodes)
+        return smaller._note(
             f"{len(data.nodes)} nodes is above the budget of {max_nodes}: collapsed; "
             f"pass max_nodes=... to draw everything"
         )
+
+    def _collapse_spans(self, max_nodes: int) -> Graph:
+        """Last resort: consecutive ops in topological order, drawn as one node per span."""
+        data = self._data()
+        index = {n.id: k for k, n in enumerate(data.nodes)}
+        order = topological(
+            len(data.nodes), [GraphEdge(index[e.src], index[e.dst], 0) for e in data.edges]
+        )
+        ops = [data.nodes[k] for k in order if data.nodes[k].kind != "parameter"]
+        size = max(2, -(-len(ops) // max(1, (max_nodes * 4) // 5)))
+        group = {n.id: f"#span{pos // size}" for pos, n in enumerate(ops)}
+        for e in data.edges:  # a parameter goes with its first consumer
+            if data.by_id[e.dst].kind == "parameter" and e.dst not in group:
+                group[e.dst] = group[e.src]
+        return _collapsed(data, group, note=f"spans of {size} consecutive ops drawn as one node")
 
     def _note(self, note: str) -> Graph:
         data = self._data()
@@ -431,8 +458,8 @@ def _collapsed(data: _Data, group: Mapping[int, str], note: str) -> Graph:
                 id=i,
                 op=key,
                 kind="module",
-                module=key.split("#")[0] if key.startswith("chain#") else key,
-                module_source="forward" if not key.startswith("chain#") else None,
+                module=None if key.startswith("#") else key,
+                module_source=None if key.startswith("#") else "forward",
                 grad_norm=_norm_of(into.get(i)) if data.recorded else None,
                 grad_norm_out=_norm_of(out_of.get(i)) if data.recorded else None,
                 ops=sum(m.kind == "op" for m in ms),
@@ -440,10 +467,10 @@ def _collapsed(data: _Data, group: Mapping[int, str], note: str) -> Graph:
                 saved_total=sum(saved.values()),
             )
         )
-    if any(k.startswith("chain#") for k in gid):
+    if any(k.startswith("#") for k in gid):
         nodes = [
-            replace(n, op=f"{members[n.op][0].op} ... {members[n.op][-1].op}", module=None)
-            if n.op.startswith("chain#")
+            replace(n, op=f"{members[n.op][0].op} ... {members[n.op][-1].op}")
+            if n.op.startswith("#")
             else n
             for n in nodes
         ]

@@ -185,7 +185,7 @@ def _node_stmt(
     scale: _Scale,
     is_origin: bool,
 ) -> str:
-    text = [n.label if n.kind != "module" else f"{n.module} ({n.ops} ops)"]
+    text = [n.label if n.kind != "module" else f"{n.module or n.op} ({n.ops} ops)"]
     if n.grad_norm is not None or n.grad_norm_out is not None:
         g = f"|g| {format_norm(n.grad_norm)}"
         if n.kind == "module":

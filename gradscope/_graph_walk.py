@@ -32,6 +32,7 @@ __all__ = [
     "attach_safe_free",
     "op_name",
     "raise_freed",
+    "topological",
     "walk",
 ]
 
@@ -303,7 +304,7 @@ def walk(
                 nodes[i] = node
             parts.append((first, len(fns)))
         result.nodes = [n for n in nodes if n is not None]
-        result.topo = _topological(len(fns), result.edges)
+        result.topo = topological(len(fns), result.edges)
         if on_walked is not None:
             on_walked(result, fns)
     finally:
@@ -332,7 +333,7 @@ def _leaf_node(i: int, var: torch.Tensor, param_names: dict[int, str]) -> GraphN
     )
 
 
-def _topological(n: int, edges: list[GraphEdge]) -> list[int]:
+def topological(n: int, edges: list[GraphEdge]) -> list[int]:
     """Kahn's algorithm: consumers (nearer the loss) before the nodes they feed."""
     indegree = [0] * n
     children: list[list[int]] = [[] for _ in range(n)]
