@@ -8,14 +8,30 @@
 torch.Size([6])
 """
 
-from ._errors import GradientAssertionError, GradscopeError, GradscopeWarning, UnknownParameterError
+from ._errors import (
+    GradientAssertionError,
+    GradscopeError,
+    GradscopeWarning,
+    StepMismatch,
+    UnknownParameterError,
+)
 from ._graph import Graph, NonfiniteGradient, graph
 from ._graph_walk import GraphEdge, GraphNode, SavedTensor
 from ._lenet import LeNet
+from ._records import BackwardRecord, GradRecord
+from ._stats import GradStats
+from ._step_check import check_step
+from ._step_report import ParamCheck, StepReport
+from ._summary import Summary
+from ._verify import verify_optimizer
+from ._watch import Watch, watch
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackwardRecord",
+    "GradRecord",
+    "GradStats",
     "GradientAssertionError",
     "GradscopeError",
     "GradscopeWarning",
@@ -24,8 +40,16 @@ __all__ = [
     "GraphNode",
     "LeNet",
     "NonfiniteGradient",
+    "ParamCheck",
     "SavedTensor",
+    "StepMismatch",
+    "StepReport",
+    "Summary",
     "UnknownParameterError",
+    "Watch",
     "__version__",
+    "check_step",
     "graph",
+    "verify_optimizer",
+    "watch",
 ]

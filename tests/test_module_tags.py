@@ -132,3 +132,23 @@ def test_tagged_deep_model_frees_without_crashing() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def _watch_tags_modules() -> bool:
+    import inspect
+
+    from gradscope import _watch
+
+    return "install_module_tagging" in inspect.getsource(_watch)
+
+
+@pytest.mark.skipif(not _watch_tags_modules(), reason="watch() does not install tagging yet")
+def test_graph_under_watch_shows_module_paths() -> None:
+    net = gradscope.LeNet()
+    with gradscope.watch(net):
+        loss = net(torch.randn(1, 1, 32, 32)).sum()
+        g = gradscope.graph(loss, params=net)
+        loss.backward()
+    convs = {n.module for n in g.nodes if n.op == "ConvolutionBackward0"}
+    assert convs == {"conv1", "conv2"}
+    assert {n.module_source for n in g.nodes if n.op == "ReluBackward0"} == {"forward"}

@@ -9,6 +9,12 @@ from types import ModuleType
 import gradscope
 
 EXPECTED = {
+    "BackwardRecord",
+    "GradRecord",
+    "GradStats",
+    "Summary",
+    "Watch",
+    "watch",
     "GradientAssertionError",
     "GradscopeError",
     "GradscopeWarning",
@@ -18,9 +24,14 @@ EXPECTED = {
     "LeNet",
     "NonfiniteGradient",
     "SavedTensor",
+    "graph",
+    "ParamCheck",
+    "StepMismatch",
+    "StepReport",
     "UnknownParameterError",
     "__version__",
-    "graph",
+    "check_step",
+    "verify_optimizer",
 }
 
 
