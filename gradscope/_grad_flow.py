@@ -64,8 +64,10 @@ class GradRecorder:
             fn = fns[node.id]
             if fn is None:
                 continue
-            if node.kind == "op" and node.op in VIEW_OPS and indegree[node.id] == 1:
-                continue  # same norm on both sides, cannot create a NaN: read through it
+            if indegree[node.id] == 1 and (node.kind != "op" or node.op in VIEW_OPS):
+                # a view (same norm on both sides, cannot create a NaN) or a leaf with a single
+                # consumer: its norm is the norm on the one edge into it, read from the consumer
+                continue
             want_in = node.kind != "op" or indegree[node.id] != 1
             fn.register_hook(_make_hook(ref, node.id, want_in))
             self.hooked.add(node.id)
@@ -138,20 +140,17 @@ def _norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _read(rec: GradRecorder) -> dict[tuple[int, int], float]:
-    keys: list[tuple[int, int]] = []
-    by_device: dict[torch.device, list[int]] = {}
-    tensors: list[torch.Tensor] = []
+    """Every recorded norm, with one stack and one ``.tolist()`` per (device, dtype)."""
+    groups: dict[tuple[torch.device, torch.dtype], tuple[list[tuple[int, int]], list[Any]]] = {}
     for i, (slots, norms) in rec.values.items():
         for slot, norm in zip(slots, norms, strict=True):
-            by_device.setdefault(norm.device, []).append(len(tensors))
+            keys, tensors = groups.setdefault((norm.device, norm.dtype), ([], []))
             keys.append((i, slot))
             tensors.append(norm)
-    values = [0.0] * len(tensors)
-    for positions in by_device.values():
-        stacked = torch.stack([tensors[p].to(torch.float64) for p in positions])
-        for p, v in zip(positions, stacked.tolist(), strict=True):
-            values[p] = v
-    return dict(zip(keys, values, strict=True))
+    read: dict[tuple[int, int], float] = {}
+    for keys, tensors in groups.values():
+        read.update(zip(keys, torch.stack(tensors).tolist(), strict=True))
+    return read
 
 
 def _combine(values: list[float]) -> float:

@@ -97,17 +97,18 @@ class Graph:
         if cached is not None and cached[0] is flow:
             data: _Data = cached[1]
             return data
+        norms = flow.node_norms
         nodes = tuple(
-            replace(n, grad_norm=flow.node_norms[n.id]) if n.id < len(flow.node_norms) else n
+            _node_with_norm(n, norms[n.id] if n.id < len(norms) else None)
             for n in self._static.nodes
         )
         edges = tuple(
-            replace(e, grad_norm=v)
+            GraphEdge(e.src, e.dst, e.slot, v)
             for e, v in zip(self._static.edges, flow.edge_norms, strict=True)
         )
         origin = None
         if flow.origin is not None:
-            node = next(n for n in nodes if n.id == flow.origin.node)
+            node = nodes[flow.origin.node]
             origin = NonfiniteGradient(
                 node, flow.origin.slot, flow.origin.value, flow.origin.reason
             )
@@ -145,6 +146,15 @@ class Graph:
                 "first_nonfinite needs gradients: build the graph with "
                 "gradscope.graph(loss, grads=True) before calling loss.backward()"
             )
+        rec, walked = self._recorder, self._walked
+        if rec is not None and walked is not None:
+            flow = rec.flow(walked)  # without building every node: this is read every step
+            if flow is not None:
+                if flow.origin is None:
+                    return None
+                o = flow.origin
+                node = _node_with_norm(self._static.nodes[o.node], flow.node_norms[o.node])
+                return NonfiniteGradient(node, o.slot, o.value, o.reason)
         data = self._data()
         if not data.recorded:
             raise GradscopeError(
@@ -493,6 +503,25 @@ def _collapsed(data: _Data, group: Mapping[int, str], note: str) -> Graph:
     )
 
 
+def _node_with_norm(n: GraphNode, norm: float | None) -> GraphNode:
+    # positional: dataclasses.replace() costs ~10 us a node, too much on every training step
+    return GraphNode(
+        n.id,
+        n.op,
+        n.kind,
+        n.param,
+        n.shape,
+        n.saved,
+        n.module,
+        n.module_source,
+        norm,
+        n.grad_norm_out,
+        n.ops,
+        n.params,
+        n.saved_total,
+    )
+
+
 def _norm_of(values: Iterable[float | None] | None) -> float | None:
     known = [v for v in values or () if v is not None]
     if not known:
@@ -568,7 +597,7 @@ def graph(
             on_walked=recorder.attach if recorder is not None else None,
         )
         result.nodes = _hint_modules(result.nodes, result.edges)
-        nodes = tuple(sorted(result.nodes, key=lambda n: n.id))
+        nodes = tuple(result.nodes)  # in id order
         data = _Data(nodes, tuple(result.edges), tuple(result.roots))
     except GraphFreed as err:
         raise_freed(err.op, grads)
@@ -580,6 +609,8 @@ def graph(
 
 def _hint_modules(nodes: list[GraphNode], edges: list[GraphEdge]) -> list[GraphNode]:
     """Without forward tags, an op that uses a module's parameters is placed in that module."""
+    if not any(n.kind == "parameter" and n.param for n in nodes):
+        return nodes
     by_id = {n.id: n for n in nodes}
     kids: dict[int, list[int]] = {}
     for e in edges:

@@ -140,41 +140,69 @@ class WalkResult:
 
 
 class _SafeFree:
-    """Drops autograd-node wrappers one at a time, parents first (see the module docstring)."""
+    """Drops autograd-node wrappers one at a time, parents first (see the module docstring).
 
-    __slots__ = ("items",)
+    ``fns`` is in topological order (every node after its consumers) and ``children[k]`` lists
+    the positions of ``fns[k]``'s inputs. A node some tensor still uses stays alive: it and its
+    alive inputs move to a new holder on that node, so a holder only ever keeps nodes its own
+    node reaches (no cycle through node metadata, nothing kept past its natural lifetime).
+    """
 
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items  # reverse topological order: pop() yields parents first
+    __slots__ = ("children", "fns")
+
+    def __init__(self, fns: list[Any], children: list[list[int]]) -> None:
+        self.fns = fns
+        self.children = children
 
     def __del__(self) -> None:
-        items, alive = self.items, []
-        while items:
-            fn = items.pop()
-            # 2 = this local + getrefcount's argument; more means the node lives on (another
-            # tensor or node still uses it), so keep it until that owner goes too.
+        fns, children = self.fns, self.children
+        alive: list[bool] = [False] * len(fns)
+        kept: dict[int, Any] = {}
+        for k in range(len(fns)):
+            fn = fns[k]
+            fns[k] = None
+            # 2 = this local + getrefcount's argument; more means the node lives on
             if sys.getrefcount(fn) > 2:
-                alive.append(fn)
-            del fn
-        if len(alive) > 1:
-            keeper, rest = alive[0], alive[1:]
-            rest.reverse()
-            try:
-                keeper.metadata[SAFE_FREE_KEY + f".{id(rest)}"] = _SafeFree(rest)
-            except (RuntimeError, AttributeError):  # a node without metadata: free the rest now
-                rest.clear()
+                alive[k] = True
+                kept[k] = fn
+            del fn  # a dead node is freed here, its inputs are still held below: no recursion
+        done: set[int] = set()
+        for k in sorted(kept):
+            if k in done:
+                continue
+            done.add(k)
+            part, stack = [], [k]
+            while stack:  # k's alive inputs, reached through alive nodes only
+                for c in children[stack.pop()]:
+                    if alive[c] and c not in done:
+                        done.add(c)
+                        part.append(c)
+                        stack.append(c)
+            if part:
+                part.sort()
+                _attach(kept[k], [kept[c] for c in part], [c for c in part], children)
+        kept.clear()
 
 
-def attach_safe_free(fns_topo: list[Any]) -> None:
-    """Make the first node keep the others (topological order) and free them safely later.
+def _attach(keeper: Any, fns: list[Any], positions: list[int], children: list[list[int]]) -> None:
+    where = {p: n for n, p in enumerate(positions)}
+    local = [[where[c] for c in children[p] if c in where] for p in positions]
+    try:
+        keeper.metadata[f"{SAFE_FREE_KEY}.{id(fns)}"] = _SafeFree(fns, local)
+    except (RuntimeError, AttributeError):  # a node without metadata: free them now
+        fns.clear()
 
-    Every node in ``fns_topo`` must be reachable from the first, which must come first.
+
+def attach_safe_free(fns_topo: list[Any], children: list[list[int]]) -> None:
+    """Make ``fns_topo[0]`` keep the others and free them safely when it is freed.
+
+    Every node must be reachable from the first; ``children[k]`` are positions in ``fns_topo``.
+    Leaves (``AccumulateGrad``) need not be listed: freeing them never recurses.
     """
     if len(fns_topo) < 2:
         return
-    rest = fns_topo[1:]
-    rest.reverse()
-    fns_topo[0].metadata[SAFE_FREE_KEY + f".{id(rest)}"] = _SafeFree(rest)
+    rest = list(range(1, len(fns_topo)))
+    _attach(fns_topo[0], fns_topo[1:], rest, children)
 
 
 def op_name(fn: Any) -> str:
@@ -182,16 +210,19 @@ def op_name(fn: Any) -> str:
     return name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
 
 
-_SAVED_NAMES: dict[type, tuple[str, ...]] = {}
+_SAVED_NAMES: dict[type, tuple[tuple[str, str], ...]] = {}
 _DTYPES: dict[torch.dtype, str] = {}
 
 
-def _saved_names(fn: Any) -> tuple[str, ...]:
+def _saved_names(fn: Any) -> tuple[tuple[str, str], ...]:
+    """``(name, attribute)`` of the tensors this node type saves; ``dir()`` once per type."""
     cls = type(fn)
     names = _SAVED_NAMES.get(cls)
     if names is None:
         names = tuple(
-            attr[len("_raw_saved_") :] for attr in dir(fn) if attr.startswith("_raw_saved_")
+            (attr[len("_raw_saved_") :], "_saved_" + attr[len("_raw_saved_") :])
+            for attr in dir(fn)
+            if attr.startswith("_raw_saved_")
         )
         _SAVED_NAMES[cls] = names
     return names
@@ -202,35 +233,35 @@ def _saved(fn: Any, param_ptrs: set[int]) -> tuple[SavedTensor, ...]:
     if not names:
         return ()
     out = []
-    for name in names:
+    for name, attr in names:
         try:
-            value = getattr(fn, "_saved_" + name)
+            value = getattr(fn, attr)
         except RuntimeError as err:
             if "freed" in str(err):
                 raise GraphFreed(op_name(fn)) from None
             raise
-        values = value if isinstance(value, (list, tuple)) else (value,)
-        for k, t in enumerate(values):
-            if not isinstance(t, torch.Tensor):
-                continue
-            try:
-                ptr = t.data_ptr()
-            except RuntimeError:  # sparse and other storage-less layouts
-                ptr = 0
-            dtype = _DTYPES.get(t.dtype)
-            if dtype is None:
-                dtype = _DTYPES[t.dtype] = str(t.dtype).removeprefix("torch.")
-            out.append(
-                SavedTensor(
-                    name if len(values) == 1 else f"{name}[{k}]",
-                    tuple(t.shape),
-                    dtype,
-                    t.nbytes,
-                    ptr in param_ptrs,
-                    ptr,
-                )
+        if value is None:
+            continue
+        if isinstance(value, torch.Tensor):
+            out.append(_describe(name, value, param_ptrs))
+        elif isinstance(value, (list, tuple)):
+            out.extend(
+                _describe(f"{name}[{k}]", t, param_ptrs)
+                for k, t in enumerate(value)
+                if isinstance(t, torch.Tensor)
             )
     return tuple(out)
+
+
+def _describe(name: str, t: torch.Tensor, param_ptrs: set[int]) -> SavedTensor:
+    try:
+        ptr = t.data_ptr()
+    except RuntimeError:  # sparse and other storage-less layouts
+        ptr = 0
+    dtype = _DTYPES.get(t.dtype)
+    if dtype is None:
+        dtype = _DTYPES[t.dtype] = str(t.dtype).removeprefix("torch.")
+    return SavedTensor(name, tuple(t.shape), dtype, t.nbytes, ptr in param_ptrs, ptr)
 
 
 class GraphFreed(Exception):
@@ -267,6 +298,7 @@ def walk(
             i = len(fns)
             index[key] = i
             fns.append(fn)
+            nodes.append(None)
             stack.append(i)
         return i
 
@@ -290,17 +322,18 @@ def walk(
                 else:
                     module = fn.metadata.get(module_key)
                     node = GraphNode(
-                        id=i,
-                        op=op_name(fn),
-                        kind="op",
-                        saved=_saved(fn, param_ptrs),
-                        module=module,
-                        module_source="forward" if module is not None else None,
+                        i,
+                        op_name(fn),
+                        "op",
+                        None,
+                        None,
+                        _saved(fn, param_ptrs),
+                        module,
+                        None if module is None else "forward",
                     )
                     for slot, (child, _) in enumerate(fn.next_functions):
                         if child is not None:
                             result.edges.append(GraphEdge(i, visit(child), slot))
-                nodes.extend([None] * (len(fns) - len(nodes)))
                 nodes[i] = node
             parts.append((first, len(fns)))
         result.nodes = [n for n in nodes if n is not None]
@@ -311,8 +344,16 @@ def walk(
         stack.clear()
         fn = None
         order = result.topo or list(range(len(fns)))
+        kids: dict[int, list[int]] = {}
+        for e in result.edges:
+            kids.setdefault(e.src, []).append(e.dst)
         for first, stop in parts:
-            attach_safe_free([fns[i] for i in order if first <= i < stop])
+            # leaves (AccumulateGrad) never free recursively: they need no holder
+            part = [i for i in order if first <= i < stop and kids.get(i)]
+            pos = {i: k for k, i in enumerate(part)}
+            attach_safe_free(
+                [fns[i] for i in part], [[pos[c] for c in kids[i] if c in pos] for i in part]
+            )
         fns.clear()
         index.clear()
     return result

@@ -91,6 +91,7 @@ def _tag(output: Any, start: int, end: int, calls: list[tuple[int, int, int, str
         owner[s - start : e - start] = [path] * (e - s)
     seen: set[int] = set()
     boundary: list[Any] = []  # nodes made before this call: keep ids stable until we are done
+    inputs: dict[int, list[int]] = {}
     for leaf in tree_flatten(output)[0]:
         if not isinstance(leaf, torch.Tensor) or leaf.grad_fn is None:
             continue
@@ -110,10 +111,11 @@ def _tag(output: Any, start: int, end: int, calls: list[tuple[int, int, int, str
             owned = owner[nr - start]
             if owned is not None:
                 fn.metadata[MODULE_PATH_KEY] = owned
-            for child, _ in fn.next_functions:
-                if child is not None:
-                    stack.append(child)
+            kids = [child for child, _ in fn.next_functions if child is not None]
+            inputs[id(fn)] = [id(c) for c in kids]
+            stack.extend(kids)
         # newest first is a topological order: a node is always created after its inputs
         walked.sort(key=lambda f: -f._sequence_nr())
-        attach_safe_free(walked)
+        pos = {id(f): k for k, f in enumerate(walked)}
+        attach_safe_free(walked, [[pos[c] for c in inputs[id(f)] if c in pos] for f in walked])
     boundary.clear()

@@ -189,3 +189,39 @@ def test_random_mlps_match_the_oracle(
     names, n_nodes, n_edges = oracle(out)
     assert (len(g.nodes), len(g.edges), _ops(g)) == (n_nodes, n_edges, names)
     assert all(s.dtype == str(dtype).removeprefix("torch.") for n in g.nodes for s in n.saved)
+
+
+def test_walking_every_step_leaks_neither_model_nor_nodes() -> None:
+    import gc
+    import weakref
+
+    from gradscope._module_tags import install_module_tagging
+
+    net = gradscope.LeNet()
+    install_module_tagging(net)
+    x = torch.randn(1, 1, 32, 32)
+    kept = None
+    for step in range(3):
+        out = net(x)
+        if step == 1:
+            kept = out  # an intermediate tensor that outlives its loss
+        loss = out.pow(2).sum()
+        g = gradscope.graph(loss, params=net, grads=True)
+        loss.backward()
+        assert g.first_nonfinite is None
+    acc = loss.grad_fn.next_functions[0][0]  # type: ignore[union-attr]
+    assert not [k for k in acc.metadata if "gradscope" in k]  # nothing piles up on nodes
+    model_ref = weakref.ref(net)
+    # a graph without backward whose output outlives its loss (the holder moves to the output)
+    out = net(x)
+    loss2 = out.sum()
+    g2 = gradscope.graph(loss2, params=net)
+    act = out.grad_fn._saved_mat1  # type: ignore[union-attr]  # fc3's input, saved for backward
+    act_ref = weakref.ref(act)
+    del act, loss2
+    gc.collect()
+    assert act_ref() is not None  # out still needs it
+    del net, out, loss, g, g2, kept, acc
+    gc.collect()
+    assert model_ref() is None
+    assert act_ref() is None
