@@ -127,7 +127,8 @@ def rendering_table() -> None:
         render_s, _ = _time(lambda: g.to_svg(timeout=60), 1)  # noqa: B023
         total = walk_s + dot_s + render_s
         print(
-            f"| {name} | {len(g.nodes)} | {drawn} | {walk_s:.3f} | {dot_s:.3f} | {render_s:.2f} "
+            f"| {name} | {len(g.nodes)} | {drawn} | {walk_s * 1e3:.1f} | {dot_s * 1e3:.1f} "
+            f"| {render_s:.2f} "
             f"| {total:.2f} | {_torchviz(name)} |"
         )
 

@@ -22,6 +22,7 @@ from ._errors import GradscopeError
 
 __all__ = [
     "GRAPH_FREED_HINT",
+    "HELD_KEY",
     "SAFE_FREE_KEY",
     "VIEW_OPS",
     "GraphEdge",
@@ -37,6 +38,9 @@ __all__ = [
 ]
 
 SAFE_FREE_KEY = "gradscope.safe_free"
+HELD_KEY = "gradscope.held"  # in a node's metadata: some holder already keeps this node
+# a part this small frees recursively without danger (the C stack takes ~20,000 levels)
+_SMALL = 2000
 _ACCUMULATE = "torch::autograd::AccumulateGrad"
 _PREFIX = "torch::autograd::"
 # Backward nodes that only reshape or reorder the gradient: they cannot create a NaN/Inf and
@@ -178,9 +182,9 @@ class _SafeFree:
                         done.add(c)
                         part.append(c)
                         stack.append(c)
-            if part:
+            if len(part) > _SMALL:
                 part.sort()
-                _attach(kept[k], [kept[c] for c in part], [c for c in part], children)
+                _attach(kept[k], [kept[c] for c in part], list(part), children)
         kept.clear()
 
 
@@ -197,10 +201,14 @@ def attach_safe_free(fns_topo: list[Any], children: list[list[int]]) -> None:
     """Make ``fns_topo[0]`` keep the others and free them safely when it is freed.
 
     Every node must be reachable from the first; ``children[k]`` are positions in ``fns_topo``.
-    Leaves (``AccumulateGrad``) need not be listed: freeing them never recurses.
+    Leaves (``AccumulateGrad``) and nodes another holder keeps (``HELD_KEY``) need not be
+    listed: freeing them never recurses deeply, and listing them again would make holders of
+    repeated walks re-home each other's nodes (quadratic).
     """
     if len(fns_topo) < 2:
         return
+    for fn in fns_topo[1:]:
+        fn.metadata[HELD_KEY] = True
     rest = list(range(1, len(fns_topo)))
     _attach(fns_topo[0], fns_topo[1:], rest, children)
 
@@ -304,6 +312,7 @@ def walk(
 
     nodes: list[GraphNode | None] = []
     parts: list[tuple[int, int]] = []  # index range first reached from each root
+    held: set[int] = set()  # nodes an earlier walk's holder already keeps
     try:
         for tensor in roots:
             first = len(fns)
@@ -320,7 +329,10 @@ def walk(
                 if fn.name() == _ACCUMULATE:
                     node = _leaf_node(i, fn.variable, param_names)
                 else:
-                    module = fn.metadata.get(module_key)
+                    meta = fn.metadata
+                    module = meta.get(module_key)
+                    if HELD_KEY in meta:
+                        held.add(i)
                     node = GraphNode(
                         i,
                         op_name(fn),
@@ -349,7 +361,11 @@ def walk(
             kids.setdefault(e.src, []).append(e.dst)
         for first, stop in parts:
             # leaves (AccumulateGrad) never free recursively: they need no holder
-            part = [i for i in order if first <= i < stop and kids.get(i)]
+            part = [
+                i
+                for i in order
+                if first <= i < stop and kids.get(i) and (i == first or i not in held)
+            ]
             pos = {i: k for k, i in enumerate(part)}
             attach_safe_free(
                 [fns[i] for i in part], [[pos[c] for c in kids[i] if c in pos] for i in part]
