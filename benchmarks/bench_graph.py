@@ -106,9 +106,9 @@ def _torchviz(name: str) -> str:
 
 
 def rendering_table() -> None:
-    print("## walk + DOT + render to SVG (seconds, median; render once)")
+    print("## walk + DOT + render to SVG (walk, DOT: ms, median of 3; render: s, once)")
     print(
-        "| graph | nodes | drawn | walk | DOT | render | gradscope total | torchviz make_dot+dot |"
+        "| graph | nodes | drawn | walk ms | DOT ms | render s | total s | torchviz make_dot+dot |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for name, make in _cases().items():
