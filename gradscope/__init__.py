@@ -15,7 +15,9 @@ from ._errors import (
     StepMismatch,
     UnknownParameterError,
 )
-from ._graph import Graph, NonfiniteGradient, graph
+from ._graph import Graph
+from ._graph_build import graph
+from ._graph_data import NonfiniteGradient
 from ._graph_walk import GraphEdge, GraphNode, SavedTensor
 from ._lenet import LeNet
 from ._records import BackwardRecord, GradRecord

@@ -1,66 +1,30 @@
-"""``gradscope.graph(loss)``: the backward graph as plain data, text, DOT and SVG."""
+"""The Graph object: the backward graph as plain data, text, DOT and SVG."""
 
 from __future__ import annotations
 
-import gc
-import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+import html
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from ._errors import GradscopeError
 from ._grad_flow import GradRecorder
-from ._graph_dot import DotGraph, build_dot, drawn_node_count, format_norm
-from ._graph_walk import (
-    VIEW_OPS,
-    GraphEdge,
-    GraphFreed,
-    GraphNode,
-    WalkResult,
-    raise_freed,
-    topological,
-    walk,
+from ._graph_data import (
+    GraphData,
+    NonfiniteGradient,
+    chain_groups,
+    collapsed,
+    node_with_norm,
+    span_groups,
 )
-from ._module_tags import MODULE_PATH_KEY
-from ._naming import describe, named_parameters
+from ._graph_dot import DotGraph, build_dot, drawn_node_count, format_norm
+from ._graph_walk import GraphEdge, GraphNode, WalkResult
+from ._naming import describe
 from ._render import find_renderers, render
 
-__all__ = ["Graph", "NonfiniteGradient", "graph"]
+__all__ = ["DEFAULT_MAX_NODES", "Graph"]
 
 DEFAULT_MAX_NODES = 1500
-
-
-@dataclass(frozen=True)
-class NonfiniteGradient:
-    """The node where a NaN/Inf gradient first appeared during backward."""
-
-    node: GraphNode
-    input: int | None  # which input of the op got the bad gradient (None: its incoming sum)
-    value: str  # "nan" | "inf"
-    reason: str
-
-    def __str__(self) -> str:
-        where = f" in module {self.node.module!r}" if self.node.module else ""
-        return f"{self.node.label}{where}: {self.reason}"
-
-
-@dataclass
-class _Data:
-    nodes: tuple[GraphNode, ...]
-    edges: tuple[GraphEdge, ...]
-    roots: tuple[int, ...]
-    origin: NonfiniteGradient | None = None
-    origin_id: int | None = None
-    notes: tuple[str, ...] = ()
-    recorded: bool = False
-    by_id: dict[int, GraphNode] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.by_id = {n.id: n for n in self.nodes}
 
 
 class Graph:
@@ -76,7 +40,7 @@ class Graph:
 
     def __init__(
         self,
-        data: _Data,
+        data: GraphData,
         *,
         walked: WalkResult | None = None,
         recorder: GradRecorder | None = None,
@@ -86,7 +50,7 @@ class Graph:
         self._recorder = recorder
 
     # -- data ---------------------------------------------------------------------------------
-    def _data(self) -> _Data:
+    def _data(self) -> GraphData:
         rec, walked = self._recorder, self._walked
         if rec is None or walked is None:
             return self._static
@@ -95,11 +59,11 @@ class Graph:
             return self._static
         cached = getattr(self, "_cache", None)
         if cached is not None and cached[0] is flow:
-            data: _Data = cached[1]
+            data: GraphData = cached[1]
             return data
         norms = flow.node_norms
         nodes = tuple(
-            _node_with_norm(n, norms[n.id] if n.id < len(norms) else None)
+            node_with_norm(n, norms[n.id] if n.id < len(norms) else None)
             for n in self._static.nodes
         )
         edges = tuple(
@@ -112,7 +76,7 @@ class Graph:
             origin = NonfiniteGradient(
                 node, flow.origin.slot, flow.origin.value, flow.origin.reason
             )
-        data = _Data(
+        data = GraphData(
             nodes,
             edges,
             self._static.roots,
@@ -153,7 +117,7 @@ class Graph:
                 if flow.origin is None:
                     return None
                 o = flow.origin
-                node = _node_with_norm(self._static.nodes[o.node], flow.node_norms[o.node])
+                node = node_with_norm(self._static.nodes[o.node], flow.node_norms[o.node])
                 return NonfiniteGradient(node, o.slot, o.value, o.reason)
         data = self._data()
         if not data.recorded:
@@ -265,32 +229,14 @@ class Graph:
         for n in data.nodes:
             if n.module:
                 group[n.id] = ".".join(n.module.split(".")[:depth])
-        return _collapsed(data, group, note=f"modules collapsed at depth {depth}")
+        return Graph(collapsed(data, group, f"modules collapsed at depth {depth}"))
 
     def _collapse_chains(self) -> Graph:
         """Fallback without module paths: runs of single-input single-output ops become one."""
         data = self._data()
-        indeg: dict[int, int] = {}
-        outs: dict[int, list[int]] = {}
-        for e in data.edges:
-            indeg[e.dst] = indeg.get(e.dst, 0) + 1
-            outs.setdefault(e.src, []).append(e.dst)
-        group: dict[int, str] = {}
-        for n in data.nodes:
-            if n.id in group or n.kind != "op":
-                continue
-            run = [n.id]
-            here = n.id
-            while len(outs.get(here, [])) == 1:
-                nxt = outs[here][0]
-                if indeg.get(nxt, 0) != 1 or data.by_id[nxt].kind != "op" or nxt in group:
-                    break
-                run.append(nxt)
-                here = nxt
-            if len(run) > 2:
-                for i in run:
-                    group[i] = f"#chain{n.id}"
-        return _collapsed(data, group, note="chains of single-input ops drawn as one node")
+        return Graph(
+            collapsed(data, chain_groups(data), "chains of single-input ops drawn as one node")
+        )
 
     def _plan(self, depth: int | None, max_nodes: int, fold: bool) -> Graph:
         if depth is not None:
@@ -319,18 +265,9 @@ class Graph:
 
     def _collapse_spans(self, max_nodes: int) -> Graph:
         """Last resort: consecutive ops in topological order, drawn as one node per span."""
-        data = self._data()
-        index = {n.id: k for k, n in enumerate(data.nodes)}
-        order = topological(
-            len(data.nodes), [GraphEdge(index[e.src], index[e.dst], 0) for e in data.edges]
-        )
-        ops = [data.nodes[k] for k in order if data.nodes[k].kind != "parameter"]
-        size = max(2, -(-len(ops) // max(1, (max_nodes * 4) // 5)))
-        group = {n.id: f"#span{pos // size}" for pos, n in enumerate(ops)}
-        for e in data.edges:  # a parameter goes with its first consumer
-            if data.by_id[e.dst].kind == "parameter" and e.dst not in group:
-                group[e.dst] = group[e.src]
-        return _collapsed(data, group, note=f"spans of {size} consecutive ops drawn as one node")
+        groups, size = span_groups(self._data(), max_nodes)
+        note = f"spans of {size} consecutive ops drawn as one node"
+        return Graph(collapsed(self._data(), groups, note))
 
     def _note(self, note: str) -> Graph:
         data = self._data()
@@ -421,219 +358,9 @@ class Graph:
                 return {"image/svg+xml": self.to_svg(), "text/plain": text}
             except GradscopeError as err:
                 text += f"\n({err})"
-        import html
-
         body = html.escape(self.to_dot())
         return {
             "text/html": f"<pre>{html.escape(text)}</pre><details><summary>DOT</summary>"
             f"<pre>{body}</pre></details>",
             "text/plain": text,
         }
-
-
-def _collapsed(data: _Data, group: Mapping[int, str], note: str) -> Graph:
-    next_id = max((n.id for n in data.nodes), default=-1) + 1
-    gid: dict[str, int] = {}
-    members: dict[str, list[GraphNode]] = {}
-    for n in data.nodes:
-        key = group.get(n.id)
-        if key is not None:
-            if key not in gid:
-                gid[key] = next_id
-                next_id += 1
-            members.setdefault(key, []).append(n)
-    where = {i: gid[k] for i, k in group.items()}
-    into: dict[int, list[float | None]] = {}
-    out_of: dict[int, list[float | None]] = {}
-    merged: dict[tuple[int, int], tuple[int, list[float | None]]] = {}
-    for e in data.edges:
-        a, b = where.get(e.src, e.src), where.get(e.dst, e.dst)
-        if a == b:
-            continue
-        if b != e.dst:
-            into.setdefault(b, []).append(e.grad_norm)
-        if a != e.src:
-            out_of.setdefault(a, []).append(e.grad_norm)
-        merged.setdefault((a, b), (e.slot, []))[1].append(e.grad_norm)
-    nodes = [n for n in data.nodes if n.id not in where]
-    for key, ms in members.items():
-        i = gid[key]
-        saved: dict[int, int] = {}
-        for m in ms:
-            for s in m.saved:
-                if not s.is_parameter:
-                    saved[s.storage or id(s)] = s.nbytes
-        nodes.append(
-            GraphNode(
-                id=i,
-                op=key,
-                kind="module",
-                module=None if key.startswith("#") else key,
-                module_source=None if key.startswith("#") else "forward",
-                grad_norm=_norm_of(into.get(i)) if data.recorded else None,
-                grad_norm_out=_norm_of(out_of.get(i)) if data.recorded else None,
-                ops=sum(m.kind == "op" for m in ms),
-                params=tuple(m.param for m in ms if m.param),
-                saved_total=sum(saved.values()),
-            )
-        )
-    if any(k.startswith("#") for k in gid):
-        nodes = [
-            replace(n, op=f"{members[n.op][0].op} ... {members[n.op][-1].op}")
-            if n.op.startswith("#")
-            else n
-            for n in nodes
-        ]
-    edges = [
-        GraphEdge(a, b, slot, _norm_of(norms) if data.recorded else None)
-        for (a, b), (slot, norms) in merged.items()
-    ]
-    roots = tuple(dict.fromkeys(where.get(r, r) for r in data.roots))
-    origin_id = where.get(data.origin_id, data.origin_id) if data.origin_id is not None else None
-    return Graph(
-        _Data(
-            tuple(nodes),
-            tuple(edges),
-            roots,
-            data.origin,
-            origin_id,
-            (*data.notes, note),
-            data.recorded,
-        )
-    )
-
-
-def _node_with_norm(n: GraphNode, norm: float | None) -> GraphNode:
-    # positional: dataclasses.replace() costs ~10 us a node, too much on every training step
-    return GraphNode(
-        n.id,
-        n.op,
-        n.kind,
-        n.param,
-        n.shape,
-        n.saved,
-        n.module,
-        n.module_source,
-        norm,
-        n.grad_norm_out,
-        n.ops,
-        n.params,
-        n.saved_total,
-    )
-
-
-def _norm_of(values: Iterable[float | None] | None) -> float | None:
-    known = [v for v in values or () if v is not None]
-    if not known:
-        return None
-    if not all(math.isfinite(v) for v in known):
-        return math.nan if any(math.isnan(v) for v in known) else math.inf
-    return math.sqrt(sum(v * v for v in known))
-
-
-def _roots(outputs: tuple[Any, ...]) -> list[torch.Tensor]:
-    items: list[Any] = list(outputs)
-    if len(items) == 1 and isinstance(items[0], (list, tuple)):
-        items = list(items[0])
-    if not items:
-        raise GradscopeError(
-            "graph() needs at least one tensor, e.g. gradscope.graph(loss); got nothing"
-        )
-    problems = []
-    for k, t in enumerate(items):
-        if not isinstance(t, torch.Tensor):
-            problems.append(f"output {k} is {describe(t)}, not a tensor")
-        elif t.grad_fn is None and not t.requires_grad:
-            problems.append(
-                f"output {k} ({describe(t)}) has no grad_fn and does not require grad: it was "
-                f"computed under torch.no_grad()/inference_mode, detached, or from tensors that "
-                f"do not require grad; compute it with autograd on (e.g. from the model's output)"
-            )
-    if problems:
-        raise GradscopeError("graph() cannot walk its input: " + "; ".join(problems))
-    return items
-
-
-def graph(
-    *outputs: torch.Tensor | Sequence[torch.Tensor],
-    params: nn.Module | Mapping[str, torch.Tensor] | None = None,
-    grads: bool = False,
-) -> Graph:
-    """Walk the backward graph behind ``outputs`` (usually the loss).
-
-    ``params`` (a module or a name -> tensor mapping) names the ``AccumulateGrad`` leaves.
-    ``grads=True``, called before ``backward()``, records the gradient through every node.
-
-    >>> import gradscope, torch
-    >>> x = torch.tensor([-1.0, 4.0], requires_grad=True)
-    >>> loss = x.sqrt().sum()
-    >>> g = gradscope.graph(loss, grads=True)
-    >>> loss.backward()
-    >>> g.first_nonfinite.node.op
-    'SqrtBackward0'
-    """
-    if not isinstance(grads, bool):
-        raise GradscopeError(f"grads= takes True or False, not {describe(grads)}")
-    roots = _roots(outputs)
-    names: dict[int, str] = {}
-    ptrs: set[int] = set()
-    if params is not None:
-        resolved = named_parameters(params)
-        for name, tensor in resolved.params.items():
-            names[id(tensor)] = name
-            if tensor.layout == torch.strided:
-                ptrs.add(tensor.data_ptr())
-    recorder = GradRecorder() if grads else None
-    # A walk allocates several objects per node and frees none, so Python's cyclic collector
-    # would sweep everything alive again and again (2x the time on a 12,000-node chain).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        result = walk(
-            roots,
-            names,
-            ptrs,
-            module_key=MODULE_PATH_KEY,
-            on_walked=recorder.attach if recorder is not None else None,
-        )
-        result.nodes = _hint_modules(result.nodes, result.edges)
-        nodes = tuple(result.nodes)  # in id order
-        data = _Data(nodes, tuple(result.edges), tuple(result.roots))
-    except GraphFreed as err:
-        raise_freed(err.op, grads)
-    finally:
-        if collecting:
-            gc.enable()
-    return Graph(data, walked=result, recorder=recorder)
-
-
-def _hint_modules(nodes: list[GraphNode], edges: list[GraphEdge]) -> list[GraphNode]:
-    """Without forward tags, an op that uses a module's parameters is placed in that module."""
-    if not any(n.kind == "parameter" and n.param for n in nodes):
-        return nodes
-    by_id = {n.id: n for n in nodes}
-    kids: dict[int, list[int]] = {}
-    for e in edges:
-        kids.setdefault(e.src, []).append(e.dst)
-
-    def param_module(i: int) -> str | None:
-        n = by_id[i]
-        if n.kind == "parameter" and n.param is not None:
-            return n.param.rpartition(".")[0]
-        if n.kind == "op" and n.op in VIEW_OPS and len(kids.get(i, ())) == 1:
-            child = by_id[kids[i][0]]
-            if child.kind == "parameter" and child.param is not None:
-                return child.param.rpartition(".")[0]
-        return None
-
-    out = []
-    for n in nodes:
-        if n.kind == "op" and n.module is None:
-            found = {m for m in (param_module(k) for k in kids.get(n.id, ())) if m is not None}
-            own = param_module(n.id)
-            if own is not None:
-                found = {own}
-            if len(found) == 1:
-                n = replace(n, module=found.pop(), module_source="parameters")
-        out.append(n)
-    return out

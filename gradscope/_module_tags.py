@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 from torch.utils.hooks import RemovableHandle
 
-from ._graph_walk import attach_safe_free
+from ._safe_free import attach_safe_free
 
 __all__ = ["MODULE_PATH_KEY", "install_module_tagging"]
 
