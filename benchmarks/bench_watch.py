@@ -66,6 +66,7 @@ CONFIGS: dict[str, dict[str, object] | None] = {
     "watch()": {},
     'watch(keep="none")': {"keep": "none"},
     "watch(copy=True)": {"copy": True},
+    "watch(tag_modules=False)": {"tag_modules": False},
 }
 
 

@@ -15,7 +15,7 @@ from ._grad_flow import GradRecorder
 from ._graph import Graph
 from ._graph_data import GraphData
 from ._graph_walk import VIEW_OPS, GraphEdge, GraphFreed, GraphNode, raise_freed, walk
-from ._module_tags import MODULE_PATH_KEY
+from ._module_tags import module_path_of
 from ._naming import describe, named_parameters
 
 __all__ = ["graph"]
@@ -83,7 +83,7 @@ def graph(
             roots,
             names,
             ptrs,
-            module_key=MODULE_PATH_KEY,
+            module_of=module_path_of,
             on_walked=recorder.attach if recorder is not None else None,
         )
         result.nodes = _hint_modules(result.nodes, result.edges)

@@ -203,7 +203,7 @@ def walk(
     param_names: dict[int, str],
     param_ptrs: set[int],
     *,
-    module_key: str,
+    module_of: Callable[[Any], str | None],
     on_walked: Callable[[WalkResult, list[Any]], None] | None = None,
 ) -> WalkResult:
     """Visit every node reachable from ``roots`` once, without recursion.
@@ -248,7 +248,7 @@ def walk(
                     node = _leaf_node(i, fn.variable, param_names)
                 else:
                     meta = fn.metadata
-                    module = meta.get(module_key)
+                    module = module_of(fn)
                     if HELD_KEY in meta:
                         held.add(i)
                     node = GraphNode(

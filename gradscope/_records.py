@@ -29,6 +29,23 @@ class GradRecord:
     example ``clip_grad_norm_`` or ``GradScaler.unscale_``), because that value is gone.
     """
 
+    __slots__ = (
+        "_after",
+        "_after_version",
+        "_before",
+        "_cheap",
+        "_delta",
+        "_full",
+        "_handed_out",
+        "_local",
+        "accumulated",
+        "aliases",
+        "index",
+        "loss_scale",
+        "name",
+        "shape",
+    )
+
     def __init__(
         self,
         name: str,

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GradStats:
     """Statistics of one gradient tensor; fields that were not computed are None.
 
@@ -156,12 +156,12 @@ def batched_norms(
         fused = torch._foreach_norm(group, 2, dtype=_reduction_dtype(dtype))
         for i, norm in zip(indices, fused, strict=True):
             results[i] = norm
-    by_device: dict[torch.device, list[int]] = {}
+    by_kind: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, result in enumerate(results):
         assert result is not None
-        by_device.setdefault(result.device, []).append(i)
-    for indices in by_device.values():
-        values = torch.stack([results[i].double() for i in indices]).tolist()  # type: ignore[union-attr]
+        by_kind.setdefault((result.device, result.dtype), []).append(i)
+    for indices in by_kind.values():
+        values = torch.stack([results[i] for i in indices]).tolist()  # type: ignore[misc]
         for i, value in zip(indices, values, strict=True):
             if not _SAFE_NORM_LOW < value < _SAFE_NORM_HIGH:
                 # Squares of tiny (vanishing) or huge gradients under/overflow float32: redo this

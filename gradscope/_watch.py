@@ -23,11 +23,13 @@ from torch.autograd import Variable
 from torch.utils.hooks import RemovableHandle
 
 from ._errors import GradscopeError, GradscopeWarning, UnknownParameterError
+from ._module_tags import install_module_tagging
 from ._naming import ParamNames, describe, named_parameters, suggest, unwrap_module
 from ._records import BackwardRecord, GradRecord
 from ._stats import batched_norms, cheap_stats, norm_tensor
 
 if TYPE_CHECKING:
+    from ._graph import Graph
     from ._summary import Summary
 
 __all__ = ["Keep", "Watch", "watch"]
@@ -39,7 +41,7 @@ _HOT_NORM_NUMEL = 1 << 16
 _KEEP_CHOICES = ("last", "all", "none")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     """What the hooks saw of one parameter during the pass in progress."""
 
@@ -50,7 +52,7 @@ class _Entry:
     norm: torch.Tensor | None = None  # its norm, taken while it was hot in cache
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pass:
     index: int
     recording: bool
@@ -96,6 +98,7 @@ class Watch:
         history: int | None = 1000,
         scaler: Any = None,
         copy: bool = False,
+        tag_modules: bool = True,
     ) -> None:
         if not isinstance(module, nn.Module):
             raise GradscopeError(
@@ -138,6 +141,7 @@ class Watch:
         self._replaced: list[str] = []
         self._warned_errors = 0
         self.errors: list[BaseException] = []
+        self.last_graph: Graph | None = None
         self.closed = False
         self._finalizer = weakref.finalize(
             self, _remove_handles, self._param_handles, self._other_handles
@@ -160,6 +164,10 @@ class Watch:
                 watch._guard(watch._before_forward)
 
         self._other_handles.append(module.register_forward_pre_hook(before_forward))
+        # graph() then knows which module made each node (see _module_tags). Not under
+        # torch.compile: its backward is one node anyway, and the hooks would break its graph.
+        if tag_modules and not hasattr(module, "_orig_mod"):
+            self._other_handles.extend(install_module_tagging(self._root))
 
     # ----------------------------------------------------------------------------- public API
     @property
@@ -199,6 +207,19 @@ class Watch:
         from ._summary import Summary
 
         return Summary.of(record if record is not None else self.last, self)
+
+    def graph(self, *outputs: torch.Tensor, grads: bool = True) -> Graph:
+        """The autograd graph of ``outputs`` (see :func:`gradscope.graph`), kept as ``last_graph``.
+
+        Call it after the forward pass and before ``backward()``; with ``grads=True`` the graph
+        records the gradient that flows through each node.
+        """
+        from ._graph_build import graph as build_graph
+
+        if self._module is None:
+            raise GradscopeError("this watch is closed; call graph() while it is open")
+        self.last_graph = build_graph(*outputs, params=self._module, grads=grads)
+        return self.last_graph
 
     def close(self) -> None:
         """Remove every hook this watch installed (idempotent). Records stay readable."""
@@ -329,9 +350,7 @@ class Watch:
         old = param.grad
         accumulates = _will_accumulate(self._nodes[name])
         incoming = norm = None
-        if (
-            grad.requires_grad
-        ):  # create_graph=True: keep a plain copy, not the double-backward graph
+        if grad.requires_grad:  # create_graph=True: a plain copy, not the double-backward graph
             held: torch.Tensor | None = grad.detach().clone()
         elif old is not None or not accumulates or self._ddp:
             held = grad  # free: torch adds it into the existing .grad, or does not use .grad
@@ -538,6 +557,7 @@ def watch(
     history: int | None = 1000,
     scaler: Any = None,
     copy: bool = False,
+    tag_modules: bool = True,
 ) -> Watch:
     """Record every parameter's gradient before and after each backward pass of ``module``.
 
@@ -548,7 +568,8 @@ def watch(
     ``scaler`` (a GradScaler) makes statistics unscaled; ``copy=True`` copies ``.grad`` at the
     end of every pass, so ``after`` survives in-place changes such as ``clip_grad_norm_`` (by
     default the watch keeps the tensor itself and copies only when backward is about to add into
-    it, which is what makes it cheap). Works as a context manager.
+    it, which is what makes it cheap); ``tag_modules`` notes which module ran each op, so
+    :func:`gradscope.graph` can group nodes by module. Works as a context manager.
 
     >>> net = torch.nn.Linear(3, 1)
     >>> with watch(net) as w:
@@ -565,4 +586,5 @@ def watch(
         history=history,
         scaler=scaler,
         copy=copy,
+        tag_modules=tag_modules,
     )

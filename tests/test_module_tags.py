@@ -13,7 +13,7 @@ from graph_models import transformer
 from torch import nn
 
 import gradscope
-from gradscope._module_tags import MODULE_PATH_KEY, install_module_tagging
+from gradscope._module_tags import install_module_tagging, module_path_of
 
 
 def _tags(out: torch.Tensor) -> dict[str, set[str | None]]:
@@ -28,7 +28,7 @@ def _tags(out: torch.Tensor) -> dict[str, set[str | None]]:
             continue
         seen.add(id(fn))
         keep.append(fn)
-        found.setdefault(fn.name(), set()).add(fn.metadata.get(MODULE_PATH_KEY))
+        found.setdefault(fn.name(), set()).add(module_path_of(fn))
         stack.extend(c for c, _ in fn.next_functions)
     return found
 
@@ -96,7 +96,7 @@ def test_no_grad_and_exceptions_leave_no_state_behind() -> None:
         net(torch.randn(1, 2))
     assert _CALLS.stack == [] and _CALLS.done == []
     out = net[0](torch.randn(1, 2))  # called on its own: it is the outermost call
-    assert out.grad_fn.metadata[MODULE_PATH_KEY] == "0"  # type: ignore[union-attr]
+    assert module_path_of(out.grad_fn) == "0"
 
 
 def test_graph_falls_back_to_parameter_hints_without_tagging() -> None:
@@ -113,7 +113,7 @@ def test_tagged_deep_model_frees_without_crashing() -> None:
         """
         import gc, torch
         from torch import nn
-        from gradscope._module_tags import install_module_tagging
+        from gradscope._module_tags import install_module_tagging, module_path_of
         class Deep(nn.Module):
             def forward(self, x):
                 for _ in range(60_000):
@@ -122,7 +122,7 @@ def test_tagged_deep_model_frees_without_crashing() -> None:
         net = nn.Sequential(Deep())
         install_module_tagging(net)
         out = net(torch.randn(2, requires_grad=True))
-        assert out.grad_fn.metadata["gradscope.module"] == "0"
+        assert module_path_of(out.grad_fn) == "0"
         del out
         gc.collect()
         print("ok")
@@ -134,15 +134,6 @@ def test_tagged_deep_model_frees_without_crashing() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
-def _watch_tags_modules() -> bool:
-    import inspect
-
-    from gradscope import _watch
-
-    return "install_module_tagging" in inspect.getsource(_watch)
-
-
-@pytest.mark.skipif(not _watch_tags_modules(), reason="watch() does not install tagging yet")
 def test_graph_under_watch_shows_module_paths() -> None:
     net = gradscope.LeNet()
     with gradscope.watch(net):
@@ -152,3 +143,33 @@ def test_graph_under_watch_shows_module_paths() -> None:
     convs = {n.module for n in g.nodes if n.op == "ConvolutionBackward0"}
     assert convs == {"conv1", "conv2"}
     assert {n.module_source for n in g.nodes if n.op == "ReluBackward0"} == {"forward"}
+
+
+def test_watch_graph_keeps_the_graph_with_module_clusters(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import xml.etree.ElementTree as ET
+
+    net = gradscope.LeNet()
+    with gradscope.watch(net) as w:
+        loss = net(torch.randn(1, 1, 32, 32)).sum()
+        g = w.graph(loss)
+        loss.backward()
+    assert w.last_graph is g
+    assert {n.module for n in g.nodes if n.op == "AddmmBackward0"} == {"fc1", "fc2", "fc3"}
+    assert all(n.grad_norm is not None for n in g.nodes if n.op == "AddmmBackward0")
+    svg = ET.fromstring(g.to_svg())
+    titles = {t.text for t in svg.iter("{http://www.w3.org/2000/svg}title")}
+    assert any(t and t.startswith("cluster") for t in titles), titles
+
+
+def test_module_paths_of_an_older_forward_fall_back_cleanly() -> None:
+    from gradscope._module_tags import HISTORY
+
+    net = nn.Sequential(nn.Linear(2, 2))
+    handles = install_module_tagging(net)
+    first = net(torch.randn(1, 2, requires_grad=True))
+    assert module_path_of(first.grad_fn) == "0"
+    for _ in range(HISTORY):
+        net(torch.randn(1, 2))
+    assert module_path_of(first.grad_fn) is None  # forgotten, not misattributed
+    for handle in handles:
+        handle.remove()
