@@ -9,11 +9,13 @@ raised out of the user's ``backward()``.
 from __future__ import annotations
 
 import fnmatch
+import os
 import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -188,6 +190,19 @@ class Watch:
         from ._summary import Summary
 
         return Summary.of(record if record is not None else self.last, self)
+
+    def report(self, path: str | os.PathLike[str]) -> Path:
+        """Write a self-contained HTML page (table, gradient-flow and norm charts) to ``path``.
+
+        >>> net = torch.nn.Linear(3, 1)
+        >>> with watch(net) as w:
+        ...     net(torch.ones(1, 3)).sum().backward()
+        >>> w.report("/tmp/gradscope-report.html").name
+        'gradscope-report.html'
+        """
+        from ._report import write_report
+
+        return write_report(self, path)
 
     def close(self) -> None:
         """Remove every hook this watch installed (idempotent). Records stay readable."""
