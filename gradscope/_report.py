@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from ._errors import GradscopeError
+from ._files import atomic_write
 from ._plots import PLOT_HINT, LayerFlow, NormSeries, flow_svg, norms_svg
 from ._records import BackwardRecord, GradRecord, names_in
 from ._summary import Summary
@@ -25,40 +26,11 @@ from ._summary import Summary
 if TYPE_CHECKING:
     from ._watch import Watch
 
-__all__ = ["atomic_write", "layer_flow", "norm_series", "render_report", "write_report"]
+__all__ = ["layer_flow", "norm_series", "render_report", "write_report"]
 
 
 class _HasSvg(Protocol):
     def to_svg(self) -> str: ...
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
-
-    A failure at any point leaves ``path`` as it was and no temporary file behind.
-    """
-    folder = path.parent
-    if not folder.is_dir():
-        raise GradscopeError(
-            f"cannot write {str(path)!r}: the folder {str(folder)!r} does not exist"
-            " (create it first, or pick another path)"
-        )
-    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        if isinstance(data, bytes):
-            tmp.write_bytes(data)
-        else:
-            tmp.write_text(data, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise GradscopeError(
-            f"cannot write {str(path)!r}: {error.strerror or error}"
-            " (is the folder writable and is the path not a directory?)"
-        ) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- data
