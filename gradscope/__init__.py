@@ -8,11 +8,20 @@
 torch.Size([6])
 """
 
-from ._errors import GradientAssertionError, GradscopeError, GradscopeWarning, UnknownParameterError
+from ._errors import (
+    GradientAssertionError,
+    GradscopeError,
+    GradscopeWarning,
+    StepMismatch,
+    UnknownParameterError,
+)
 from ._lenet import LeNet
 from ._records import BackwardRecord, GradRecord
 from ._stats import GradStats
+from ._step_check import check_step
+from ._step_report import ParamCheck, StepReport
 from ._summary import Summary
+from ._verify import verify_optimizer
 from ._watch import Watch, watch
 
 __version__ = "0.1.0"
@@ -25,9 +34,14 @@ __all__ = [
     "GradscopeError",
     "GradscopeWarning",
     "LeNet",
+    "ParamCheck",
+    "StepMismatch",
+    "StepReport",
     "Summary",
     "UnknownParameterError",
     "Watch",
     "__version__",
+    "check_step",
+    "verify_optimizer",
     "watch",
 ]

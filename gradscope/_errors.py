@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["GradientAssertionError", "GradscopeError", "GradscopeWarning", "UnknownParameterError"]
+__all__ = [
+    "GradientAssertionError",
+    "GradscopeError",
+    "GradscopeWarning",
+    "StepMismatch",
+    "UnknownParameterError",
+]
 
 
 class GradscopeError(Exception):
@@ -11,6 +17,10 @@ class GradscopeError(Exception):
 
 class GradientAssertionError(GradscopeError, AssertionError):
     """A gradient property did not hold; pytest shows it as an ordinary assertion failure."""
+
+
+class StepMismatch(GradscopeError, AssertionError):
+    """An optimizer step did not match its reference or failed a structural check."""
 
 
 class UnknownParameterError(GradscopeError, KeyError):

@@ -13,7 +13,6 @@ from ._stats import GradStats, full_stats
 __all__ = ["BackwardRecord", "GradRecord"]
 
 
-@dataclass(eq=False)
 class GradRecord:
     """One parameter in one backward pass.
 
@@ -24,32 +23,87 @@ class GradRecord:
     DistributedDataParallel ``after`` is the averaged gradient the optimizer will use, ``local``
     the gradient this process computed and ``delta`` is ``after - before``.
 
-    Tensors are detached copies the watch owns (None once dropped, see ``watch(keep=...)``).
+    Tensors are None once dropped (see ``watch(keep=...)``). Without ``watch(copy=True)`` the
+    watch keeps the very tensor ``.grad`` held at the end of the pass instead of a copy; reading
+    ``after`` then returns a copy, and raises if code changed ``.grad`` in place since (for
+    example ``clip_grad_norm_`` or ``GradScaler.unscale_``), because that value is gone.
     """
 
-    name: str
-    index: int
-    shape: torch.Size
-    before: torch.Tensor | None
-    after: torch.Tensor | None
-    delta: torch.Tensor | None
-    accumulated: bool = True
-    local: torch.Tensor | None = None
-    loss_scale: float | None = None
-    aliases: tuple[str, ...] = ()
-    _cheap: GradStats | None = None
-    _full: GradStats | None = None
+    def __init__(
+        self,
+        name: str,
+        index: int,
+        shape: torch.Size,
+        *,
+        accumulated: bool = True,
+        loss_scale: float | None = None,
+        aliases: tuple[str, ...] = (),
+    ) -> None:
+        self.name = name
+        self.index = index
+        self.shape = shape
+        self.accumulated = accumulated
+        self.loss_scale = loss_scale
+        self.aliases = aliases
+        self._before: torch.Tensor | None = None
+        self._after: torch.Tensor | None = None
+        self._delta: torch.Tensor | None = None
+        self._local: torch.Tensor | None = None
+        # Set when _after is the live .grad tensor rather than a copy: its version then.
+        self._after_version: int | None = None
+        self._handed_out = False  # a tensor handed to the user is never reused as a buffer
+        self._cheap: GradStats | None = None
+        self._full: GradStats | None = None
+
+    @property
+    def modified(self) -> bool:
+        """True when ``.grad`` was changed in place after the pass, so ``after`` is lost."""
+        return (
+            self._after is not None
+            and self._after_version is not None
+            and self._after._version != self._after_version
+        )
+
+    def _shared(self, tensor: torch.Tensor | None, what: str) -> torch.Tensor | None:
+        if tensor is None or tensor is not self._after or self._after_version is None:
+            self._handed_out = True
+            return tensor
+        if self.modified:
+            raise GradscopeError(
+                f"{self.name}.grad was changed in place after backward pass {self.index} ended "
+                f"(by clip_grad_norm_, GradScaler.unscale_, zero_grad(set_to_none=False)?), so "
+                f"its {what} value from that pass is gone; the norm and NaN/Inf counts recorded "
+                f"then still hold. Use gradscope.watch(model, copy=True) to keep exact copies."
+            )
+        return tensor.clone()
+
+    @property
+    def before(self) -> torch.Tensor | None:
+        return self._shared(self._before, "before")
+
+    @property
+    def after(self) -> torch.Tensor | None:
+        return self._shared(self._after, "after")
+
+    @property
+    def delta(self) -> torch.Tensor | None:
+        return self._shared(self._delta, "delta")
+
+    @property
+    def local(self) -> torch.Tensor | None:
+        """Under DDP: the gradient this process computed, before averaging."""
+        return self._shared(self._local, "local")
 
     @property
     def stats(self) -> GradStats:
         """Statistics of ``after`` (of ``delta`` for ``torch.autograd.grad``), unscaled.
 
         numel, norm and the NaN/Inf counts are recorded for every pass; mean, std, min, max,
-        abs_max and zero_fraction are computed on first read while the tensors are kept, and
-        stay None for passes whose tensors were dropped.
+        abs_max and zero_fraction are computed on first read while the tensors are kept (and
+        unmodified), and stay None otherwise.
         """
-        if self._full is None:
-            source = self.after if self.accumulated else self.delta
+        if self._full is None and not self.modified:
+            source = self._after if self.accumulated else self._delta
             if source is not None:
                 stats = full_stats(source)
                 if self.loss_scale is not None:
@@ -61,9 +115,22 @@ class GradRecord:
             raise GradscopeError(f"no statistics were recorded for {self.name!r}")
         return self._cheap
 
-    def drop_tensors(self) -> None:
-        """Forget the tensors, keeping the statistics recorded so far."""
-        self.before = self.after = self.delta = self.local = None
+    def _replace(self, old: torch.Tensor, new: torch.Tensor) -> None:
+        """Swap a live ``.grad`` reference for a copy of it (before backward adds into it)."""
+        if self._after is None or self._after is not old or self._after_version != old._version:
+            return  # not ours, or already changed in place: leave ``modified`` to say so
+        self._after, self._after_version = new, None
+        if self._delta is old:
+            self._delta = new
+
+    def drop_tensors(self) -> list[torch.Tensor]:
+        """Forget the tensors, keeping the statistics; return the ones that are free to reuse."""
+        tensors = [
+            t for t in (self._before, self._after, self._delta, self._local) if t is not None
+        ]
+        reusable = not self._handed_out and self._after_version is None
+        self._before = self._after = self._delta = self._local = None
+        return tensors if reusable else []
 
     def __repr__(self) -> str:
         stats = self.stats
@@ -132,9 +199,9 @@ class BackwardRecord(Mapping[str, GradRecord]):
     def __len__(self) -> int:
         return len(self.grads)
 
-    def drop_tensors(self) -> None:
-        for record in self.grads.values():
-            record.drop_tensors()
+    def drop_tensors(self) -> dict[str, list[torch.Tensor]]:
+        """Forget every tensor; return, by name, the ones never handed out to the user."""
+        return {name: record.drop_tensors() for name, record in self.grads.items()}
 
     def __repr__(self) -> str:
         return (

@@ -27,7 +27,7 @@ from torch.utils.hooks import RemovableHandle
 from ._errors import GradscopeError, GradscopeWarning, UnknownParameterError
 from ._naming import ParamNames, describe, named_parameters, suggest, unwrap_module
 from ._records import BackwardRecord, GradRecord
-from ._stats import batched_norms, cheap_stats
+from ._stats import batched_norms, cheap_stats, norm_tensor
 
 if TYPE_CHECKING:
     from ._summary import Summary
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 __all__ = ["Keep", "Watch", "watch"]
 
 Keep = Literal["last", "all", "none"]
+# Gradients at least this large get their norm taken inside the hook, while still in cache;
+# smaller ones are cheaper in one fused kernel at the end of the pass.
+_HOT_NORM_NUMEL = 1 << 16
 _KEEP_CHOICES = ("last", "all", "none")
 
 
@@ -44,7 +47,9 @@ class _Entry:
 
     grad: torch.Tensor | None  # the incoming gradient (what this pass adds), if held
     before: torch.Tensor | None
-    accumulated: bool = False
+    accumulated: bool  # False under torch.autograd.grad, which leaves .grad alone
+    incoming: tuple[int, int] | None = None  # (data_ptr, version) of a gradient torch may steal
+    norm: torch.Tensor | None = None  # its norm, taken while it was hot in cache
 
 
 @dataclass
@@ -92,6 +97,7 @@ class Watch:
         every: int = 1,
         history: int | None = 1000,
         scaler: Any = None,
+        copy: bool = False,
     ) -> None:
         if not isinstance(module, nn.Module):
             raise GradscopeError(
@@ -113,6 +119,7 @@ class Watch:
         self.keep: Keep = keep
         self.every = every
         self.scaler = scaler
+        self.copy = copy
         self._include = [include] if isinstance(include, str) else list(include or [])
         self._exclude = [exclude] if isinstance(exclude, str) else list(exclude or [])
         self._root: nn.Module | None = unwrap_module(module)
@@ -125,7 +132,11 @@ class Watch:
         self._other_handles: list[RemovableHandle] = []
         self._pass: _Pass | None = None
         self._passes_seen = 0
-        self._last_after: dict[str, tuple[weakref.ref[torch.Tensor], int, torch.Tensor]] = {}
+        # The newest record of each parameter, whose ``after`` may be ``.grad`` itself.
+        self._last_record: dict[str, GradRecord] = {}
+        self._pool: dict[str, list[torch.Tensor]] = {}
+        self._aliases: dict[str, tuple[str, ...]] = {}
+        self._slots: list[tuple[dict[str, Any], str, torch.Tensor, bool]] = []
         self._replaced: list[str] = []
         self._warned_errors = 0
         self.errors: list[BaseException] = []
@@ -133,7 +144,7 @@ class Watch:
         self._finalizer = weakref.finalize(
             self, _remove_handles, self._param_handles, self._other_handles
         )
-        self._sync()
+        self._sync(force=True)
         if not self._names.params and not self._frozen_names():
             raise GradscopeError(
                 f"watch() found no parameters to watch in {type(module).__name__}"
@@ -213,7 +224,8 @@ class Watch:
         self._module = self._root = None
         self._names = ParamNames()
         self._nodes.clear()
-        self._last_after.clear()
+        self._last_record.clear()
+        self._pool.clear()
 
     def __enter__(self) -> Watch:
         return self
@@ -250,9 +262,21 @@ class Watch:
     def _frozen_names(self) -> list[str]:
         return [n for n, p in self._names.params.items() if not p.requires_grad]
 
-    def _sync(self) -> None:
+    def _changed(self) -> bool:
+        """Whether any parameter was replaced, (un)frozen or removed since the last sync.
+
+        A few dict lookups per parameter, so it can run before every forward pass; walking the
+        module tree each time cost ~10% of a LeNet step.
+        """
+        for slots, key, param, requires_grad in self._slots:
+            current = slots.get(key)
+            if current is not param or param.requires_grad != requires_grad:
+                return True
+        return False
+
+    def _sync(self, *, force: bool = False) -> None:
         """Follow the module's current parameters: new, replaced, (un)frozen ones."""
-        if self._root is None:
+        if self._root is None or not (force or self._changed()):
             return
         names = named_parameters(self._root)
         selected = ParamNames(
@@ -269,6 +293,16 @@ class Watch:
         for name in set(self._param_handles) - set(selected.params):
             self._unhook(name)
         self._names = selected
+        self._aliases = {
+            name: tuple(a for a, c in selected.canonical.items() if c == name and a != name)
+            for name in selected.params
+        }
+        self._slots = [
+            (module._parameters, key, param, param.requires_grad)
+            for module in self._root.modules()
+            for key, param in module._parameters.items()
+            if param is not None
+        ]
 
     def _hook(self, name: str, param: torch.Tensor) -> None:
         ref = weakref.ref(self)
@@ -278,22 +312,16 @@ class Watch:
             if watch is not None:
                 watch._guard(watch._on_grad, name, param, grad)
 
-        def on_accumulated(_param: torch.Tensor) -> None:
-            watch = ref()
-            if watch is not None:
-                watch._guard(watch._on_accumulated, name)
-
-        self._param_handles[name] = [
-            param.register_hook(on_grad),  # type: ignore[no-untyped-call]
-            param.register_post_accumulate_grad_hook(on_accumulated),  # type: ignore[no-untyped-call]
-        ]
+        handle = param.register_hook(on_grad)  # type: ignore[no-untyped-call]
+        self._param_handles[name] = [handle]
         self._nodes[name] = _accumulate_node(param)
 
     def _unhook(self, name: str) -> None:
         for handle in self._param_handles.pop(name, []):
             handle.remove()
         self._nodes.pop(name, None)
-        self._last_after.pop(name, None)
+        self._last_record.pop(name, None)
+        self._pool.pop(name, None)
 
     def _on_grad(self, name: str, param: torch.Tensor, grad: torch.Tensor) -> None:
         current = self._pass
@@ -302,6 +330,10 @@ class Watch:
             recording = (self._passes_seen - 1) % self.every == 0
             current = self._pass = _Pass(self._passes_seen, recording)
             self._queue_end_of_pass()
+            if recording and self.keep == "last" and self._records:
+                # Let go of the last pass's tensors now rather than when this pass ends, so the
+                # allocator can reuse that memory for this pass's gradients.
+                self._recycle(self._records[-1])
         if not current.recording:
             return
         entry = current.entries.get(name)
@@ -309,25 +341,59 @@ class Watch:
             if entry.grad is not None:
                 entry.grad = entry.grad + grad.detach()
             return
-        if self.keep == "none" and not self._ddp and _will_accumulate(self._nodes[name]):
-            held = None  # read .grad at the end instead: holding it would force torch to copy it
+        old = param.grad
+        accumulates = _will_accumulate(self._nodes[name])
+        incoming = norm = None
+        if (
+            grad.requires_grad
+        ):  # create_graph=True: keep a plain copy, not the double-backward graph
+            held: torch.Tensor | None = grad.detach().clone()
+        elif old is not None or not accumulates or self._ddp:
+            held = grad  # free: torch adds it into the existing .grad, or does not use .grad
         else:
-            held = grad.detach().clone() if grad.requires_grad else grad
-        before = None if self.keep == "none" else self._snapshot_before(name, param.grad)
-        current.entries[name] = _Entry(grad=held, before=before)
+            # torch moves this very tensor into .grad unless someone holds it, so do not hold it
+            # (that would cost a copy); remember its address and measure it while it is hot.
+            held = None
+            incoming = (grad.data_ptr(), grad._version)
+            if grad.layout == torch.strided and grad.numel() >= _HOT_NORM_NUMEL:
+                norm = norm_tensor(grad)
+        before = None if self.keep == "none" else self._snapshot_before(name, old)
+        current.entries[name] = _Entry(held, before, accumulates, incoming, norm)
 
     def _snapshot_before(self, name: str, grad: torch.Tensor | None) -> torch.Tensor | None:
         if grad is None:
             return None
-        last = self._last_after.get(name)
-        if last is not None and last[0]() is grad and grad._version == last[1]:
-            return last[2]  # .grad is untouched since the last pass ended: share that copy
-        return grad.detach().clone()  # the pass will add into it in place
+        snapshot = self._copy(name, grad)  # this pass is about to add into .grad in place
+        last = self._last_record.pop(name, None)
+        if last is not None:  # copy-on-write: the last record may hold this very .grad
+            last._replace(grad, snapshot)
+        return snapshot
 
-    def _on_accumulated(self, name: str) -> None:
-        current = self._pass
-        if current is not None and name in current.entries:
-            current.entries[name].accumulated = True
+    def _copy(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """A detached copy of ``tensor``, written into a recycled buffer when one fits.
+
+        Fresh memory for every copy costs page faults that made copying 3x slower than writing
+        into a buffer of the previous pass (measured on CPU).
+        """
+        pool = self._pool.get(name)
+        while pool:
+            buffer = pool.pop()
+            if (
+                buffer.shape == tensor.shape
+                and buffer.dtype == tensor.dtype
+                and buffer.device == tensor.device
+                and buffer.stride() == tensor.stride()
+            ):
+                return buffer.copy_(tensor.detach())
+        return tensor.detach().clone()
+
+    def _recycle(self, dropped: BackwardRecord) -> None:
+        """Drop the tensors of an older pass, keeping its own copies as buffers for later ones."""
+        for name, tensors in dropped.drop_tensors().items():
+            pool = self._pool.setdefault(name, [])
+            for tensor in tensors:
+                if tensor.layout == torch.strided and len(pool) < 2:
+                    pool.append(tensor)
 
     def _queue_end_of_pass(self) -> None:
         ref = weakref.ref(self)
@@ -350,19 +416,19 @@ class Watch:
             return
         self._sync()
         scale = self._loss_scale()
-        names = list(current.entries)
         records: dict[str, GradRecord] = {}
         sources: list[torch.Tensor] = []
-        for name in names:
-            grad_record = self._make_record(name, current, scale)
+        known: list[torch.Tensor | None] = []
+        for name, entry in current.entries.items():
+            grad_record, source, norm = self._make_record(name, entry, current.index, scale)
             records[name] = grad_record
-            source = grad_record.after if grad_record.accumulated else grad_record.delta
-            if source is None:  # keep="none": read the live gradient once for its statistics
-                source = self._names.params[name].grad
             sources.append(source if source is not None else torch.zeros(0))
-        for name, source, norm in zip(names, sources, batched_norms(sources), strict=True):
-            stats = cheap_stats(source, norm)
-            records[name]._cheap = stats if scale is None else stats.scaled(1.0 / scale)
+            known.append(norm)
+        for grad_record, source, value in zip(
+            records.values(), sources, batched_norms(sources, known), strict=True
+        ):
+            stats = cheap_stats(source, value)
+            grad_record._cheap = stats if scale is None else stats.scaled(1.0 / scale)
         trainable = [n for n, p in self._names.params.items() if p.requires_grad]
         backward = BackwardRecord(
             index=current.index,
@@ -375,46 +441,43 @@ class Watch:
             errors=current.errors,
         )
         self._replaced = []
-        if self.keep == "last" and self._records:
-            self._records[-1].drop_tensors()
         self._records.append(backward)
 
-    def _make_record(self, name: str, current: _Pass, scale: float | None) -> GradRecord:
-        entry = current.entries[name]
+    def _make_record(
+        self, name: str, entry: _Entry, index: int, scale: float | None
+    ) -> tuple[GradRecord, torch.Tensor | None, torch.Tensor | None]:
+        """One parameter's record, the tensor its statistics describe, and its norm if known."""
         param = self._names.params[name]
         live = param.grad
-        aliases = tuple(a for a, c in self._names.canonical.items() if c == name and a != name)
-        common: dict[str, Any] = {
-            "name": name,
-            "index": current.index,
-            "shape": param.shape,
-            "accumulated": entry.accumulated,
-            "loss_scale": scale,
-            "aliases": aliases,
-        }
+        record = GradRecord(
+            name,
+            index,
+            param.shape,
+            accumulated=entry.accumulated,
+            loss_scale=scale,
+            aliases=self._aliases[name],
+        )
+        if not entry.accumulated or live is None:  # torch.autograd.grad: .grad is untouched
+            if self.keep != "none":
+                record._before = record._after = entry.before
+                record._delta = entry.grad
+            return record, entry.grad, None
+        fresh = entry.incoming == (live.data_ptr(), live._version)  # .grad is the pass's gradient
+        norm = entry.norm if fresh else None
         if self.keep == "none":
-            return GradRecord(before=None, after=None, delta=None, **common)
-        if not entry.accumulated or live is None:
-            after = entry.before
-        elif (
-            entry.before is None
-            and entry.grad is not None
-            and not self._ddp
-            and (live.data_ptr() != entry.grad.data_ptr())
-        ):
-            after = entry.grad  # .grad was empty, so it now equals what this pass added
+            return record, live, norm
+        if self.copy:
+            after = self._copy(name, live)
         else:
-            after = live.detach().clone()
-        if live is not None and after is not None:
-            self._last_after[name] = (weakref.ref(live), live._version, after)
-        else:
-            self._last_after.pop(name, None)
-        if self._ddp and entry.accumulated and after is not None:
-            delta = after if entry.before is None else after - entry.before
-            return GradRecord(
-                before=entry.before, after=after, delta=delta, local=entry.grad, **common
-            )
-        return GradRecord(before=entry.before, after=after, delta=entry.grad, **common)
+            after, record._after_version = live, live._version
+        self._last_record[name] = record
+        record._before, record._after = entry.before, after
+        if self._ddp:  # .grad now holds the average over processes; entry.grad is the local one
+            record._local = entry.grad
+            record._delta = after if entry.before is None else after - entry.before
+        else:  # with no .grad before the pass, .grad is exactly what the pass added
+            record._delta = after if entry.before is None else entry.grad
+        return record, after, norm
 
     def _loss_scale(self) -> float | None:
         if self.scaler is None or not getattr(self.scaler, "is_enabled", lambda: True)():
@@ -472,13 +535,17 @@ def watch(
     every: int = 1,
     history: int | None = 1000,
     scaler: Any = None,
+    copy: bool = False,
 ) -> Watch:
     """Record every parameter's gradient before and after each backward pass of ``module``.
 
     ``include``/``exclude`` take glob patterns on parameter names; ``keep`` says which passes keep
     their tensors ("last": the newest only, older passes keep their statistics; "all"; "none":
     statistics only); ``every=N`` records every N-th pass; ``history`` bounds the records kept;
-    ``scaler`` (a GradScaler) makes statistics unscaled. Works as a context manager.
+    ``scaler`` (a GradScaler) makes statistics unscaled; ``copy=True`` copies ``.grad`` at the
+    end of every pass, so ``after`` survives in-place changes such as ``clip_grad_norm_`` (by
+    default the watch keeps the tensor itself and copies only when backward is about to add into
+    it, which is what makes it cheap). Works as a context manager.
 
     >>> net = torch.nn.Linear(3, 1)
     >>> with watch(net) as w:
@@ -494,4 +561,5 @@ def watch(
         every=every,
         history=history,
         scaler=scaler,
+        copy=copy,
     )

@@ -19,8 +19,13 @@ EXPECTED = {
     "GradscopeError",
     "GradscopeWarning",
     "LeNet",
+    "ParamCheck",
+    "StepMismatch",
+    "StepReport",
     "UnknownParameterError",
     "__version__",
+    "check_step",
+    "verify_optimizer",
 }
 
 

@@ -63,14 +63,39 @@ def test_zero_grad_set_to_none_false_gives_zero_before(lenet: nn.Module, lenet_i
     )
 
 
-def test_in_place_change_between_passes_is_seen(lenet: nn.Module, lenet_input) -> None:
+def test_in_place_change_after_the_pass_is_detected_not_hidden(lenet, lenet_input) -> None:
     with gradscope.watch(lenet, keep="all") as w:
         backward(lenet, lenet_input)
+        norm = float(lenet.fc1.weight.grad.norm())
         nn.utils.clip_grad_norm_(lenet.parameters(), 1e-3)  # modifies .grad in place
         clipped = lenet.fc1.weight.grad.clone()
         backward(lenet, lenet_input)
+    first = w.records[0]["fc1.weight"]
+    assert first.modified
+    with pytest.raises(GradscopeError, match=r"changed in place.*copy=True"):
+        first.after  # noqa: B018
+    assert first.stats.norm == pytest.approx(norm)  # recorded when the pass ended
     assert torch.equal(w.last["fc1.weight"].before, clipped)
-    assert not torch.equal(w.records[0]["fc1.weight"].after, clipped)
+
+
+def test_copy_true_keeps_exact_copies_through_in_place_changes(lenet, lenet_input) -> None:
+    with gradscope.watch(lenet, keep="all", copy=True) as w:
+        backward(lenet, lenet_input)
+        unclipped = lenet.fc1.weight.grad.clone()
+        nn.utils.clip_grad_norm_(lenet.parameters(), 1e-3)
+        clipped = lenet.fc1.weight.grad.clone()
+        backward(lenet, lenet_input)
+    assert torch.equal(w.records[0]["fc1.weight"].after, unclipped)
+    assert torch.equal(w.last["fc1.weight"].before, clipped)
+    torch.testing.assert_close(w.last["fc1.weight"].after, lenet.fc1.weight.grad)
+
+
+def test_reading_after_never_aliases_the_live_grad(lenet, lenet_input) -> None:
+    with gradscope.watch(lenet) as w:
+        backward(lenet, lenet_input)
+        after = w.last["fc3.bias"].after
+        after.zero_()  # the user's copy: the model's .grad must not change
+    assert torch.count_nonzero(lenet.fc3.bias.grad) > 0
 
 
 def test_keep_modes(lenet: nn.Module, lenet_input) -> None:
@@ -344,3 +369,25 @@ def test_last_before_any_backward_says_why(lenet, lenet_input) -> None:
     w.close()
     with pytest.raises(GradscopeError, match="closed"):
         w.last  # noqa: B018
+
+
+def test_a_tensor_the_user_holds_is_never_reused(lenet, lenet_input) -> None:
+    with gradscope.watch(lenet) as w:
+        backward(lenet, lenet_input)
+        held = w.last["fc1.weight"].after
+        kept = held.clone()
+        for _ in range(3):
+            lenet.zero_grad()
+            backward(lenet, lenet_input * 2)
+    assert torch.equal(held, kept)
+
+
+def test_buffers_of_dropped_passes_are_reused(lenet, lenet_input) -> None:
+    with gradscope.watch(lenet, copy=True) as w:
+        pointers = []
+        for _ in range(3):
+            lenet.zero_grad()
+            backward(lenet, lenet_input)
+            pointers.append(w.last["fc1.weight"]._after.data_ptr())  # not handed out
+    assert pointers[0] == pointers[1] == pointers[2]
+    torch.testing.assert_close(w.last["fc1.weight"].after, lenet.fc1.weight.grad)

@@ -1,0 +1,180 @@
+"""The result of checking one optimizer step: a verdict per parameter, a table, one error."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ._errors import GradscopeError, StepMismatch
+
+__all__ = ["ParamCheck", "StepReport"]
+
+OK, FAIL, SKIPPED, UNCHECKED = "ok", "FAIL", "skipped", "unchecked"
+
+
+@dataclass(frozen=True)
+class ParamCheck:
+    """One parameter's outcome in one step.
+
+    ``max_abs_diff`` is max|after - reference|, ``max_rel_diff`` the same divided by the largest
+    reference update (1.0 means "off by a whole step"), ``tolerance`` the bound from
+    :func:`gradscope._tolerance.tolerance`; all three are None when values were not checked.
+    ``verdict`` is "ok", "FAIL", "skipped" (no gradient, left alone) or "unchecked" (no
+    reference). ``reasons`` says what went wrong and the likely fix.
+    """
+
+    name: str
+    group: int | None
+    changed: bool
+    verdict: str
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+    tolerance: float | None = None
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == FAIL
+
+
+@dataclass
+class StepReport:
+    """What :func:`gradscope.check_step` found about one ``optimizer.step()``.
+
+    >>> import torch, gradscope
+    >>> net = torch.nn.Linear(3, 1)
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    >>> net(torch.ones(1, 3)).sum().backward()
+    >>> with gradscope.check_step(opt, params=net) as report:
+    ...     opt.step()
+    >>> report.ok, [p.name for p in report.params]
+    (True, ['weight', 'bias'])
+    """
+
+    optimizer: str = ""
+    step: int = 0
+    reference: str | None = None
+    params: list[ParamCheck] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    _ready: bool = field(default=False, repr=False)
+
+    def _require_ready(self) -> None:
+        if not self._ready:
+            raise GradscopeError(
+                "this StepReport is filled in when the `with gradscope.check_step(...)` block "
+                "ends; read it after the block"
+            )
+
+    @property
+    def ok(self) -> bool:
+        """True when no parameter failed and no step-wide problem was found."""
+        self._require_ready()
+        return not self.problems and not any(p.failed for p in self.params)
+
+    @property
+    def failures(self) -> list[ParamCheck]:
+        """The parameters that failed, in optimizer order (then those in no param group)."""
+        self._require_ready()
+        return [p for p in self.params if p.failed]
+
+    @property
+    def values_checked(self) -> bool:
+        """False when there was no reference rule, so only the structural checks ran."""
+        return self.reference is not None
+
+    def __getitem__(self, name: str) -> ParamCheck:
+        for check in self.params:
+            if check.name == name:
+                return check
+        known = ", ".join(repr(p.name) for p in self.params[:8])
+        raise KeyError(f"no parameter {name!r} in this report; it has {known}")
+
+    def headline(self) -> str:
+        """One line: the optimizer, what it was checked against, and how many failed."""
+        self._require_ready()
+        checked = (
+            f"checked against {self.reference}"
+            if self.reference
+            else "values NOT checked (no reference rule for this optimizer; pass reference=)"
+        )
+        failed = len(self.failures)
+        verdict = "ok" if self.ok else f"{failed} of {len(self.params)} parameters FAILED"
+        if not self.ok and not failed:
+            verdict = "FAILED"
+        return f"step {self.step} of {self.optimizer}: {checked}: {verdict}"
+
+    def table(self) -> str:
+        """A fixed-width table, one row per parameter."""
+        header = ("parameter", "group", "max abs diff", "max rel diff", "tolerance", "changed")
+        rows = [
+            (
+                p.name,
+                "-" if p.group is None else str(p.group),
+                _number(p.max_abs_diff),
+                _number(p.max_rel_diff),
+                _number(p.tolerance),
+                "yes" if p.changed else "no",
+                p.verdict,
+            )
+            for p in self.params
+        ]
+        widths = [max(len(r[i]) for r in [(*header, "verdict"), *rows]) for i in range(7)]
+        lines = []
+        for row in [(*header, "verdict"), *rows]:
+            cells = [row[0].ljust(widths[0])] + [
+                c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+            ]
+            lines.append("  ".join(cells).rstrip())
+        lines.insert(1, "-" * len(lines[0]))
+        return "\n".join(lines)
+
+    def _reasons(self) -> list[str]:
+        """The failures grouped by reason: each reason once, then the parameters it applies to."""
+        grouped: dict[str, list[ParamCheck]] = {}
+        for p in self.failures:
+            grouped.setdefault("; ".join(p.reasons), []).append(p)
+        lines = []
+        for reason, checks in grouped.items():
+            lines.append(f"  {reason}:")
+            for p in checks:
+                where = "in no param group" if p.group is None else f"param group {p.group}"
+                numbers = ""
+                if p.max_abs_diff is not None:
+                    numbers = (
+                        f": max abs diff {_number(p.max_abs_diff)} (tolerance "
+                        f"{_number(p.tolerance)}), {_number(p.max_rel_diff)} of the step"
+                    )
+                lines.append(f"    {p.name} ({where}){numbers}")
+        return lines
+
+    def __str__(self) -> str:
+        if not self._ready:
+            return "StepReport (not filled in yet: the check_step block has not ended)"
+        parts = [self.headline(), self.table()]
+        parts += [f"problem: {text}" for text in self.problems]
+        parts += self._reasons()
+        parts += [f"note: {text}" for text in self.notes]
+        return "\n".join(parts)
+
+    def failure_message(self) -> str:
+        """Every failure at once: step-wide problems, then each reason with its parameters."""
+        self._require_ready()
+        lines = [self.headline()]
+        lines += [f"  {text}" for text in self.problems]
+        lines += self._reasons()
+        lines.append(self.table())
+        return "\n".join(lines)
+
+    def raise_if_failed(self) -> None:
+        """Raise :class:`gradscope.StepMismatch` listing every failing parameter, if any."""
+        if not self.ok:
+            raise StepMismatch(self.failure_message())
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if math.isnan(value) or math.isinf(value) or value == 0:
+        return str(value) if value != 0 else "0"
+    return f"{value:.2e}"

@@ -1,0 +1,127 @@
+"""verify_optimizer: every step checked until close(), warn or raise, no hooks or models leaked."""
+
+from __future__ import annotations
+
+import doctest
+import gc
+import weakref
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from optim_cases import OPTIMIZERS, dtypes, implementation, make_params, set_random_grads, shapes
+from torch import nn, optim
+
+import gradscope
+from gradscope import _verify
+
+
+def _hooks(opt: optim.Optimizer) -> int:
+    return len(opt._optimizer_step_pre_hooks) + len(opt._optimizer_step_post_hooks)
+
+
+def _train(net: nn.Module, opt: optim.Optimizer, steps: int, sched: object = None) -> None:
+    x, target = torch.randn(4, 1, 32, 32), torch.randn(4, 10)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.MSELoss()(net(x), target).backward()
+        opt.step()
+        if sched is not None:
+            sched.step()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@settings(max_examples=5, deadline=None)
+@given(data=st.data(), shape_list=shapes, dtype=dtypes)
+def test_a_real_run_passes_every_step(
+    name: str, data: st.DataObject, shape_list: list[tuple[int, ...]], dtype: torch.dtype
+) -> None:
+    cls, hyper, fused_ok = OPTIMIZERS[name]
+    params = make_params(shape_list, dtype)
+    opt = cls(params, **data.draw(hyper), **data.draw(implementation(fused_ok)))
+    with gradscope.verify_optimizer(opt, on_mismatch="raise") as v:
+        for step in range(25):
+            set_random_grads(params, step)
+            opt.step()
+    assert len(v.reports) == 25 and v.ok
+    assert [r.step for r in v.reports] == list(range(25))
+    assert _hooks(opt) == 0 and v.closed
+
+
+def test_lr_scheduled_to_zero_warns_naming_that_groups_parameters(lenet: gradscope.LeNet) -> None:
+    head = [lenet.fc3.weight, lenet.fc3.bias]
+    rest = [p for p in lenet.parameters() if all(p is not h for h in head)]
+    opt = optim.SGD([{"params": rest}, {"params": head}], lr=0.01, momentum=0.9)
+    sched = optim.lr_scheduler.LambdaLR(opt, [lambda e: 1.0, lambda e: 1.0 if e < 2 else 0.0])
+    with (
+        pytest.warns(gradscope.GradscopeWarning, match="lr is 0 in param group 1") as caught,
+        gradscope.verify_optimizer(opt, params=lenet) as v,
+    ):
+        _train(lenet, opt, 4, sched)
+    assert [r.ok for r in v.reports] == [True, True, False, False]
+    assert [p.name for p in v.reports[2].failures] == ["fc3.weight", "fc3.bias"]
+    assert len(caught) == 2 and "fc3.weight" in str(caught[0].message)
+    assert [r.step for r in v.failures] == [2, 3]
+
+
+def test_raise_mode_raises_from_step_with_every_failure(lenet: gradscope.LeNet) -> None:
+    opt = optim.Adam([p for n, p in lenet.named_parameters() if not n.startswith("fc3")])
+    v = gradscope.verify_optimizer(opt, params=lenet, on_mismatch="raise")
+    with pytest.raises(gradscope.StepMismatch) as caught:
+        _train(lenet, opt, 1)
+    assert "fc3.weight" in str(caught.value) and "fc3.bias" in str(caught.value)
+    assert isinstance(caught.value, AssertionError)
+    v.close()
+    _train(lenet, opt, 1)  # closed: no more checks
+    assert len(v.reports) == 1 and _hooks(opt) == 0
+
+
+def test_steps_after_close_are_not_checked_and_close_is_idempotent(
+    lenet: gradscope.LeNet,
+) -> None:
+    opt = optim.RMSprop(lenet.parameters(), centered=True, momentum=0.5)
+    v = gradscope.verify_optimizer(opt, params=lenet)
+    _train(lenet, opt, 3)
+    v.close()
+    v.close()
+    _train(lenet, opt, 2)
+    assert len(v.reports) == 3 and v.ok
+    assert "3 steps, 0 failed, closed" in repr(v)
+
+
+def test_model_and_optimizer_are_collectable_after_close() -> None:
+    net = gradscope.LeNet()
+    opt = optim.Adam(net.parameters())
+    v = gradscope.verify_optimizer(opt, params=net)
+    _train(net, opt, 2)
+    v.close()
+    refs = [weakref.ref(net), weakref.ref(opt), weakref.ref(net.fc1.weight)]
+    del net, opt
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
+    assert len(v.reports) == 2  # the reports outlive the model
+
+
+def test_dropping_the_verifier_removes_its_hooks(lenet: gradscope.LeNet) -> None:
+    opt = optim.SGD(lenet.parameters(), lr=0.1)
+    v = gradscope.verify_optimizer(opt, params=lenet)
+    ref = weakref.ref(v)
+    assert _hooks(opt) == 2
+    del v
+    gc.collect()
+    assert ref() is None and _hooks(opt) == 0
+    _train(lenet, opt, 1)
+
+
+def test_bad_on_mismatch_and_bad_optimizer() -> None:
+    opt = optim.SGD([nn.Parameter(torch.randn(2))], lr=0.1)
+    with pytest.raises(gradscope.GradscopeError, match="use 'warn'"):
+        gradscope.verify_optimizer(opt, on_mismatch="ignore")
+    with pytest.raises(gradscope.GradscopeError, match="verify_optimizer"):
+        gradscope.verify_optimizer(None)  # type: ignore[arg-type]
+    assert _hooks(opt) == 0
+
+
+def test_docstring_example_runs() -> None:
+    assert doctest.testmod(_verify).failed == 0
