@@ -19,6 +19,7 @@ from ._files import staged_dir
 from ._lenet import LeNet
 from ._naming import named_parameters
 from ._progress import Progress
+from ._step_check import check_step
 from ._watch import Watch, watch
 
 __all__ = ["DEFAULT_STEPS", "run_demo"]
@@ -141,6 +142,57 @@ def _train(
     return w, losses
 
 
+def _manual_update(n: _Narrator, net: nn.Module) -> None:
+    """The tutorial's hand-written SGD step, checked; then a wrong one, caught."""
+    lr = LEARNING_RATE
+    n.step(6, "Updating the weights by hand: weight = weight - learning_rate * gradient")
+    n.raw(
+        f"learning_rate = {lr}\n"
+        f"optimizer = optim.SGD(net.parameters(), lr={lr})  # only to say what to expect\n"
+        "with gradscope.check_step(optimizer, params=net, manual=True) as report:\n"
+        "    for f in net.parameters():\n"
+        "        f.data.sub_(f.grad.data * learning_rate)"
+    )
+    optimizer = optim.SGD(net.parameters(), lr=lr)
+    saved = {name: p.detach().clone() for name, p in net.named_parameters()}
+    with check_step(optimizer, params=net, manual=True) as report:
+        for f in net.parameters():
+            f.data.sub_(f.grad.data * lr)  # type: ignore[union-attr]
+    n.say(report.headline(), 2)
+    n.say(
+        f"check_step copied every parameter and gradient before the block and compared the "
+        f"result with what SGD(lr={lr}).step() does: all {len(report.params)} parameters match.",
+        2,
+    )
+    n.say()
+    n.say("A deliberately wrong update, a typo for one parameter (add_ instead of sub_):", 2)
+    n.raw(
+        "with gradscope.check_step(optimizer, params=net, manual=True) as report:\n"
+        "    for name, f in net.named_parameters():\n"
+        "        if name == 'fc1.weight':\n"
+        "            f.data.add_(f.grad.data * learning_rate)   # the typo\n"
+        "        else:\n"
+        "            f.data.sub_(f.grad.data * learning_rate)"
+    )
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.copy_(saved[name])
+    with check_step(optimizer, params=net, manual=True) as report:
+        for name, f in net.named_parameters():
+            if name == "fc1.weight":
+                f.data.add_(f.grad.data * lr)  # type: ignore[union-attr]
+            else:
+                f.data.sub_(f.grad.data * lr)  # type: ignore[union-attr]
+    n.say(report.headline(), 2)
+    for failure in report.failures:
+        off = "" if failure.max_rel_diff is None else f", off by {failure.max_rel_diff:.2f} steps"
+        n.say(f"{failure.name}{off}: {'; '.join(failure.reasons)}", 4)
+    with torch.no_grad():  # undo the wrong step so training starts from the right one
+        for name, p in net.named_parameters():
+            p.copy_(saved[name] - lr * p.grad)  # type: ignore[operator]
+    n.say("(The typo is undone before training: every parameter gets the correct step.)", 2)
+
+
 def run_demo(
     out: Path,
     *,
@@ -239,7 +291,9 @@ def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int,
         2,
     )
 
-    n.step(6, f"Training with torch.optim: SGD(lr={LEARNING_RATE}), {steps} steps")
+    _manual_update(n, net)
+
+    n.step(7, f"Training with torch.optim: SGD(lr={LEARNING_RATE}), {steps} steps")
     code(
         f"optimizer = optim.SGD(net.parameters(), lr={LEARNING_RATE})\n"
         "for step in range(...):\n    optimizer.zero_grad()\n    output = net(input)\n"

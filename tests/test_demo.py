@@ -33,6 +33,9 @@ def tutorial(steps: int) -> dict[str, object]:
     net.zero_grad()
     loss.backward()
     bias_grad = net.conv1.bias.grad.clone()
+    learning_rate = LEARNING_RATE
+    for f in net.parameters():
+        f.data.sub_(f.grad.data * learning_rate)
     optimizer = optim.SGD(net.parameters(), lr=LEARNING_RATE)
     losses = []
     for _ in range(steps):
@@ -70,6 +73,8 @@ def test_demo_follows_the_tutorial(demo: tuple[str, Path]) -> None:
     assert "before backward: None" in text
     after = "[" + ", ".join(f"{v:+.4f}" for v in oracle["bias_grad"].tolist()) + "]"
     assert f"after backward:  {after}" in text
+    assert "update rule: ok" in text
+    assert re.search(r"1 of 10 parameters\s+FAILED\s+fc1\.weight, off by 2\.00 steps", text)
     losses = oracle["losses"]
     assert f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over 12 steps" in text
     assert losses[-1] < losses[0]
