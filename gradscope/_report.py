@@ -369,7 +369,13 @@ def render_report(watch: Watch, graph: _HasSvg | None = None, *, title: str | No
     series = norm_series(records, order)
     flow_html, norms_html = _charts(records, series, order)
     if graph is not None:
-        graph_html = f'<div class="graph">{inline_svg(graph.to_svg(), "graph")}</div>'
+        try:
+            graph_html = f'<div class="graph">{inline_svg(graph.to_svg(), "graph")}</div>'
+        except GradscopeError as error:  # no Graphviz renderer here: say so, keep the page
+            graph_html = (
+                '<p class="note-box">A backward graph was captured but could not be drawn: '
+                f"{html.escape(str(error))}</p>"
+            )
     else:
         graph_html = '<p class="note-box">No backward graph was captured for this watch.</p>'
     model = html.escape(watch._root_type)

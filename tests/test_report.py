@@ -354,3 +354,30 @@ def test_browser_check_catches_errors_and_requests(tmp_path: Path) -> None:
     assert "http://127.0.0.1:9/x.png" in visit.requests
     with pytest.raises(AssertionError):
         assert_not_blank(visit.screenshot)
+
+
+class _Drawn:
+    """Anything with to_svg() can be embedded (gradscope.Graph is the real one)."""
+
+    def __init__(self, svg: str | None) -> None:
+        self.svg = svg
+
+    def to_svg(self) -> str:
+        if self.svg is None:
+            raise GradscopeError("no Graphviz renderer found: pip install graphviz-pure")
+        return self.svg
+
+
+def test_graph_is_embedded_or_explained(lenet: nn.Module, tmp_path: Path) -> None:
+    from gradscope._report import write_report
+
+    w = train(lenet, 1)
+    svg = (
+        '<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><g id="graph0">'
+        '<g id="node1"><title>AddmmBackward0</title></g></g></svg>'
+    )
+    text = write_report(w, tmp_path / "g.html", graph=_Drawn(svg)).read_text()
+    assert 'id="graph-graph0"' in text and "<title>AddmmBackward0</title>" in text
+    assert len(svg_blocks(text)) == 2 + 10 + 1
+    text = write_report(w, tmp_path / "n.html", graph=_Drawn(None)).read_text()
+    assert "captured but could not be drawn: no Graphviz renderer found" in text
