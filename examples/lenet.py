@@ -1,4 +1,7 @@
-"""The tutorial's LeNet, step by step (gradscope's tools are added to it issue by issue)."""
+"""The tutorial's LeNet, step by step, with gradscope watching the gradients.
+
+Run it with ``python examples/lenet.py``; ``make demo`` runs the full demo.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +14,33 @@ import gradscope
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gradscope-demo", help="folder for the pictures")
     parser.parse_args(argv)
     torch.manual_seed(0)
     net = gradscope.LeNet()
     inputs = torch.randn(1, 1, 32, 32)
-    net.zero_grad()
-    net(inputs).backward(torch.randn(1, 10))
-    loss = nn.MSELoss()(net(inputs), torch.randn(10).view(1, -1))
-    print(f"loss: {loss}")
+
+    with gradscope.watch(net) as watch:
+        print("Zero the gradient buffers and back-propagate random gradients.")
+        net.zero_grad()
+        net(inputs).backward(torch.randn(1, 10))
+        print(f"   conv1.bias.grad after that pass: {watch.last['conv1.bias'].after}")
+
+        print("A loss: MSELoss against a random target.")
+        target = torch.randn(10).view(1, -1)
+        loss = nn.MSELoss()(net(inputs), target)
+        print(f"   {loss!r}")
+
+        print("conv1.bias.grad before and after loss.backward().")
+        net.zero_grad()
+        loss.backward()
+        record = watch.last["conv1.bias"]
+        print(f"   before: {record.before}  (zero_grad() sets .grad to None)")
+        print(f"   after:  {record.after}")
+
+    print()
+    print(watch.summary())
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ float16 (except the fused (b)float16 SGD kernel, which differs from float32 arit
 several hundred on this scale: flagged when above 16).
 A real mistake (wrong lr, sign, a skipped or doubled step) is off by a whole update.
 
+The comparison adds ``c * sensitivity`` on top: how far the reference itself moves when the
+parameter or the gradient moves by one rounding error (``_step_compare._sensitivity``). It is
+about ``eps * |update|`` for well-conditioned updates, and larger where an update amplifies
+rounding, as Adam's ``g / (|g| + eps)`` does when L2 weight decay cancels ``g`` to about ``eps``.
+
 >>> import torch
 >>> tolerance(torch.tensor([1.0, -2.0]), torch.tensor([0.9, -2.1]))  # 8 * 2**-23 * (2 + 0.1)
 2.002715973503655e-06

@@ -1,0 +1,149 @@
+"""gradscope's pytest plugin, loaded through the ``pytest11`` entry point named ``gradscope``.
+
+- fixture ``gradscope_watch``: ``w = gradscope_watch(model, **watch_kwargs)``; closed at teardown.
+- ``--gradscope-artifacts DIR``: when a test that used the fixture fails, each watch's summary
+  table (and, where ``w.graph(...)`` captured one, the backward graph as SVG) is saved under
+  ``DIR/<test id>/`` and the path is printed in the failure report. Nothing is written on success.
+- marker ``@pytest.mark.gradscope_finite`` (or ``gradscope_finite = true`` in the ini file): the
+  test fails if any backward pass recorded by its watches left a NaN or Inf gradient.
+
+Disable with ``-p no:gradscope``. This module lives outside the package and imports neither
+torch nor gradscope when it loads (``import torch`` costs seconds); the fixture imports them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from gradscope import Watch
+
+__all__ = ["gradscope_watch"]
+
+_WATCHES = pytest.StashKey[list["Watch"]]()
+_MARKER = "gradscope_finite"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("gradscope", "gradient debugging with gradscope")
+    group.addoption(
+        "--gradscope-artifacts",
+        metavar="DIR",
+        default=None,
+        help="when a test using the gradscope_watch fixture fails, save each watch's summary "
+        "and captured backward graph (SVG) under DIR/<test id>/",
+    )
+    parser.addini(
+        _MARKER,
+        type="bool",
+        default=False,
+        help="fail every test using gradscope_watch whose recorded backward passes left a "
+        "NaN/Inf gradient (as @pytest.mark.gradscope_finite does for one test)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{_MARKER}: fail the test if a backward pass recorded by a gradscope_watch watch left "
+        "a NaN or Inf gradient",
+    )
+
+
+@pytest.fixture
+def gradscope_watch(request: pytest.FixtureRequest) -> Iterator[Callable[..., Watch]]:
+    """A factory for ``gradscope.watch``: ``w = gradscope_watch(model)``, closed at teardown."""
+    import gradscope
+
+    watches: list[Watch] = []
+    request.node.stash[_WATCHES] = watches
+
+    def factory(module: Any, **kwargs: Any) -> Watch:
+        w = gradscope.watch(module, **kwargs)
+        watches.append(w)
+        return w
+
+    yield factory
+    for w in watches:
+        w.close()
+
+
+def _wants_finite(item: pytest.Item) -> bool:
+    if item.get_closest_marker(_MARKER) is not None:
+        return True
+    return bool(item.config.getini(_MARKER))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    result = yield  # a test that already failed raises here and is left alone
+    watches = item.stash.get(_WATCHES, None)
+    if watches and _wants_finite(item):
+        from gradscope import GradientAssertionError
+        from gradscope.testing import assert_watch_finite
+
+        problems = []
+        for i, w in enumerate(watches):
+            try:
+                assert_watch_finite(w, msg=f"watch {i} of {len(watches)} ({_MARKER})")
+            except GradientAssertionError as error:
+                problems.append(str(error))
+        if problems:
+            pytest.fail("\n\n".join(problems), pytrace=False)
+    return result
+
+
+def _folder_name(nodeid: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_.")
+    return name[:150] or "test"
+
+
+def _save(directory: Path, item: pytest.Item, watches: list[Watch]) -> tuple[Path, list[str]]:
+    from gradscope import GradscopeError
+
+    folder = directory / _folder_name(item.nodeid)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, w in enumerate(watches):
+        prefix = "" if len(watches) == 1 else f"watch{i}-"
+        try:
+            text = str(w.summary())
+        except GradscopeError as error:  # no backward recorded: say so in the file
+            text = f"no summary: {error}"
+        summary = folder / f"{prefix}summary.txt"
+        summary.write_text(text + "\n", encoding="utf-8")
+        written.append(summary.name)
+        graph = getattr(w, "last_graph", None)
+        if graph is not None:
+            svg = folder / f"{prefix}graph.svg"
+            try:
+                graph.save(svg)
+                written.append(svg.name)
+            except Exception as error:  # a renderer failure must not hide the test's own failure
+                note = folder / f"{prefix}graph-error.txt"
+                note.write_text(f"could not render the graph: {error!r}\n", encoding="utf-8")
+                written.append(note.name)
+    return folder, written
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    directory = item.config.getoption("gradscope_artifacts")
+    watches = item.stash.get(_WATCHES, None)
+    if report.when == "call" and report.failed and directory and watches:
+        folder, written = _save(Path(directory), item, watches)
+        text = f"saved to {folder}: {', '.join(written)}"
+        addsection = getattr(report.longrepr, "addsection", None)
+        if callable(addsection):  # shown right under the traceback
+            addsection("gradscope artifacts", text)
+        else:  # pytest.fail(pytrace=False) leaves a plain string
+            report.sections.append(("gradscope artifacts", text))
+    return report

@@ -1,0 +1,107 @@
+"""``assert_step_matches_reference``: one optimizer step against its reference update rule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+
+from ._assert_common import Failure, fail, plural
+from ._errors import GradscopeError
+from ._naming import ParamsLike, describe, named_parameters
+from ._step_check import check_step
+
+__all__ = ["assert_step_matches_reference"]
+
+T = TypeVar("T")
+
+
+def _shapes(
+    optimizer: torch.optim.Optimizer, params: ParamsLike | None
+) -> dict[str, tuple[int, ...]]:
+    """Shapes under the names the step report uses (module names, else ``group{g}.param{i}``)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for g, group in enumerate(optimizer.param_groups):
+        for i, tensor in enumerate(group["params"]):
+            shapes[f"group{g}.param{i}"] = tuple(int(s) for s in tensor.shape)
+    if params is not None:
+        for name, tensor in named_parameters(params).params.items():
+            shapes[name] = tuple(int(s) for s in tensor.shape)
+    return shapes
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def assert_step_matches_reference(
+    optimizer: torch.optim.Optimizer,
+    step: Callable[[], T],
+    params: ParamsLike | None = None,
+    *,
+    reference: Callable[..., torch.Tensor] | None = None,
+    msg: str | None = None,
+) -> T:
+    """Run ``step()`` (which calls ``optimizer.step()`` once) and check the update it made.
+
+    Wraps :func:`gradscope.check_step`: every parameter must move as the documented rule of the
+    optimizer (SGD, Adam, AdamW, RMSprop, Adagrad, or ``reference=rule``) says. ``params=`` (the
+    model) names the parameters and finds the ones missing from the optimizer. Returns what
+    ``step`` returned.
+
+    >>> import gradscope.testing as gt
+    >>> net = torch.nn.Linear(3, 1)
+    >>> opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    >>> def step():
+    ...     opt.zero_grad()
+    ...     net(torch.ones(2, 3)).sum().backward()
+    ...     opt.step()
+    >>> gt.assert_step_matches_reference(opt, step, params=net)
+    """
+    __tracebackhide__ = True
+    function = "assert_step_matches_reference"
+    if not callable(step):
+        raise GradscopeError(
+            f"{function}: step= must be a callable that runs one training step ending in "
+            f"optimizer.step(), not {describe(step)}; pass the function itself (step, not step())"
+        )
+    with check_step(optimizer, params=params, reference=reference) as report:
+        result = step()
+    if not report.values_checked:
+        raise GradscopeError(
+            f"{function}: there is no reference rule for {type(optimizer).__name__}, so the "
+            "update could not be checked; pass reference=rule(param, grad, state, group) -> "
+            "new param, or use assert_params_updated for a structural check"
+        )
+    if report.ok:
+        return result
+    shapes = _shapes(optimizer, params)
+    failures = [Failure("(whole step)", None, text) for text in report.problems]
+    for check in report.failures:
+        numbers = ""
+        if check.max_abs_diff is not None:
+            numbers = (
+                f": max abs diff {_num(check.max_abs_diff)} (tolerance {_num(check.tolerance)}), "
+                f"{_num(check.max_rel_diff)} of the step"
+            )
+        where = "in no param group" if check.group is None else f"param group {check.group}"
+        failures.append(
+            Failure(
+                check.name,
+                shapes.get(check.name),
+                f"{'; '.join(check.reasons) or 'does not match'} ({where}){numbers}",
+            )
+        )
+    raise fail(
+        function,
+        f"{type(optimizer).__name__}.step() does not match {report.reference}: "
+        f"{len(report.failures)} of {plural(len(report.params), 'parameter')} failed"
+        + (f", {plural(len(report.problems), 'step-wide problem')}" if report.problems else ""),
+        failures,
+        "the reasons above guess the mistake; common ones: a parameter in no param group, "
+        "grads changed between backward and step (clipping, scaling), a second step() call, "
+        "or an optimizer subclass with its own update (pass reference=); "
+        "print(report) from gradscope.check_step shows the full table",
+        msg,
+    )

@@ -1,0 +1,62 @@
+"""The same tools on a CUDA device (skipped where there is none, as on CI)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _pair() -> tuple[nn.Module, nn.Module]:
+    cpu = gradscope.LeNet()
+    cuda = gradscope.LeNet().cuda()
+    cuda.load_state_dict(cpu.state_dict())
+    return cpu, cuda
+
+
+def test_watch_on_cuda_matches_cpu() -> None:
+    cpu, cuda = _pair()
+    x = torch.randn(4, 1, 32, 32)
+    with gradscope.watch(cpu, keep="all") as wc, gradscope.watch(cuda, keep="all") as wg:
+        for _ in range(3):  # accumulate: before/delta/copy-on-write on the device
+            cpu(x).pow(2).sum().backward()
+            cuda(x.cuda()).pow(2).sum().backward()
+    for rc, rg in zip(wc.records, wg.records, strict=True):
+        for name in rc:
+            assert rg[name].after.device.type == "cuda"
+            torch.testing.assert_close(rg[name].after.cpu(), rc[name].after, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(rg[name].delta.cpu(), rc[name].delta, rtol=1e-4, atol=1e-5)
+            assert rg[name].stats.norm == pytest.approx(rc[name].stats.norm, rel=1e-4)
+            assert rg[name].stats.abs_max == pytest.approx(rc[name].stats.abs_max, rel=1e-4)
+
+
+def test_watch_on_cuda_finds_nonfinite_gradients_and_mixed_precision() -> None:
+    net = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1)).cuda()
+    scaler = torch.amp.GradScaler("cuda", init_scale=256.0)
+    with gradscope.watch(net, scaler=scaler) as w:
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = net(torch.randn(8, 16, device="cuda")).float().mean()
+        scaler.scale(loss * float("inf")).backward()
+    assert w.last.scaler_skipped is True
+    assert set(w.last.nonfinite) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+@pytest.mark.parametrize("impl", [{"foreach": False}, {"foreach": True}, {"fused": True}])
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop"])
+def test_check_step_passes_real_cuda_optimizers(name: str, impl: dict[str, bool]) -> None:
+    if name == "RMSprop" and impl.get("fused"):
+        pytest.skip("torch has no fused RMSprop")
+    kwargs = {"momentum": 0.9} if name in ("SGD", "RMSprop") else {}
+    net = gradscope.LeNet().cuda()
+    optimizer = getattr(torch.optim, name)(net.parameters(), lr=1e-3, **kwargs, **impl)
+    x = torch.randn(2, 1, 32, 32, device="cuda")
+    with gradscope.verify_optimizer(optimizer, params=net, on_mismatch="raise") as v:
+        for _ in range(5):
+            optimizer.zero_grad()
+            net(x).pow(2).mean().backward()
+            optimizer.step()
+    assert len(v.reports) == 5 and all(r.ok for r in v.reports)

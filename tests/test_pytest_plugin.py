@@ -1,0 +1,232 @@
+"""The pytest plugin (_gradscope_pytest), run for real inside pytester sessions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import gradscope
+import gradscope.testing as gt
+
+pytest_plugins = ["pytester"]
+
+_MODEL = """
+import pytest, torch
+import gradscope.testing as gt
+
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+"""
+
+
+def test_loading_the_plugin_does_not_import_torch() -> None:
+    code = "import sys, _gradscope_pytest; assert 'torch' not in sys.modules, 'torch imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_pytest_session_that_never_uses_gradscope_never_imports_torch(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import sys
+
+        def test_plain(request):
+            assert request.config.pluginmanager.has_plugin("gradscope")
+            assert "torch" not in sys.modules
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def test_fixture_records_and_closes_at_teardown(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        _MODEL
+        + """
+WATCHES = []
+
+def test_uses(gradscope_watch):
+    net = model()
+    w = gradscope_watch(net)
+    WATCHES.append(w)
+    net(torch.randn(2, 3)).sum().backward()
+    assert w.last["0.weight"].after.shape == (4, 3)
+    assert not w.closed
+
+def test_after():
+    assert WATCHES[0].closed
+"""
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2)
+
+
+def test_artifacts_written_on_failure_and_path_printed(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        _MODEL
+        + """
+def test_fails(gradscope_watch):
+    net = model()
+    w = gradscope_watch(net)
+    net(torch.randn(2, 3)).sum().backward()
+    assert False, "the model is wrong"
+
+def test_passes(gradscope_watch):
+    net = model()
+    w = gradscope_watch(net)
+    net(torch.randn(2, 3)).sum().backward()
+
+def test_fails_without_fixture():
+    assert False
+"""
+    )
+    out = pytester.path / "artifacts"
+    result = pytester.runpytest(f"--gradscope-artifacts={out}")
+    result.assert_outcomes(passed=1, failed=2)
+    folders = sorted(p.name for p in out.iterdir())
+    assert folders == ["test_artifacts_written_on_failure_and_path_printed.py_test_fails"]
+    summary = (out / folders[0] / "summary.txt").read_text()
+    # the saved table is the watch's own summary of the failing test's pass
+    for name in ("0.weight", "0.bias", "2.weight", "2.bias"):
+        assert name in summary
+    saved = f"saved to {out / folders[0]}: summary.txt"
+    result.stdout.fnmatch_lines(["*gradscope artifacts*", saved])
+
+
+def test_nothing_written_when_all_pass(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        _MODEL
+        + """
+def test_passes(gradscope_watch):
+    net = model()
+    gradscope_watch(net)
+    net(torch.randn(2, 3)).sum().backward()
+"""
+    )
+    out = pytester.path / "artifacts"
+    pytester.runpytest(f"--gradscope-artifacts={out}").assert_outcomes(passed=1)
+    assert not out.exists()
+
+
+def test_finite_marker_fails_a_test_whose_backward_made_nan(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        _MODEL
+        + """
+@pytest.mark.gradscope_finite
+def test_nan_in_second_pass(gradscope_watch):
+    net = model()
+    w = gradscope_watch(net)
+    x = torch.randn(2, 3)
+    net(x).sum().backward()
+    net.zero_grad()
+    (net(x).sum() * float("nan")).backward()
+    net.zero_grad()
+    net(x).sum().backward()  # the last pass is finite again: only the history shows the NaN
+
+@pytest.mark.gradscope_finite
+def test_finite(gradscope_watch):
+    net = model()
+    gradscope_watch(net)
+    net(torch.randn(2, 3)).sum().backward()
+
+def test_nan_without_marker(gradscope_watch):
+    net = model()
+    gradscope_watch(net)
+    (net(torch.randn(2, 3)).sum() * float("nan")).backward()
+"""
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*watch 0 of 1 (gradscope_finite)",
+            "assert_watch_finite: 4 parameters got non-finite gradients in the 3 recorded "
+            "backward passes (first in pass 2)",
+            "  0.weight (4, 3): non-finite from backward pass 2 on: * NaN, 0 Inf of 12 elements",
+            "  0.bias (4,): *",
+            "  2.weight (1, 4): non-finite from backward pass 2 on: 4 NaN, 0 Inf of 4 elements",
+            "Hint: *",
+        ]
+    )
+    assert "test_nan_in_second_pass" in result.stdout.str()
+
+
+def test_finite_ini_option_applies_to_every_test(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ngradscope_finite = true\n")
+    pytester.makepyfile(
+        _MODEL
+        + """
+def test_nan(gradscope_watch):
+    net = model()
+    gradscope_watch(net)
+    (net(torch.randn(2, 3)).sum() * float("inf")).backward()
+"""
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*0.weight (4, 3): non-finite from backward pass 1 on*"])
+
+
+def test_disabled_with_p_no_gradscope(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_uses(gradscope_watch):
+            pass
+        """
+    )
+    result = pytester.runpytest("-p", "no:gradscope")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'gradscope_watch' not found*"])
+    result = pytester.runpytest("-p", "no:gradscope", "--gradscope-artifacts=x")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_assertion_failures_point_at_the_test_line(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        _MODEL
+        + """
+def test_user_line():
+    net = model()
+    net(torch.randn(2, 3)).sum().backward()
+    net[2].bias.grad[0] = float("nan")
+    gt.assert_grads_finite(net)  # THE USER LINE
+"""
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    text = result.stdout.str()
+    assert "THE USER LINE" in text
+    assert "_assert_grads.py" not in text  # __tracebackhide__ keeps gradscope's frames out
+    assert "2.bias (1,): 1 NaN, 0 +Inf, 0 -Inf of 1 elements; first at index (0,) = nan" in text
+
+
+def test_assert_watch_finite_directly(lenet: torch.nn.Module, lenet_input: torch.Tensor) -> None:
+    with gradscope.watch(lenet) as w:
+        lenet(lenet_input).sum().backward()
+        gt.assert_watch_finite(w)
+        (lenet(lenet_input).sum() * float("nan")).backward()
+    with pytest.raises(gradscope.GradientAssertionError) as excinfo:
+        gt.assert_watch_finite(w, msg="epoch 2")
+    text = str(excinfo.value)
+    assert text.startswith("epoch 2\nassert_watch_finite: 10 parameters got non-finite gradients")
+    lines = text.splitlines()
+    assert lines[2].startswith("  conv1.weight (6, 1, 5, 5): non-finite from backward pass 2 on")
+    assert (
+        "  fc3.bias (10,): non-finite from backward pass 2 on: 10 NaN, 0 Inf of 10 elements; "
+        "first at index (0,) = nan"
+    ) in lines
+    with pytest.raises(gradscope.GradscopeError, match="use assert_grads_finite"):
+        gt.assert_watch_finite(lenet)  # type: ignore[arg-type]
+
+
+def test_folder_names_are_safe(tmp_path: Path) -> None:
+    from _gradscope_pytest import _folder_name
+
+    assert _folder_name("tests/test_a.py::test_b[x/y-1.5]") == "tests_test_a.py_test_b_x_y-1.5"
