@@ -60,6 +60,13 @@ def _layer_of(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
+def _tensor_of(grad: GradRecord) -> torch.Tensor | None:
+    """The gradient this pass left, or None when it was dropped or changed in place since."""
+    if grad.modified:  # clip_grad_norm_ and the like rewrote .grad after the pass: value gone
+        return None
+    return grad.after if grad.accumulated else grad.delta
+
+
 def _flat(tensor: torch.Tensor) -> torch.Tensor:
     values = tensor.detach()
     if values.layout != torch.strided:
@@ -71,8 +78,9 @@ def layer_flow(record: BackwardRecord, order: Sequence[str] = ()) -> tuple[list[
     """Mean and max |grad| per layer (parameters grouped by module) in one pass.
 
     Returns the layers in the order of their parameters in ``order`` and whether exact means
-    were available: when the pass's tensors were not kept (``keep="none"`` or an older pass),
-    the root mean square ``norm / sqrt(numel)`` stands in for the mean and the max is unknown.
+    were available: when the pass's tensors were not kept (``keep="none"``, an older pass, or
+    ``.grad`` changed in place after the pass, as ``clip_grad_norm_`` does), the root mean
+    square ``norm / sqrt(numel)`` stands in for the mean and the max is unknown.
     """
     layers: dict[str, list[GradRecord]] = {}
     for name in _ordered(list(record.grads), order):
@@ -80,7 +88,7 @@ def layer_flow(record: BackwardRecord, order: Sequence[str] = ()) -> tuple[list[
     flows = []
     exact = True
     for layer, grads in layers.items():
-        tensors = [g.after if g.accumulated else g.delta for g in grads]
+        tensors = [_tensor_of(g) for g in grads]
         if any(t is None for t in tensors):
             exact = False
             stats = [g.stats for g in grads]

@@ -381,3 +381,23 @@ def test_graph_is_embedded_or_explained(lenet: nn.Module, tmp_path: Path) -> Non
     assert len(svg_blocks(text)) == 2 + 10 + 1
     text = write_report(w, tmp_path / "n.html", graph=_Drawn(None)).read_text()
     assert "captured but could not be drawn: no Graphviz renderer found" in text
+
+
+def test_gradients_clipped_in_place_after_the_pass(lenet: nn.Module, tmp_path: Path) -> None:
+    x, target = torch.randn(2, 1, 32, 32), torch.randn(2, 10)
+    with gradscope.watch(lenet) as w:
+        nn.functional.mse_loss(lenet(x), target).backward()
+        norms = {
+            n: float(np.linalg.norm(p.grad.double().numpy())) for n, p in lenet.named_parameters()
+        }
+        nn.utils.clip_grad_norm_(lenet.parameters(), 1e-3)  # rewrites every .grad in place
+    page = parse(w.report(tmp_path / "clipped.html"))
+    rows = {r[0]: r for r in page.rows if r}
+    for name, norm in norms.items():  # the table keeps the norms recorded when the pass ended
+        assert float(rows[name][2]) == pytest.approx(norm, rel=2e-3)
+    assert all(g.modified for g in w.last.values())
+    flows, exact = layer_flow(w.last, list(norms))
+    assert not exact
+    fc3 = next(f for f in flows if f.layer == "fc3")
+    squares = norms["fc3.weight"] ** 2 + norms["fc3.bias"] ** 2
+    assert fc3.mean_abs == pytest.approx(np.sqrt(squares / (10 * 84 + 10)), rel=1e-4)
