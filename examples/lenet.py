@@ -6,6 +6,7 @@ Run it with ``python examples/lenet.py``; ``make demo`` runs the full demo.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ import gradscope
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gradscope-demo", help="folder for the pictures")
-    parser.parse_args(argv)
+    args = parser.parse_args(argv)
     torch.manual_seed(0)
     net = gradscope.LeNet()
     inputs = torch.randn(1, 1, 32, 32)
@@ -41,6 +42,27 @@ def main(argv: list[str] | None = None) -> None:
 
     print()
     print(watch.summary())
+    print()
+    show_graph(net, inputs, target, Path(args.out))
+
+
+def show_graph(net: nn.Module, inputs: torch.Tensor, target: torch.Tensor, out_dir: Path) -> Path:
+    """The tutorial's walk along ``loss.grad_fn.next_functions``, then the graph as an SVG."""
+    loss = nn.MSELoss()(net(inputs), target)
+    g = gradscope.graph(loss, params=net, grads=True)
+    print("Following loss.grad_fn.next_functions[0][0] twice, as the tutorial does by hand:")
+    print("   " + " -> ".join(node.label for node in g.path(0, 0)))
+    print("   (the last one is the leaf that feeds fc3.bias, not a ReLU)")
+    net.zero_grad()
+    loss.backward()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        path = g.save(out_dir / "lenet_backward.svg")
+    except gradscope.GradscopeError as err:  # no Graphviz renderer: the DOT text still works
+        path = g.save(out_dir / "lenet_backward.dot")
+        print(f"   ({err})")
+    print(f"The backward graph with gradient norms: {path}")
+    return path
 
 
 if __name__ == "__main__":

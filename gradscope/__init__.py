@@ -15,6 +15,10 @@ from ._errors import (
     StepMismatch,
     UnknownParameterError,
 )
+from ._graph import Graph
+from ._graph_build import graph
+from ._graph_data import NonfiniteGradient
+from ._graph_walk import GraphEdge, GraphNode, SavedTensor
 from ._lenet import LeNet
 from ._records import BackwardRecord, GradRecord
 from ._stats import GradStats
@@ -33,8 +37,13 @@ __all__ = [
     "GradientAssertionError",
     "GradscopeError",
     "GradscopeWarning",
+    "Graph",
+    "GraphEdge",
+    "GraphNode",
     "LeNet",
+    "NonfiniteGradient",
     "ParamCheck",
+    "SavedTensor",
     "StepMismatch",
     "StepReport",
     "Summary",
@@ -42,6 +51,7 @@ __all__ = [
     "Watch",
     "__version__",
     "check_step",
+    "graph",
     "verify_optimizer",
     "watch",
 ]

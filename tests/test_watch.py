@@ -391,3 +391,14 @@ def test_buffers_of_dropped_passes_are_reused(lenet, lenet_input) -> None:
             pointers.append(w.last["fc1.weight"]._after.data_ptr())  # not handed out
     assert pointers[0] == pointers[1] == pointers[2]
     torch.testing.assert_close(w.last["fc1.weight"].after, lenet.fc1.weight.grad)
+
+
+def test_newest_tensors_are_released_at_the_next_forward_after_zero_grad(lenet, lenet_input):
+    with gradscope.watch(lenet) as w:
+        backward(lenet, lenet_input)
+        record = w.last["fc1.weight"]
+        lenet(lenet_input)  # .grad still holds them: kept
+        assert record.after is not None
+        lenet.zero_grad()
+        lenet(lenet_input)  # only the watch would hold them now: released
+        assert record.after is None and record.stats.norm > 0

@@ -1,0 +1,247 @@
+"""Graph benchmark: walk + DOT + render per model, next to torchviz; tagging and grads=True cost.
+
+Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_graph.py  (torchviz column only when
+torchviz is installed in the same environment; it is never a gradscope dependency).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from graph_models import ResidualMLP, Reused, transformer
+
+import gradscope
+from gradscope._module_tags import install_module_tagging
+from gradscope._render import find_renderers
+
+TORCHVIZ_CAP_S = 60
+
+
+def _cases() -> dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]]:
+    return {
+        "LeNet": lambda: (gradscope.LeNet(), torch.randn(1, 1, 32, 32)),
+        "TransformerEncoder x12": lambda: (transformer(12), torch.randn(2, 10, 32)),
+        "residual MLP chain": lambda: (ResidualMLP(1667), torch.randn(2, 4)),
+        "parameter reused 100x": lambda: (Reused(100), torch.randn(2, 8)),
+    }
+
+
+def _time(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+TORCHVIZ = """
+import sys, time, torch
+sys.path.insert(0, {tests!r})
+import graph_models, gradscope
+from torchviz import make_dot
+torch.manual_seed(0)
+net, x = {make}
+out = net(x).sum()
+t = time.perf_counter()
+try:
+    dot = make_dot(out, params=dict(net.named_parameters()))
+except RecursionError:
+    print("RecursionError"); raise SystemExit
+t1 = time.perf_counter()
+dot.pipe(format="svg")
+print(f"{{t1 - t:.3f}} {{time.perf_counter() - t1:.3f}}")
+"""
+
+MAKES = {
+    "LeNet": "gradscope.LeNet(), torch.randn(1, 1, 32, 32)",
+    "TransformerEncoder x12": "graph_models.transformer(12), torch.randn(2, 10, 32)",
+    "residual MLP chain": "graph_models.ResidualMLP(1667), torch.randn(2, 4)",
+    "parameter reused 100x": "graph_models.Reused(100), torch.randn(2, 8)",
+}
+
+
+def _torchviz(name: str) -> str:
+    try:
+        import torchviz  # noqa: F401
+    except ImportError:
+        return "not installed"
+    renderers = find_renderers()
+    if not renderers:
+        return "no renderer"
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as tmp:
+        if renderers[0].name != "dot":  # torchviz runs `dot` by name: give it graphviz-pure
+            Path(tmp, "dot").symlink_to(renderers[0].path)
+            env["PATH"] = tmp + os.pathsep + env.get("PATH", "")
+        code = TORCHVIZ.format(tests=str(Path(__file__).parent.parent / "tests"), make=MAKES[name])
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", code],
+                capture_output=True,
+                text=True,
+                timeout=TORCHVIZ_CAP_S,
+                env=env,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return f"> {TORCHVIZ_CAP_S} s (killed)"
+    if done.returncode != 0:
+        return "failed: " + (done.stderr.strip().splitlines() or ["?"])[-1][:40]
+    if "RecursionError" in done.stdout:
+        return "RecursionError"
+    build, rend = (float(v) for v in done.stdout.split())
+    return f"{build:.3f} + {rend:.2f} s"
+
+
+def rendering_table() -> None:
+    print("## walk + DOT + render to SVG (walk, DOT: ms, median of 3; render: s, once)")
+    print(
+        "| graph | nodes | drawn | walk ms | DOT ms | render s | total s | torchviz make_dot+dot |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, make in _cases().items():
+        torch.manual_seed(0)
+        net, x = make()
+        install_module_tagging(net)
+        out = net(x).sum()
+        walk_s, g = _time(lambda: gradscope.graph(out, params=net), 3)  # noqa: B023
+        assert isinstance(g, gradscope.Graph)
+        dot_s, dot = _time(g.to_dot, 3)
+        drawn = sum(
+            1
+            for line in str(dot).splitlines()
+            if line.lstrip().startswith("n") and "->" not in line
+        )
+        render_s, _ = _time(lambda: g.to_svg(timeout=60), 1)  # noqa: B023
+        total = walk_s + dot_s + render_s
+        print(
+            f"| {name} | {len(g.nodes)} | {drawn} | {walk_s * 1e3:.1f} | {dot_s * 1e3:.1f} "
+            f"| {render_s:.2f} "
+            f"| {total:.2f} | {_torchviz(name)} |"
+        )
+
+
+def walk_50k() -> None:
+    x = torch.randn(2, requires_grad=True)
+    z = x
+    for _ in range(50_000):
+        z = z * 1.0001
+    walk_s, g = _time(lambda: gradscope.graph(z), 3)
+    assert isinstance(g, gradscope.Graph)
+    print(f"\nwalk of {len(g.nodes)} nodes (gradscope.graph): {walk_s:.3f} s median of 3")
+
+
+def _interleaved(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()  # warm up
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def tagging_overhead() -> None:
+    print("\n## module tagging: forward+backward, tagged / untagged (interleaved medians)")
+    cases = [
+        ("LeNet", lambda: (gradscope.LeNet(), torch.randn(8, 1, 32, 32)), 60),
+        ("TransformerEncoder x12", lambda: (transformer(12), torch.randn(4, 16, 32)), 20),
+    ]
+    for name, make, rounds in cases:
+        torch.manual_seed(0)
+        plain, x = make()
+        tagged, _ = make()
+        tagged.load_state_dict(plain.state_dict())
+        install_module_tagging(tagged)
+        _tagging_case(name, plain, tagged, x, rounds)
+
+
+def _tagging_case(name: str, plain: nn.Module, tagged: nn.Module, x: torch.Tensor, n: int) -> None:
+    med = _interleaved(
+        {
+            "plain": lambda: plain(x).sum().backward(),
+            "tagged": lambda: tagged(x).sum().backward(),
+        },
+        n,
+    )
+    print(
+        f"{name}: {med['plain'] * 1e3:.2f} ms -> {med['tagged'] * 1e3:.2f} ms, "
+        f"ratio {med['tagged'] / med['plain']:.2f}x"
+    )
+
+
+def grads_overhead() -> None:
+    print("\n## grads=True (NaN origin) per training step vs plain and vs detect_anomaly")
+    cases = [
+        ("LeNet", lambda: (gradscope.LeNet(), torch.randn(8, 1, 32, 32)), 60),
+        ("MLP 4x1024", lambda: (_mlp(), torch.randn(32, 1024)), 30),
+        ("TransformerEncoder x12", lambda: (transformer(12), torch.randn(4, 16, 32)), 15),
+    ]
+    for name, make, rounds in cases:
+        torch.manual_seed(0)
+        net, x = make()
+        _grads_case(name, net, x, rounds)
+
+
+def _grads_case(name: str, net: nn.Module, x: torch.Tensor, rounds: int) -> None:
+    opt = torch.optim.SGD(net.parameters(), lr=1e-4)
+
+    def plain() -> None:
+        opt.zero_grad()
+        net(x).pow(2).mean().backward()
+        opt.step()
+
+    def grads() -> None:
+        opt.zero_grad()
+        loss = net(x).pow(2).mean()
+        g = gradscope.graph(loss, grads=True)
+        loss.backward()
+        assert g.first_nonfinite is None
+        opt.step()
+
+    def anomaly() -> None:
+        opt.zero_grad()
+        with torch.autograd.detect_anomaly(check_nan=True):
+            net(x).pow(2).mean().backward()
+        opt.step()
+
+    med = _interleaved({"plain": plain, "grads": grads, "anomaly": anomaly}, rounds)
+    base = med["plain"]
+    print(
+        f"{name}: plain {base * 1e3:.2f} ms; grads=True {med['grads'] / base:.2f}x; "
+        f"detect_anomaly {med['anomaly'] / base:.2f}x"
+    )
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(1024, 1024), nn.ReLU())])
+
+
+def main() -> None:
+    import warnings
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message=".*anomaly.*")
+    print(f"torch {torch.__version__}, renderer: {[r.name for r in find_renderers()]}")
+    rendering_table()
+    walk_50k()
+    tagging_overhead()
+    grads_overhead()
+
+
+if __name__ == "__main__":
+    main()

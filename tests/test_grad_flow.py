@@ -1,0 +1,193 @@
+"""graph(..., grads=True): gradient norms per node and edge, and where a NaN/Inf was born."""
+
+from __future__ import annotations
+
+import gc
+import math
+import weakref
+
+import pytest
+import torch
+from graph_models import TiedLM
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import gradscope
+
+
+def _origin(loss: torch.Tensor, **kw: object) -> gradscope.NonfiniteGradient | None:
+    g = gradscope.graph(loss, grads=True, **kw)  # type: ignore[arg-type]
+    loss.backward()
+    return g.first_nonfinite
+
+
+def test_parameter_norms_match_torch_grads() -> None:
+    net = gradscope.LeNet()
+    loss = nn.MSELoss()(net(torch.randn(2, 1, 32, 32)), torch.randn(2, 10))
+    g = gradscope.graph(loss, params=net, grads=True)
+    loss.backward()
+    for node in g.nodes:
+        if node.kind == "parameter":
+            grad = dict(net.named_parameters())[node.param].grad  # type: ignore[index]
+            assert node.grad_norm == pytest.approx(grad.norm().item(), rel=1e-5)
+    assert g.roots[0].grad_norm == 1.0
+    assert g.first_nonfinite is None
+
+
+def test_edge_norms_match_retained_intermediate_grads() -> None:
+    x = torch.randn(4, 3, requires_grad=True)
+    w = torch.randn(3, 5, requires_grad=True)
+    h = x @ w
+    h.retain_grad()
+    a = torch.tanh(h)
+    a.retain_grad()
+    loss = (a * a).sum()
+    g = gradscope.graph(loss, params={"x": x, "w": w}, grads=True)
+    loss.backward()
+    tanh = next(n for n in g.nodes if n.op == "TanhBackward0")
+    mm = next(n for n in g.nodes if n.op == "MmBackward0")
+    assert tanh.grad_norm == pytest.approx(a.grad.norm().item(), rel=1e-6)  # type: ignore[union-attr]
+    assert mm.grad_norm == pytest.approx(h.grad.norm().item(), rel=1e-6)  # type: ignore[union-attr]
+    (edge,) = [e for e in g.edges if e.src == tanh.id]
+    assert edge.grad_norm == pytest.approx(h.grad.norm().item(), rel=1e-6)  # type: ignore[union-attr]
+
+
+def test_tied_weight_norm_is_the_accumulated_gradient() -> None:
+    net = TiedLM()
+    loss = net(torch.randint(0, 50, (2, 5))).pow(2).mean()
+    g = gradscope.graph(loss, params=net, grads=True)
+    loss.backward()
+    (tied,) = [n for n in g.nodes if n.param == "embed.weight"]
+    assert tied.grad_norm == pytest.approx(net.embed.weight.grad.norm().item(), rel=1e-5)  # type: ignore[union-attr]
+
+
+def test_sqrt_of_a_negative() -> None:
+    x = torch.tensor([-1.0, 4.0], requires_grad=True)
+    origin = _origin(x.sqrt().sum())
+    assert origin is not None
+    assert (origin.node.op, origin.input, origin.value) == ("SqrtBackward0", 0, "nan")
+
+
+def test_log_of_zero() -> None:
+    x = torch.tensor([0.0, 1.0], requires_grad=True)
+    origin = _origin((x.log() * 1.0).sum())
+    assert origin is not None
+    assert (origin.node.op, origin.value) == ("LogBackward0", "inf")
+
+
+def test_x_over_x_at_zero() -> None:
+    x = torch.tensor([0.0, 2.0], requires_grad=True)
+    origin = _origin((x / x).sum())
+    assert origin is not None
+    # d(x/y)/dx = 1/y is inf, d(x/y)/dy = -x/y**2 is 0/0 = nan: both inputs are named
+    assert (origin.node.op, origin.input, origin.value) == ("DivBackward0", 0, "inf")
+    assert "inf for input 0 and nan for input 1" in origin.reason
+
+
+def test_inf_turned_nan_downstream_names_the_inf() -> None:
+    # sqrt at 0 gives an infinite gradient; multiplying by 0 afterwards (in backward) makes NaN.
+    # detect_anomaly blames MulBackward0; the Inf was born in SqrtBackward0.
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    z = w * 0.0
+    loss = z.sqrt().sum()
+    origin = _origin(loss)
+    assert origin is not None
+    assert (origin.node.op, origin.value) == ("SqrtBackward0", "inf")
+    assert math.isnan(w.grad[0].item())  # type: ignore[index]
+
+
+def test_clean_graph_has_no_origin() -> None:
+    net = gradscope.LeNet()
+    assert _origin(net(torch.randn(1, 1, 32, 32)).sum(), params=net) is None
+
+
+def test_origin_names_the_module_under_tagging() -> None:
+    from gradscope._module_tags import install_module_tagging
+
+    class Bad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.log(self.fc(x) * 0.0)
+
+    net = nn.Sequential(nn.Linear(3, 3), Bad())
+    handles = install_module_tagging(net)
+    origin = _origin(net(torch.randn(2, 3)).sum(), params=net)
+    for h in handles:
+        h.remove()
+    assert origin is not None
+    assert origin.node.op == "LogBackward0" and origin.node.module == "1"
+    assert "module '1'" in str(origin)
+
+
+def test_first_nonfinite_needs_grads_and_a_backward() -> None:
+    x = torch.randn(2, requires_grad=True)
+    loss = x.exp().sum()
+    with pytest.raises(gradscope.GradscopeError, match="grads=True"):
+        _ = gradscope.graph(loss).first_nonfinite
+    g = gradscope.graph(loss, grads=True)
+    with pytest.raises(gradscope.GradscopeError, match="no backward pass was recorded"):
+        _ = g.first_nonfinite
+    assert all(n.grad_norm is None for n in g.nodes)
+
+
+def test_second_backward_replaces_the_record() -> None:
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    y = x.exp()
+    loss = y.sum()
+    g = gradscope.graph(loss, grads=True)
+    loss.backward(retain_graph=True)
+    first = g.nodes[0].grad_norm
+    loss.backward(torch.tensor(3.0))
+    assert first == 1.0 and g.nodes[0].grad_norm == 3.0
+
+
+def test_hooks_hold_the_graph_weakly_and_never_break_backward() -> None:
+    x = torch.randn(3, requires_grad=True)
+    loss = x.exp().sum()
+    g = gradscope.graph(loss, grads=True)
+    ref = weakref.ref(g._recorder)  # type: ignore[arg-type]
+    del g
+    gc.collect()
+    assert ref() is None
+    loss.backward()  # the hooks find nothing to write to and do nothing
+    assert torch.allclose(x.grad, x.exp())  # type: ignore[arg-type]
+
+
+def test_grads_do_not_change_what_backward_computes() -> None:
+    torch.manual_seed(1)
+    a, b = gradscope.LeNet(), gradscope.LeNet()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 1, 32, 32)
+    a(x).sum().backward()
+    out = b(x).sum()
+    gradscope.graph(out, params=b, grads=True)
+    out.backward()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa.grad, pb.grad)  # type: ignore[arg-type]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    values=st.lists(
+        st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=1, max_size=6
+    ),
+    op=st.sampled_from(["sqrt", "log", "reciprocal", "tanh"]),
+)
+def test_origin_agrees_with_the_gradient_itself(values: list[float], op: str) -> None:
+    x = torch.tensor(values, requires_grad=True)
+    y = getattr(torch, op)(x)
+    h = y * 2.0
+    loss = h.sum()
+    g = gradscope.graph(loss, grads=True)
+    loss.backward()
+    origin = g.first_nonfinite
+    bad_x = not bool(torch.isfinite(x.grad).all())  # type: ignore[arg-type]
+    if not bad_x:
+        assert origin is None
+    else:
+        # sum and mul-by-2 hand on finite gradients, so the op itself produced the bad one
+        assert origin is not None and origin.node.op.lower().startswith(op)
