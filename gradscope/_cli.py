@@ -1,4 +1,4 @@
-"""The ``gradscope`` command line: ``gradscope demo`` and ``gradscope graph``.
+"""The ``gradscope`` command line: ``gradscope demo`` and ``gradscope graph TARGET``.
 
 Only this layer writes to stdout/stderr. Errors print one line, ``gradscope CMD: error: ...``,
 and exit 1 (2 for a malformed command line); ``--debug`` shows the traceback instead.
@@ -15,6 +15,8 @@ from typing import NoReturn
 from ._demo import DEFAULT_STEPS, run_demo
 from ._errors import GradscopeError
 from ._progress import Progress
+from ._target import DTYPES as DTYPE_NAMES
+from ._target import LOSSES
 
 __all__ = ["build_parser", "main"]
 
@@ -39,6 +41,56 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise GradscopeError(f"--steps {args.steps}: pass a positive number of training steps")
     run_demo(Path(args.out), stream=sys.stdout, progress=Progress(sys.stderr), steps=args.steps)
+    return 0
+
+
+_GRAPH_FORMATS = (".svg", ".png", ".dot", ".gv")
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    from ._target import parse_shape
+
+    try:
+        return parse_shape(text)
+    except GradscopeError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix(f"--input {text!r} ")) from None
+
+
+def _cmd_graph(args: argparse.Namespace) -> int:
+    from ._files import atomic_write
+    from ._graph_build import graph
+    from ._target import DTYPES, build_model, make_inputs, to_loss
+
+    out = Path(args.output)
+    if out.suffix.lower() not in _GRAPH_FORMATS:
+        raise GradscopeError(
+            f"-o {str(out)!r}: name the file .svg, .png, .dot or .gv (the suffix picks the format)"
+        )
+    if not out.absolute().parent.is_dir():
+        raise GradscopeError(f"-o {str(out)!r}: the folder {str(out.parent)!r} does not exist")
+    if args.depth is not None and args.depth < 1:
+        raise GradscopeError(f"--depth {args.depth}: pass 1 or more (1 = top-level submodules)")
+    if not args.input:
+        raise GradscopeError(
+            "--input is required: the shape of each input the model's forward takes, "
+            "e.g. --input 1,1,32,32"
+        )
+    model = build_model(args.target)
+    dtype = DTYPES[args.dtype]
+    model.to(dtype)
+    loss = to_loss(model, make_inputs(args.input, dtype), args.loss)
+    g = graph(loss, params=model, grads=args.grads)
+    if args.grads:
+        loss.backward()  # type: ignore[no-untyped-call]
+    progress = Progress(sys.stderr)
+    if out.suffix.lower() in (".dot", ".gv"):
+        data: str | bytes = g.to_dot(depth=args.depth)
+    else:
+        progress.note(f"laying out {len(g)} backward nodes with Graphviz...")
+        data = g.render(out.suffix[1:].lower(), depth=args.depth)
+    atomic_write(out, data)
+    extra = ", gradient norms on the edges" if args.grads else ""
+    print(f"wrote {out}: backward graph of {type(model).__name__}, {len(g)} nodes{extra}")
     return 0
 
 
@@ -85,6 +137,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_debug(demo, argparse.SUPPRESS)
     demo.set_defaults(run=_cmd_demo)
+
+    draw = commands.add_parser(
+        "graph",
+        help="draw any model's backward graph",
+        description=(
+            "Builds the model that TARGET's factory returns, runs it on random inputs, reduces "
+            "the output to a loss and draws the backward graph behind it, parameters named."
+        ),
+        epilog="example: gradscope graph gradscope:LeNet --input 1,1,32,32 --grads -o lenet.svg",
+    )
+    draw.add_argument(
+        "target",
+        metavar="TARGET",
+        help="package.module:factory or path/to/file.py:factory; factory() returns an nn.Module",
+    )
+    draw.add_argument(
+        "-o",
+        "--output",
+        default="backward-graph.svg",
+        metavar="FILE",
+        help="output file, .svg, .png, .dot or .gv (default: backward-graph.svg)",
+    )
+    draw.add_argument(
+        "--input",
+        action="append",
+        type=_shape,
+        metavar="SHAPE",
+        help="shape of one input, e.g. 1,1,32,32; repeat for several inputs",
+    )
+    draw.add_argument(
+        "--dtype",
+        choices=sorted(DTYPE_NAMES),
+        default="float32",
+        help="dtype of the inputs and the model (default: float32)",
+    )
+    draw.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default="sum",
+        help="how the output becomes a loss: sum, mean, or mse against a random "
+        "target (default: sum)",
+    )
+    draw.add_argument(
+        "--grads",
+        action="store_true",
+        help="run backward and show the gradient norm through every node",
+    )
+    draw.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        metavar="N",
+        help="collapse each module at depth N into one node (1 = top-level)",
+    )
+    _add_debug(draw, argparse.SUPPRESS)
+    draw.set_defaults(run=_cmd_graph)
     return parser
 
 
@@ -93,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.error("choose a command: demo")
+        parser.error("choose a command: demo, graph")
     prog = f"gradscope {args.command}"
     try:
         status: int = args.run(args)

@@ -15,10 +15,14 @@ from typing import Any, TextIO
 import torch
 from torch import nn, optim
 
+from ._errors import GradscopeError
 from ._files import staged_dir
+from ._graph import Graph
+from ._graph_build import graph
 from ._lenet import LeNet
 from ._naming import named_parameters
 from ._progress import Progress
+from ._report import write_report
 from ._step_check import check_step
 from ._watch import Watch, watch
 
@@ -26,7 +30,7 @@ __all__ = ["DEFAULT_STEPS", "run_demo"]
 
 DEFAULT_STEPS = 40
 LEARNING_RATE = 0.01
-REPORT, SUMMARY = "report.html", "summary.txt"
+REPORT, SUMMARY, GRAPH_STEM = "report.html", "summary.txt", "backward-graph"
 
 
 @dataclass
@@ -126,20 +130,25 @@ def _train(
     target: torch.Tensor,
     steps: int,
     progress: Progress,
-) -> tuple[Watch, list[float]]:
+) -> tuple[Watch, list[float], Graph]:
     criterion = nn.MSELoss()
     optimizer = optim.SGD(net.parameters(), lr=LEARNING_RATE)
     losses = []
+    last_graph: Graph | None = None
     with watch(net) as w:
         for i in range(steps):
             optimizer.zero_grad()
             loss = criterion(net(inputs), target)
+            if i == steps - 1:  # the report shows the graph of the pass its table shows
+                last_graph = graph(loss, params=net, grads=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.detach().item())
             progress.update(i + 1, steps, "training")
     progress.done()
-    return w, losses
+    if last_graph is None:
+        raise GradscopeError(f"the demo needs at least one training step, not {steps}")
+    return w, losses, last_graph
 
 
 def _manual_update(n: _Narrator, net: nn.Module) -> None:
@@ -191,6 +200,19 @@ def _manual_update(n: _Narrator, net: nn.Module) -> None:
         for name, p in net.named_parameters():
             p.copy_(saved[name] - lr * p.grad)  # type: ignore[operator]
     n.say("(The typo is undone before training: every parameter gets the correct step.)", 2)
+
+
+def _save_graph(g: Graph, stage: Path) -> tuple[Path, str | None]:
+    """backward-graph.svg; or the DOT source, and why, when no Graphviz renderer works here."""
+    try:
+        svg = g.to_svg()
+    except GradscopeError as error:
+        path = stage / (GRAPH_STEM + ".dot")
+        path.write_text(g.to_dot(), encoding="utf-8")
+        return path, str(error)
+    path = stage / (GRAPH_STEM + ".svg")
+    path.write_text(svg, encoding="utf-8")
+    return path, None
 
 
 def run_demo(
@@ -256,6 +278,7 @@ def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int,
     )
 
     n.step(4, "Following the graph backwards by hand, as the tutorial does")
+    g = graph(loss, params=net, grads=True)  # grads=True: records the next backward's gradients
     node: Any = loss.grad_fn
     paths = [
         "loss.grad_fn",
@@ -269,9 +292,11 @@ def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int,
     say(
         'The tutorial\'s comment calls that third node "ReLU", but torch prints AccumulateGrad: '
         "the leaf node that adds the incoming gradient into fc3.bias.grad. gradscope names the "
-        "parameter behind every AccumulateGrad so this confusion does not happen.",
+        "parameter behind every AccumulateGrad so this confusion does not happen:",
         2,
     )
+    n.raw("g = gradscope.graph(loss, params=net, grads=True)\n[n.label for n in g.path(0, 0)]")
+    n.raw(" -> ".join(node.label for node in g.path(0, 0)), 2)
 
     n.step(5, "conv1.bias.grad before and after backward")
     code("net.zero_grad()\nprint(net.conv1.bias.grad)\nloss.backward()\nprint(net.conv1.bias.grad)")
@@ -283,6 +308,7 @@ def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int,
     grad = w.last["conv1.bias"]
     n.raw(f"before backward: {_vector(before)}", 2)
     n.raw(f"after backward:  {_vector(bias.grad)}", 2)
+    graph_file, no_svg = _save_graph(g, stage)
     same = grad.after is not None and bias.grad is not None and torch.equal(grad.after, bias.grad)
     say(
         "The tutorial shows six zeros before; today zero_grad() sets .grad to None. The watch "
@@ -290,6 +316,21 @@ def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int,
         f".after equals net.conv1.bias.grad: {same} (norm {grad.stats.norm:.4g}).",
         2,
     )
+    flows = [e.grad_norm for e in g.edges if e.grad_norm is not None]
+    span = f" (from {min(flows):.2g} to {max(flows):.2g})" if flows else ""
+    if no_svg is None:
+        say(
+            f"The graph from step 4 recorded that backward pass: {graph_file.name} draws its "
+            f"{len(g)} nodes with the gradient norm on every edge{span} and each parameter "
+            "named at the node that reads it.",
+            2,
+        )
+    else:
+        say(
+            f"The graph from step 4 recorded that backward pass; it is saved as DOT source in "
+            f"{graph_file.name} because it could not be drawn here: {no_svg}",
+            2,
+        )
 
     _manual_update(n, net)
 
@@ -299,7 +340,7 @@ def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int,
         "for step in range(...):\n    optimizer.zero_grad()\n    output = net(input)\n"
         "    loss = criterion(output, target)\n    loss.backward()\n    optimizer.step()"
     )
-    w, losses = _train(net, inputs, target, steps, progress)
+    w, losses, last_graph = _train(net, inputs, target, steps, progress)
     say(
         f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {steps} steps; gradscope recorded "
         f"{len(w.records)} backward passes.",
@@ -311,10 +352,15 @@ def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int,
         "Every gradient stayed finite." if not bad else f"NaN/Inf gradients in passes {bad}",
         2,
     )
-    w.report(stage / REPORT)
+    write_report(w, stage / REPORT, graph=last_graph)
     n.say()
     n.say(f"Files in {out}/:")
-    say(f"{REPORT:<22} open it in a browser: per-parameter table, gradient flow, norms", 2)
+    say(f"{graph_file.name:<22} the backward graph of step 5, gradient norms on every node", 2)
+    say(
+        f"{REPORT:<22} open it in a browser: per-parameter table, gradient flow, norms over the "
+        "passes, the last pass's backward graph",
+        2,
+    )
     say(f"{SUMMARY:<22} this text and the last pass's table", 2)
     summary = str(w.summary(final))
     (stage / SUMMARY).write_text("\n".join([*n.lines, "", summary, ""]), encoding="utf-8")

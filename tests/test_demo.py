@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn, optim
 
 import gradscope
+import gradscope._demo
 from gradscope import GradscopeError
 from gradscope._demo import LEARNING_RATE, run_demo
 from gradscope._progress import Progress
@@ -70,6 +72,7 @@ def test_demo_follows_the_tutorial(demo: tuple[str, Path]) -> None:
     assert re.search(r"next_functions\[0\]\[0\]\s+AccumulateGrad -> writes fc3\.bias\.grad", text)
     assert re.search(r"loss\.grad_fn\s+MseLossBackward0", text)
     assert "AddmmBackward0 (uses fc3.bias, fc3.weight)" in text
+    assert "MseLossBackward0 -> AddmmBackward0 -> AccumulateGrad[fc3.bias]" in text
     assert "before backward: None" in text
     after = "[" + ", ".join(f"{v:+.4f}" for v in oracle["bias_grad"].tolist()) + "]"
     assert f"after backward:  {after}" in text
@@ -89,23 +92,32 @@ def test_demo_follows_the_tutorial(demo: tuple[str, Path]) -> None:
 
 def test_demo_files(demo: tuple[str, Path]) -> None:
     text, out = demo
-    assert sorted(p.name for p in out.iterdir()) == ["report.html", "summary.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "backward-graph.svg",
+        "report.html",
+        "summary.txt",
+    ]
+    root = ET.parse(out / "backward-graph.svg").getroot()
+    labels = " ".join(t.text or "" for t in root.iter() if t.tag.endswith("text"))
+    assert "fc3.bias" in labels and "MseLossBackward0" in labels and "|g|" in labels
     summary = (out / "summary.txt").read_text()
     assert summary.startswith(text.splitlines()[0])
     assert "gradscope: backward pass 12, 10 parameters" in summary
     parser = HTMLParser()
     parser.feed((out / "report.html").read_text())
     parser.close()
-    assert "12 recorded backward passes" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "12 recorded backward passes" in report
+    assert '<div class="graph"><svg' in report and "AddmmBackward0" in report
     assert not list(out.parent.glob(".*partial"))
 
 
 def test_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(self: object, path: object) -> None:
+    def broken(watch: object, path: object, graph: object = None) -> None:
         Path(str(path)).write_text("half")
         raise GradscopeError("disk full while writing the report")
 
-    monkeypatch.setattr(gradscope.Watch, "report", broken)
+    monkeypatch.setattr(gradscope._demo, "write_report", broken)
     with pytest.raises(GradscopeError, match="disk full"):
         run_demo(tmp_path / "out", stream=io.StringIO(), steps=2)
     assert list(tmp_path.iterdir()) == []
@@ -117,7 +129,7 @@ def test_existing_folder_keeps_other_files(tmp_path: Path) -> None:
     (out / "notes.txt").write_text("mine")
     (out / "report.html").write_text("old")
     files = run_demo(out, stream=io.StringIO(), steps=2)
-    assert sorted(p.name for p in files) == ["report.html", "summary.txt"]
+    assert sorted(p.name for p in files) == ["backward-graph.svg", "report.html", "summary.txt"]
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -149,3 +161,25 @@ def test_progress_only_on_terminals() -> None:
     assert quiet.getvalue() == ""
     assert "\rtraining 3/3" in loud.getvalue()
     assert loud.getvalue().endswith("\r")
+
+
+def test_without_a_graphviz_renderer_the_demo_keeps_going(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_renderer(self: object, **options: object) -> str:
+        raise GradscopeError("no Graphviz renderer found: pip install graphviz-pure")
+
+    monkeypatch.setattr(gradscope.Graph, "to_svg", no_renderer)
+    stream = io.StringIO()
+    run_demo(tmp_path / "out", stream=stream, steps=2)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "backward-graph.dot",
+        "report.html",
+        "summary.txt",
+    ]
+    assert (out / "backward-graph.dot").read_text().startswith("digraph")
+    assert "could not be drawn here: no Graphviz renderer found" in " ".join(
+        stream.getvalue().split()
+    )
+    assert "captured but could not be drawn" in (out / "report.html").read_text()

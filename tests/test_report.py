@@ -18,7 +18,7 @@ from torch import nn
 
 import gradscope
 from gradscope import GradscopeError
-from gradscope._report import inline_svg, layer_flow, norm_series
+from gradscope._report import inline_svg, layer_flow, norm_series, write_report
 
 
 class _Page(HTMLParser):
@@ -300,12 +300,22 @@ needs_chromium = pytest.mark.skipif(
 
 @needs_chromium
 def test_report_in_headless_chromium(lenet: nn.Module, tmp_path: Path) -> None:
-    path = train(lenet, 6).report(tmp_path / "report.html")
+    optimizer = torch.optim.SGD(lenet.parameters(), lr=0.01)
+    x, target = torch.randn(4, 1, 32, 32), torch.randn(4, 10)
+    with gradscope.watch(lenet) as w:
+        for _ in range(6):
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(lenet(x), target)
+            g = gradscope.graph(loss, params=lenet, grads=True)
+            loss.backward()
+            optimizer.step()
+    path = write_report(w, tmp_path / "report.html", graph=g)
     visit = _chromium.visit(
         path,
         expressions={
             "rows": "document.querySelectorAll('#params tbody tr').length",
             "charts": "document.querySelectorAll('.chart svg').length",
+            "graph": "document.querySelectorAll('.graph svg g.node').length",
             "sorted": (
                 "(function(){var th=document.querySelectorAll('#params th')[2];th.click();"
                 "return Array.prototype.map.call(document.querySelectorAll('#params tbody tr'),"
@@ -318,6 +328,7 @@ def test_report_in_headless_chromium(lenet: nn.Module, tmp_path: Path) -> None:
     assert visit.requests == [path.resolve().as_uri()]  # the page itself, nothing else
     assert visit.evaluated["rows"] == 10
     assert visit.evaluated["charts"] == 2
+    assert visit.evaluated["graph"] >= 10  # Graphviz's node groups, drawn inline
     norms = visit.evaluated["sorted"]
     assert norms == sorted(norms, reverse=True)
     (tmp_path / "report.png").write_bytes(visit.screenshot)
@@ -369,8 +380,6 @@ class _Drawn:
 
 
 def test_graph_is_embedded_or_explained(lenet: nn.Module, tmp_path: Path) -> None:
-    from gradscope._report import write_report
-
     w = train(lenet, 1)
     svg = (
         '<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><g id="graph0">'
