@@ -385,7 +385,12 @@ def render_report(watch: Watch, graph: _HasSvg | None = None, *, title: str | No
                 f"{html.escape(str(error))}</p>"
             )
     else:
-        graph_html = '<p class="note-box">No backward graph was captured for this watch.</p>'
+        hint = (
+            " Call <code>w.graph(loss)</code> before <code>loss.backward()</code> to capture one."
+            if hasattr(type(watch), "graph")
+            else ""
+        )
+        graph_html = f'<p class="note-box">No backward graph was captured for this watch.{hint}</p>'
     model = html.escape(watch._root_type)
     heading = html.escape(title or f"gradscope report: {watch._root_type}")
     first, newest = records[0].index, last.index

@@ -203,7 +203,8 @@ class Watch:
         return Summary.of(record if record is not None else self.last, self)
 
     def report(self, path: str | os.PathLike[str]) -> Path:
-        """Write a self-contained HTML page (table, gradient-flow and norm charts) to ``path``.
+        """Write a self-contained HTML page (table, gradient-flow and norm charts, and the
+        backward graph when one was captured) to ``path``.
 
         >>> net = torch.nn.Linear(3, 1)
         >>> with watch(net) as w:
@@ -213,7 +214,8 @@ class Watch:
         """
         from ._report import write_report
 
-        return write_report(self, path)
+        # Watch.graph() (the backward graph of a pass, kept as last_graph) lands separately.
+        return write_report(self, path, getattr(self, "last_graph", None))
 
     def close(self) -> None:
         """Remove every hook this watch installed (idempotent). Records stay readable."""

@@ -124,6 +124,7 @@ def test_report_is_self_contained(lenet: nn.Module, tmp_path: Path) -> None:
     outside = [link for link in page.links if not link[2].startswith(("#", "data:"))]
     assert outside == []
     assert "@import" not in text and "url(http" not in text
+    assert "No backward graph was captured for this watch." in text
     assert len(page.ids) == len(set(page.ids)), "two inline SVGs share an id"
     ids = set(page.ids)
     for ref in re.findall(r'(?:href="#|url\(#)([^")]+)', text):
@@ -410,3 +411,16 @@ def test_gradients_clipped_in_place_after_the_pass(lenet: nn.Module, tmp_path: P
     fc3 = next(f for f in flows if f.layer == "fc3")
     squares = norms["fc3.weight"] ** 2 + norms["fc3.bias"] ** 2
     assert fc3.mean_abs == pytest.approx(np.sqrt(squares / (10 * 84 + 10)), rel=1e-4)
+
+
+@pytest.mark.skipif(
+    not hasattr(gradscope.Watch, "graph"), reason="Watch.graph() is not on this branch yet"
+)
+def test_watch_report_embeds_the_captured_graph(lenet: nn.Module, tmp_path: Path) -> None:
+    with gradscope.watch(lenet) as w:
+        loss = lenet(torch.randn(1, 1, 32, 32)).sum()
+        w.graph(loss)  # type: ignore[attr-defined]
+        loss.backward()
+    text = w.report(tmp_path / "r.html").read_text()
+    assert '<div class="graph"><svg' in text and "AddmmBackward0" in text
+    svg_blocks(text)
