@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/lenet.py --out gradscope-demo
+	$(VENV)/bin/gradscope demo --out gradscope-demo
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q

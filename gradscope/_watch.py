@@ -9,11 +9,13 @@ raised out of the user's ``backward()``.
 from __future__ import annotations
 
 import fnmatch
+import os
 import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -220,6 +222,20 @@ class Watch:
             raise GradscopeError("this watch is closed; call graph() while it is open")
         self.last_graph = build_graph(*outputs, params=self._module, grads=grads)
         return self.last_graph
+
+    def report(self, path: str | os.PathLike[str]) -> Path:
+        """Write a self-contained HTML page (table, gradient-flow and norm charts, and the
+        backward graph when one was captured) to ``path``.
+
+        >>> net = torch.nn.Linear(3, 1)
+        >>> with watch(net) as w:
+        ...     net(torch.ones(1, 3)).sum().backward()
+        >>> w.report("/tmp/gradscope-report.html").name
+        'gradscope-report.html'
+        """
+        from ._report import write_report
+
+        return write_report(self, path, self.last_graph)
 
     def close(self) -> None:
         """Remove every hook this watch installed (idempotent). Records stay readable."""

@@ -1,0 +1,366 @@
+"""``gradscope demo``: PyTorch's "Neural Networks" tutorial on its LeNet, step by step, watched.
+
+This is the command-line layer: it writes its narration to the stream it is given (the CLI
+passes stdout) and progress to a :class:`Progress` (stderr, terminals only). The files it
+leaves in the output folder are written into a staging folder first, then moved in place.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from torch import nn, optim
+
+from ._errors import GradscopeError
+from ._files import staged_dir
+from ._graph import Graph
+from ._graph_build import graph
+from ._lenet import LeNet
+from ._naming import named_parameters
+from ._progress import Progress
+from ._report import write_report
+from ._step_check import check_step
+from ._watch import Watch, watch
+
+__all__ = ["DEFAULT_STEPS", "run_demo"]
+
+DEFAULT_STEPS = 40
+LEARNING_RATE = 0.01
+REPORT, SUMMARY, GRAPH_STEM = "report.html", "summary.txt", "backward-graph"
+
+
+@dataclass
+class _Narrator:
+    """Writes the demo's text to a stream and keeps a copy for summary.txt."""
+
+    stream: TextIO
+    lines: list[str] = field(default_factory=list)
+
+    def say(self, text: str = "", indent: int = 0) -> None:
+        pad = " " * indent
+        for line in text.split("\n") if text else [""]:
+            wrapped = textwrap.wrap(line, 96, initial_indent=pad, subsequent_indent=pad + "  ")
+            for out in wrapped or [""]:
+                self.lines.append(out)
+                self.stream.write(out + "\n")
+        self.stream.flush()
+
+    def raw(self, text: str, indent: int = 4) -> None:
+        """Lines written as they are (code, aligned columns): never re-wrapped."""
+        for line in text.strip("\n").split("\n"):
+            self.lines.append(" " * indent + line)
+            self.stream.write(" " * indent + line + "\n")
+        self.stream.flush()
+
+    def step(self, number: int, title: str) -> None:
+        self.say()
+        self.say(f"Step {number}. {title}")
+
+
+def _node_label(node: Any, names: dict[int, str]) -> str:
+    """A grad_fn's class name, plus the parameter it writes when it is an AccumulateGrad."""
+    label = type(node).__name__
+    variable = getattr(node, "variable", None)
+    if variable is not None:
+        name = names.get(id(variable))
+        return f"{label} -> writes {name}.grad" if name else f"{label} (a leaf tensor)"
+    used = sorted(_parameters_used(node, names))
+    return f"{label} (uses {', '.join(used)})" if used else label
+
+
+def _parameters_used(node: Any, names: dict[int, str]) -> set[str]:
+    """Parameters a node reads directly, looking through the transposes torch inserts."""
+    found: set[str] = set()
+    for child, _ in getattr(node, "next_functions", ()):
+        if child is None:
+            continue
+        variable = getattr(child, "variable", None)
+        if variable is not None and id(variable) in names:
+            found.add(names[id(variable)])
+        elif type(child).__name__ in ("TBackward0", "PermuteBackward0", "ViewBackward0"):
+            found |= _parameters_used(child, names)
+    return found
+
+
+# What the tutorial calls the ops whose backward nodes torch names differently.
+_OP_NAMES = {
+    "Convolution": "conv2d",
+    "MaxPool2DWithIndices": "maxpool2d",
+    "Addmm": "linear",
+    "MseLoss": "MSELoss",
+}
+
+
+def _chain(loss: torch.Tensor, names: dict[int, str]) -> tuple[list[str], list[str]]:
+    """The ops from the input side to the loss, following each node's non-parameter input.
+
+    Returns (the tutorial's words with the layer each op uses, torch's node names).
+    """
+    words: list[str] = []
+    nodes: list[str] = []
+    node = loss.grad_fn
+    while node is not None:
+        label = type(node).__name__
+        nodes.append(label)
+        op = label.removesuffix("0").removesuffix("Backward")
+        used = sorted({name.rsplit(".", 1)[0] for name in _parameters_used(node, names)})
+        words.append(_OP_NAMES.get(op, op.lower()) + (f" [{', '.join(used)}]" if used else ""))
+        inner = [
+            n
+            for n, _ in node.next_functions
+            if n is not None and type(n).__name__ not in ("AccumulateGrad", "TBackward0")
+        ]
+        node = inner[0] if inner else None
+    return ["input", *reversed(words), "loss"], list(reversed(nodes))
+
+
+def _vector(tensor: torch.Tensor | None) -> str:
+    if tensor is None:
+        return "None"
+    return "[" + ", ".join(f"{v:+.4f}" for v in tensor.tolist()) + "]"
+
+
+def _train(
+    net: nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    steps: int,
+    progress: Progress,
+) -> tuple[Watch, list[float], Graph]:
+    criterion = nn.MSELoss()
+    optimizer = optim.SGD(net.parameters(), lr=LEARNING_RATE)
+    losses = []
+    last_graph: Graph | None = None
+    with watch(net) as w:
+        for i in range(steps):
+            optimizer.zero_grad()
+            loss = criterion(net(inputs), target)
+            if i == steps - 1:  # the report shows the graph of the pass its table shows
+                last_graph = graph(loss, params=net, grads=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach().item())
+            progress.update(i + 1, steps, "training")
+    progress.done()
+    if last_graph is None:
+        raise GradscopeError(f"the demo needs at least one training step, not {steps}")
+    return w, losses, last_graph
+
+
+def _manual_update(n: _Narrator, net: nn.Module) -> None:
+    """The tutorial's hand-written SGD step, checked; then a wrong one, caught."""
+    lr = LEARNING_RATE
+    n.step(6, "Updating the weights by hand: weight = weight - learning_rate * gradient")
+    n.raw(
+        f"learning_rate = {lr}\n"
+        f"optimizer = optim.SGD(net.parameters(), lr={lr})  # only to say what to expect\n"
+        "with gradscope.check_step(optimizer, params=net, manual=True) as report:\n"
+        "    for f in net.parameters():\n"
+        "        f.data.sub_(f.grad.data * learning_rate)"
+    )
+    optimizer = optim.SGD(net.parameters(), lr=lr)
+    saved = {name: p.detach().clone() for name, p in net.named_parameters()}
+    with check_step(optimizer, params=net, manual=True) as report:
+        for f in net.parameters():
+            f.data.sub_(f.grad.data * lr)  # type: ignore[union-attr]
+    n.say(report.headline(), 2)
+    n.say(
+        f"check_step copied every parameter and gradient before the block and compared the "
+        f"result with what SGD(lr={lr}).step() does: all {len(report.params)} parameters match.",
+        2,
+    )
+    n.say()
+    n.say("A deliberately wrong update, a typo for one parameter (add_ instead of sub_):", 2)
+    n.raw(
+        "with gradscope.check_step(optimizer, params=net, manual=True) as report:\n"
+        "    for name, f in net.named_parameters():\n"
+        "        if name == 'fc1.weight':\n"
+        "            f.data.add_(f.grad.data * learning_rate)   # the typo\n"
+        "        else:\n"
+        "            f.data.sub_(f.grad.data * learning_rate)"
+    )
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.copy_(saved[name])
+    with check_step(optimizer, params=net, manual=True) as report:
+        for name, f in net.named_parameters():
+            if name == "fc1.weight":
+                f.data.add_(f.grad.data * lr)  # type: ignore[union-attr]
+            else:
+                f.data.sub_(f.grad.data * lr)  # type: ignore[union-attr]
+    n.say(report.headline(), 2)
+    for failure in report.failures:
+        off = "" if failure.max_rel_diff is None else f", off by {failure.max_rel_diff:.2f} steps"
+        n.say(f"{failure.name}{off}: {'; '.join(failure.reasons)}", 4)
+    with torch.no_grad():  # undo the wrong step so training starts from the right one
+        for name, p in net.named_parameters():
+            p.copy_(saved[name] - lr * p.grad)  # type: ignore[operator]
+    n.say("(The typo is undone before training: every parameter gets the correct step.)", 2)
+
+
+def _save_graph(g: Graph, stage: Path) -> tuple[Path, str | None]:
+    """backward-graph.svg; or the DOT source, and why, when no Graphviz renderer works here."""
+    try:
+        svg = g.to_svg()
+    except GradscopeError as error:
+        path = stage / (GRAPH_STEM + ".dot")
+        path.write_text(g.to_dot(), encoding="utf-8")
+        return path, str(error)
+    path = stage / (GRAPH_STEM + ".svg")
+    path.write_text(svg, encoding="utf-8")
+    return path, None
+
+
+def run_demo(
+    out: Path,
+    *,
+    stream: TextIO,
+    progress: Progress | None = None,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+) -> list[Path]:
+    """Run the tutorial, narrate it to ``stream`` and write the pictures into ``out``."""
+    progress = progress if progress is not None else Progress(enabled=False)
+    with staged_dir(out) as stage:
+        narrator = _Narrator(stream)
+        _steps(narrator, stage, progress, steps, seed, out)
+        written = sorted(p.name for p in stage.iterdir())
+    return [out / name for name in written]
+
+
+def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int, out: Path) -> None:
+    torch.manual_seed(seed)
+    say, code = n.say, n.raw
+    net = LeNet()
+    names = {id(p): name for name, p in named_parameters(net).params.items()}
+    say(
+        'gradscope demo: the "Neural Networks" part of PyTorch\'s 60-minute introduction, run '
+        "on its LeNet (conv1, conv2, fc1, fc2, fc3) with gradscope watching every backward pass."
+    )
+    inputs = torch.randn(1, 1, 32, 32)
+
+    n.step(1, "Zero the gradient buffers, then backpropagate random gradients")
+    code("net.zero_grad()\nout = net(input)\nout.backward(torch.randn(1, 10))")
+    with watch(net) as w:
+        net.zero_grad()
+        net(inputs).backward(torch.randn(1, 10))
+    record = w.last
+    say(
+        f"gradscope.watch(net) recorded that pass: {len(record)} of "
+        f"{len(record) + len(record.missing)} parameters received a gradient, "
+        f"{len(record.nonfinite)} with NaN/Inf. The largest gradient norm is "
+        f"{max(r.stats.norm for r in record.values()):.3g} "
+        f"({max(record, key=lambda k: record[k].stats.norm)}).",
+        2,
+    )
+
+    n.step(2, "A loss function: MSELoss against a random target")
+    code(
+        "output = net(input)\ntarget = torch.randn(10).view(1, -1)\n"
+        "criterion = nn.MSELoss()\nloss = criterion(output, target)"
+    )
+    target = torch.randn(10).view(1, -1)
+    criterion = nn.MSELoss()
+    loss = criterion(net(inputs), target)
+    say(f"print(loss)  ->  {loss!r}", 2)
+
+    n.step(3, "The computation that produced the loss, read from loss.grad_fn")
+    words, nodes = _chain(loss, names)
+    say(" -> ".join(words), 2)
+    say(
+        "Autograd's backward nodes behind it, from the input side: " + ", ".join(nodes) + ". "
+        "The [layer] tags name the parameters each node reads.",
+        2,
+    )
+
+    n.step(4, "Following the graph backwards by hand, as the tutorial does")
+    g = graph(loss, params=net, grads=True)  # grads=True: records the next backward's gradients
+    node: Any = loss.grad_fn
+    paths = [
+        "loss.grad_fn",
+        "loss.grad_fn.next_functions[0][0]",
+        "loss.grad_fn.next_functions[0][0].next_functions[0][0]",
+    ]
+    for i, path in enumerate(paths):
+        if i:
+            node = node.next_functions[0][0]
+        n.raw(f"{path:<56} {_node_label(node, names)}", 2)
+    say(
+        'The tutorial\'s comment calls that third node "ReLU", but torch prints AccumulateGrad: '
+        "the leaf node that adds the incoming gradient into fc3.bias.grad. gradscope names the "
+        "parameter behind every AccumulateGrad so this confusion does not happen:",
+        2,
+    )
+    n.raw("g = gradscope.graph(loss, params=net, grads=True)\n[n.label for n in g.path(0, 0)]")
+    n.raw(" -> ".join(node.label for node in g.path(0, 0)), 2)
+
+    n.step(5, "conv1.bias.grad before and after backward")
+    code("net.zero_grad()\nprint(net.conv1.bias.grad)\nloss.backward()\nprint(net.conv1.bias.grad)")
+    bias = net.get_parameter("conv1.bias")
+    with watch(net) as w:
+        net.zero_grad()
+        before = bias.grad
+        loss.backward()
+    grad = w.last["conv1.bias"]
+    n.raw(f"before backward: {_vector(before)}", 2)
+    n.raw(f"after backward:  {_vector(bias.grad)}", 2)
+    graph_file, no_svg = _save_graph(g, stage)
+    same = grad.after is not None and bias.grad is not None and torch.equal(grad.after, bias.grad)
+    say(
+        "The tutorial shows six zeros before; today zero_grad() sets .grad to None. The watch "
+        f"recorded both sides itself: w.last['conv1.bias'].before is {_vector(grad.before)}, "
+        f".after equals net.conv1.bias.grad: {same} (norm {grad.stats.norm:.4g}).",
+        2,
+    )
+    flows = [e.grad_norm for e in g.edges if e.grad_norm is not None]
+    span = f" (from {min(flows):.2g} to {max(flows):.2g})" if flows else ""
+    if no_svg is None:
+        say(
+            f"The graph from step 4 recorded that backward pass: {graph_file.name} draws its "
+            f"{len(g)} nodes with the gradient norm on every edge{span} and each parameter "
+            "named at the node that reads it.",
+            2,
+        )
+    else:
+        say(
+            f"The graph from step 4 recorded that backward pass; it is saved as DOT source in "
+            f"{graph_file.name} because it could not be drawn here: {no_svg}",
+            2,
+        )
+
+    _manual_update(n, net)
+
+    n.step(7, f"Training with torch.optim: SGD(lr={LEARNING_RATE}), {steps} steps")
+    code(
+        f"optimizer = optim.SGD(net.parameters(), lr={LEARNING_RATE})\n"
+        "for step in range(...):\n    optimizer.zero_grad()\n    output = net(input)\n"
+        "    loss = criterion(output, target)\n    loss.backward()\n    optimizer.step()"
+    )
+    w, losses, last_graph = _train(net, inputs, target, steps, progress)
+    say(
+        f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {steps} steps; gradscope recorded "
+        f"{len(w.records)} backward passes.",
+        2,
+    )
+    final = w.last
+    bad = [r.index for r in w.records if r.nonfinite]
+    say(
+        "Every gradient stayed finite." if not bad else f"NaN/Inf gradients in passes {bad}",
+        2,
+    )
+    write_report(w, stage / REPORT, graph=last_graph)
+    n.say()
+    n.say(f"Files in {out}/:")
+    say(f"{graph_file.name:<22} the backward graph of step 5, gradient norms on every node", 2)
+    say(
+        f"{REPORT:<22} open it in a browser: per-parameter table, gradient flow, norms over the "
+        "passes, the last pass's backward graph",
+        2,
+    )
+    say(f"{SUMMARY:<22} this text and the last pass's table", 2)
+    summary = str(w.summary(final))
+    (stage / SUMMARY).write_text("\n".join([*n.lines, "", summary, ""]), encoding="utf-8")

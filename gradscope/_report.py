@@ -1,0 +1,438 @@
+"""``Watch.report(path)``: one self-contained HTML page about the recorded backward passes.
+
+Everything is inline (SVG, CSS and a few lines of JS): the page makes no request, so it can be
+mailed, attached to a CI run or opened offline. The charts need matplotlib (the ``plot`` extra);
+without it the page keeps its table and sparklines and says how to get the charts.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from ._errors import GradscopeError
+from ._files import atomic_write
+from ._plots import PLOT_HINT, LayerFlow, NormSeries, flow_svg, norms_svg
+from ._records import BackwardRecord, GradRecord, names_in
+from ._summary import Summary
+
+if TYPE_CHECKING:
+    from ._watch import Watch
+
+__all__ = ["layer_flow", "norm_series", "render_report", "write_report"]
+
+
+class _HasSvg(Protocol):
+    def to_svg(self) -> str: ...
+
+
+# --------------------------------------------------------------------------- data
+def _norm(grad: GradRecord) -> float:
+    cheap = grad._cheap  # recorded for every pass; .stats might compute the full set
+    return cheap.norm if cheap is not None else grad.stats.norm
+
+
+def _ordered(names: Sequence[str], order: Sequence[str]) -> list[str]:
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(names, key=lambda name: rank.get(name, len(rank)))
+
+
+def norm_series(records: Sequence[BackwardRecord], order: Sequence[str] = ()) -> list[NormSeries]:
+    """Each parameter's gradient norm in every recorded pass where it got a gradient.
+
+    Parameters come in ``order`` (module order, say), the others after in order of first sight.
+    """
+    series = []
+    for name in _ordered(names_in(records), order):
+        points = [(r.index, _norm(r.grads[name])) for r in records if name in r.grads]
+        series.append(NormSeries(name, tuple(p for p, _ in points), tuple(v for _, v in points)))
+    return series
+
+
+def _layer_of(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def _tensor_of(grad: GradRecord) -> torch.Tensor | None:
+    """The gradient this pass left, or None when it was dropped or changed in place since."""
+    if grad.modified:  # clip_grad_norm_ and the like rewrote .grad after the pass: value gone
+        return None
+    return grad.after if grad.accumulated else grad.delta
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    values = tensor.detach()
+    if values.layout != torch.strided:
+        values = values.to_dense()
+    return values.reshape(-1).to(torch.float64)
+
+
+def layer_flow(record: BackwardRecord, order: Sequence[str] = ()) -> tuple[list[LayerFlow], bool]:
+    """Mean and max |grad| per layer (parameters grouped by module) in one pass.
+
+    Returns the layers in the order of their parameters in ``order`` and whether exact means
+    were available: when the pass's tensors were not kept (``keep="none"``, an older pass, or
+    ``.grad`` changed in place after the pass, as ``clip_grad_norm_`` does), the root mean
+    square ``norm / sqrt(numel)`` stands in for the mean and the max is unknown.
+    """
+    layers: dict[str, list[GradRecord]] = {}
+    for name in _ordered(list(record.grads), order):
+        layers.setdefault(_layer_of(name), []).append(record.grads[name])
+    flows = []
+    exact = True
+    for layer, grads in layers.items():
+        tensors = [_tensor_of(g) for g in grads]
+        if any(t is None for t in tensors):
+            exact = False
+            stats = [g.stats for g in grads]
+            count = sum(s.numel for s in stats)
+            squares = sum(s.norm**2 for s in stats)
+            highs = [s.abs_max for s in stats]
+            flows.append(
+                LayerFlow(
+                    layer=layer,
+                    mean_abs=math.sqrt(squares / count) if count else None,
+                    max_abs=None if None in highs else max(h for h in highs if h is not None),
+                    finite=all(s.finite for s in stats),
+                )
+            )
+            continue
+        values = torch.cat([_flat(t) for t in tensors if t is not None])
+        finite = torch.isfinite(values)
+        magnitudes = values[finite].abs()
+        flows.append(
+            LayerFlow(
+                layer=layer,
+                mean_abs=float(magnitudes.mean()) if magnitudes.numel() else None,
+                max_abs=float(magnitudes.max()) if magnitudes.numel() else None,
+                finite=bool(finite.all()),
+            )
+        )
+    return flows, exact
+
+
+# --------------------------------------------------------------------------- html pieces
+_ID = re.compile(r'\bid="([^"]+)"')
+
+
+def inline_svg(svg: str, prefix: str) -> str:
+    """SVG text made safe to paste into HTML next to other SVGs.
+
+    Drops the XML prolog, DOCTYPE and metadata, and prefixes every id (and every reference
+    to it) so that two charts never share a clip-path or marker id.
+    """
+    start = svg.find("<svg")
+    if start < 0:
+        raise GradscopeError("inline_svg() was given text without an <svg> element")
+    body = re.sub(r"<metadata>.*?</metadata>", "", svg[start:], flags=re.S)
+    ids = set(_ID.findall(body))
+    if not ids:
+        return body
+
+    def rename(match: re.Match[str]) -> str:
+        ident = match.group(2)
+        return f"{match.group(1)}{prefix}-{ident}" if ident in ids else match.group(0)
+
+    body = re.sub(r'(\bid=")([^"]+)', rename, body)
+    return re.sub(r"(#)([A-Za-z_][\w.:-]*)", rename, body)
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3e}"
+
+
+def _sparkline(series: NormSeries | None) -> str:
+    if series is None or not series.norms:
+        return ""
+    width, height, pad = 120, 24, 2
+    finite = [v for v in series.norms if math.isfinite(v) and v > 0]
+    if not finite:
+        low = high = 1.0
+    else:
+        low, high = math.log10(min(finite)), math.log10(max(finite))
+    span = high - low or 1.0
+    n = len(series.norms)
+    points, bad = [], []
+    for i, value in enumerate(series.norms):
+        x = pad + (width - 2 * pad) * (i / (n - 1) if n > 1 else 0.5)
+        if not math.isfinite(value):
+            bad.append(x)
+            continue
+        level = (math.log10(value) - low) / span if value > 0 else 0.0
+        points.append(f"{x:.1f},{height - pad - (height - 2 * pad) * level:.1f}")
+    label = f"{series.name}: norm over {n} passes, last {series.norms[-1]:.3e}"
+    parts = [
+        f'<svg class="spark" width="{width}" height="{height}" role="img" '
+        f'aria-label="{html.escape(label)}"><title>{html.escape(label)}</title>'
+    ]
+    if len(points) > 1:
+        parts.append(f'<polyline points="{" ".join(points)}"/>')
+    elif points:
+        cx, cy = points[0].split(",")
+        parts.append(f'<circle cx="{cx}" cy="{cy}" r="2"/>')
+    parts += [f'<circle class="bad" cx="{bx:.1f}" cy="{pad + 2}" r="2.5"/>' for bx in bad]
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+_CSS = """
+:root{--fg:#1b1f24;--muted:#57606a;--line:#d0d7de;--bg:#fff;--soft:#f6f8fa;--bad:#cb181d;
+--warn:#9a6700;--accent:#08519c}
+*{box-sizing:border-box}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:var(--fg);
+background:var(--bg);margin:0;padding:24px 32px;max-width:1200px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid
+var(--line);padding-bottom:4px}
+.sub{color:var(--muted);margin:0 0 12px}
+.alerts{list-style:none;padding:0;margin:12px 0}
+.alerts li{padding:6px 10px;border-left:4px solid var(--warn);background:#fff8c5;margin:4px 0}
+.alerts li.bad{border-color:var(--bad);background:#ffebe9}
+.alerts li.ok{border-color:#1a7f37;background:#dafbe1}
+table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
+th,td{padding:4px 8px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
+th{background:var(--soft);cursor:pointer;user-select:none;position:sticky;top:0}
+th:first-child,td:first-child,td.note,th.note{text-align:left}
+tr.nonfinite td{background:#ffebe9}tr.nograd td{color:var(--muted)}
+td.name{font-family:ui-monospace,SFMono-Regular,Menlo,monospace}
+.flag{display:inline-block;padding:0 6px;border-radius:8px;font-size:12px;margin-right:4px;
+background:var(--soft);border:1px solid var(--line)}
+.flag.bad{color:#fff;background:var(--bad);border-color:var(--bad)}
+.spark polyline{fill:none;stroke:var(--accent);stroke-width:1.3}
+.spark circle{fill:var(--accent)}.spark circle.bad{fill:var(--bad)}
+.chart svg,.graph svg{max-width:100%;height:auto}
+.graph{overflow:auto;border:1px solid var(--line);padding:8px;max-height:900px}
+.note-box{padding:10px 12px;background:var(--soft);border:1px dashed var(--line)}
+code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;background:var(--soft);
+padding:1px 4px;border-radius:4px}
+input#filter{margin:4px 0 8px;padding:4px 8px;width:260px;border:1px solid var(--line);
+border-radius:6px}
+footer{margin-top:32px;color:var(--muted);font-size:12px}
+"""
+
+# Sort the table by a clicked column; filter rows by parameter name. No libraries, no requests.
+_JS = """
+(function(){
+  var table=document.getElementById("params");
+  var body=table.tBodies[0];
+  var heads=table.tHead.rows[0].cells;
+  Array.prototype.forEach.call(heads,function(th,col){
+    th.addEventListener("click",function(){
+      var down=th.getAttribute("data-dir")!=="down";
+      Array.prototype.forEach.call(heads,function(h){h.removeAttribute("data-dir");});
+      th.setAttribute("data-dir",down?"down":"up");
+      var rows=Array.prototype.slice.call(body.rows);
+      rows.sort(function(a,b){
+        var x=a.cells[col].getAttribute("data-v"),y=b.cells[col].getAttribute("data-v");
+        var nx=parseFloat(x),ny=parseFloat(y),r;
+        if(!isNaN(nx)&&!isNaN(ny)){r=nx-ny;}else{r=String(x).localeCompare(String(y));}
+        return down?-r:r;
+      });
+      rows.forEach(function(r){body.appendChild(r);});
+    });
+  });
+  var filter=document.getElementById("filter");
+  filter.addEventListener("input",function(){
+    var q=filter.value.toLowerCase();
+    Array.prototype.forEach.call(body.rows,function(r){
+      r.style.display=r.cells[0].textContent.toLowerCase().indexOf(q)>=0?"":"none";
+    });
+  });
+})();
+"""
+
+
+def _cell(text: str, sort: Any, cls: str = "") -> str:
+    klass = f' class="{cls}"' if cls else ""
+    return f'<td{klass} data-v="{html.escape(str(sort))}">{text}</td>'
+
+
+def _table(summary: Summary, series: dict[str, NormSeries], record: BackwardRecord) -> str:
+    head = [
+        "parameter",
+        "shape",
+        "norm",
+        "mean",
+        "std",
+        "abs max",
+        "non-finite",
+        "flags",
+        "norm over passes",
+    ]
+    rows = []
+    for row in summary.rows:
+        flags = []
+        nonfinite = None if row.nan is None or row.inf is None else row.nan + row.inf
+        if nonfinite:
+            flags.append('<span class="flag bad">NaN/Inf</span>')
+        if row.name in record.missing:
+            flags.append('<span class="flag">missing</span>')
+        if row.name in record.frozen:
+            flags.append('<span class="flag">frozen</span>')
+        for part in row.note.split("; "):
+            if part and part not in ("NON-FINITE", "no gradient", "frozen"):
+                flags.append(f'<span class="flag">{html.escape(part)}</span>')
+        classes = "nonfinite" if nonfinite else ("nograd" if row.norm is None else "")
+        shape = "×".join(map(str, row.shape)) or "–"
+        numel = math.prod(row.shape) if row.shape else 0
+
+        def num(value: float | None) -> str:
+            return _cell(_fmt(value), "" if value is None else value)
+
+        cells = [
+            _cell(html.escape(row.name), row.name, "name"),
+            _cell(shape, numel),
+            num(row.norm),
+            num(row.mean),
+            num(row.std),
+            num(row.abs_max),
+            _cell(
+                "–" if nonfinite is None else str(nonfinite), -1 if nonfinite is None else nonfinite
+            ),
+            _cell(" ".join(flags), len(flags), "note"),
+            _cell(_sparkline(series.get(row.name)), 0),
+        ]
+        rows.append(f'<tr class="{classes}">' + "".join(cells) + "</tr>")
+    header = "".join(
+        f'<th class="note">{h}</th>' if h == "flags" else f"<th>{h}</th>" for h in head
+    )
+    return (
+        '<input id="filter" type="search" placeholder="filter parameters" '
+        'aria-label="filter parameters">'
+        f'<table id="params"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}'
+        "</tbody></table>"
+    )
+
+
+def _alerts(
+    records: Sequence[BackwardRecord], last: BackwardRecord, errors: int, order: Sequence[str]
+) -> str:
+    items = []
+    if last.nonfinite:
+        bad = ", ".join(_ordered(last.nonfinite, order))
+        items.append(("bad", f"NaN/Inf in the gradient of: {bad}"))
+    if last.missing:
+        items.append(("", f"received no gradient (unused or detached): {', '.join(last.missing)}"))
+    if last.frozen:
+        items.append(("", f"frozen (requires_grad=False): {', '.join(last.frozen)}"))
+    if last.replaced:
+        items.append(("", f"replaced by a new nn.Parameter: {', '.join(last.replaced)}"))
+    earlier = [r.index for r in records[:-1] if r.nonfinite]
+    if earlier:
+        shown = ", ".join(map(str, earlier[:10])) + (" …" if len(earlier) > 10 else "")
+        items.append(("bad", f"earlier passes with NaN/Inf gradients: {shown}"))
+    if errors:
+        items.append(("bad", f"{errors} error(s) inside gradscope's hooks: see watch.errors"))
+    if not items:
+        items.append(("ok", "every parameter received a finite gradient in the last pass"))
+    lis = "".join(f'<li class="{c}">{html.escape(text)}</li>' for c, text in items)
+    return f'<ul class="alerts">{lis}</ul>'
+
+
+def _charts(
+    records: Sequence[BackwardRecord], series: list[NormSeries], order: Sequence[str]
+) -> tuple[str, str]:
+    last = records[-1]
+    try:
+        flows, exact = layer_flow(last, order)
+        what = "mean and max" if exact else "root mean square (tensors were not kept) and max"
+        flow = inline_svg(
+            flow_svg(flows, f"gradient flow, backward pass {last.index}: {what} |grad| per layer"),
+            "flow",
+        )
+        norms = inline_svg(
+            norms_svg(series, f"gradient norm per parameter over {len(records)} recorded passes"),
+            "norms",
+        )
+    except GradscopeError as error:
+        if "matplotlib" not in str(error):
+            raise
+        note = (
+            '<p class="note-box">Charts need matplotlib, which is not installed: '
+            f"<code>{html.escape(PLOT_HINT)}</code>, then write the report again. "
+            "The table's sparklines show each norm over the passes meanwhile.</p>"
+        )
+        return note, note
+    return f'<div class="chart">{flow}</div>', f'<div class="chart">{norms}</div>'
+
+
+def render_report(watch: Watch, graph: _HasSvg | None = None, *, title: str | None = None) -> str:
+    """The report page as a string; see :func:`write_report`."""
+    records = watch.records
+    if not records:
+        raise GradscopeError(
+            "report(): nothing to report, "
+            + watch._why_no_record()
+            + "; run forward and backward inside the watch first"
+        )
+    last = records[-1]
+    summary = watch.summary(last)
+    order = [row.name for row in summary.rows]
+    series = norm_series(records, order)
+    flow_html, norms_html = _charts(records, series, order)
+    if graph is not None:
+        try:
+            graph_html = f'<div class="graph">{inline_svg(graph.to_svg(), "graph")}</div>'
+        except GradscopeError as error:  # no Graphviz renderer here: say so, keep the page
+            graph_html = (
+                '<p class="note-box">A backward graph was captured but could not be drawn: '
+                f"{html.escape(str(error))}</p>"
+            )
+    else:
+        hint = (
+            " Call <code>w.graph(loss)</code> before <code>loss.backward()</code> to capture one."
+            if hasattr(type(watch), "graph")
+            else ""
+        )
+        graph_html = f'<p class="note-box">No backward graph was captured for this watch.{hint}</p>'
+    model = html.escape(watch._root_type)
+    heading = html.escape(title or f"gradscope report: {watch._root_type}")
+    first, newest = records[0].index, last.index
+    passes = f"pass {newest}" if first == newest else f"passes {first}–{newest}"
+    import gradscope
+
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>{heading}</title><style>{_CSS}</style></head>
+<body>
+<h1>{heading}</h1>
+<p class="sub">{model} · {len(records)} recorded backward {
+        "pass" if len(records) == 1 else "passes"
+    } ({passes}) · {len(summary.rows)} parameters · table and flow chart show pass
+{newest}</p>
+{_alerts(records, last, len(watch.errors), order)}
+<h2>Parameters</h2>
+{_table(summary, {s.name: s for s in series}, last)}
+<h2>Gradient flow</h2>
+{flow_html}
+<h2>Gradient norm over the recorded passes</h2>
+{norms_html}
+<h2>Backward graph</h2>
+{graph_html}
+<footer>gradscope {html.escape(gradscope.__version__)} · torch {html.escape(torch.__version__)}
+· this page is self-contained: it loads nothing from the network</footer>
+<script>{_JS}</script>
+</body></html>
+"""
+
+
+def write_report(watch: Watch, path: str | os.PathLike[str], graph: _HasSvg | None = None) -> Path:
+    """Write the report for ``watch`` to ``path`` atomically and return the path."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise GradscopeError(f"report() takes a file path, not {type(path).__name__}")
+    target = Path(path)
+    if target.is_dir():
+        raise GradscopeError(
+            f"report({str(target)!r}): that is a folder; pass a file name such as "
+            f"{str(target / 'report.html')!r}"
+        )
+    atomic_write(target, render_report(watch, graph))
+    return target

@@ -1,0 +1,224 @@
+"""The gradscope command line, run the way a person runs it: as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+
+import gradscope
+from gradscope._cli import main
+
+SCRIPT = Path(sys.executable).with_name("gradscope")
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "gradscope", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_version_through_the_console_script() -> None:
+    assert SCRIPT.exists(), "pip install -e . should have created the gradscope script"
+    done = subprocess.run([str(SCRIPT), "--version"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0
+    assert done.stdout.startswith(f"gradscope {gradscope.__version__} (torch ")
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    done = run("demo", "--out", "result", "--steps", "6", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # not a terminal: no progress lines
+    assert "Step 1." in done.stdout and "AccumulateGrad -> writes fc3.bias.grad" in done.stdout
+    out = tmp_path / "result"
+    names = sorted(p.name for p in out.iterdir())
+    assert "report.html" in names and "summary.txt" in names
+    for svg in out.glob("*.svg"):
+        ET.parse(svg)
+    page = HTMLParser()
+    page.feed((out / "report.html").read_text(encoding="utf-8"))
+    page.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
+
+
+def test_help_on_every_subcommand() -> None:
+    top = run("--help")
+    assert top.returncode == 0
+    commands = ["demo", "graph"]
+    for command in commands:
+        assert command in top.stdout
+        done = run(command, "--help")
+        assert done.returncode == 0, command
+        assert f"usage: gradscope {command}" in done.stdout
+        assert "--debug" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("frobnicate",), "invalid choice: 'frobnicate'"),
+        ((), "choose a command"),
+        (("demo", "--steps", "many"), "invalid int value: 'many'"),
+    ],
+)
+def test_usage_errors_are_one_line_with_status_2(args: tuple[str, ...], message: str) -> None:
+    done = run(*args)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unwritable_out_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file")
+    done = run("demo", "--out", "taken/sub", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith("gradscope demo: error: cannot write into 'taken/sub'")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    debug = run("demo", "--out", "taken/sub", "--debug", cwd=tmp_path)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def plain_walk_count(loss: torch.Tensor) -> int:
+    """Nodes behind ``loss`` by a plain next_functions traversal: the oracle for node counts."""
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(child for child, _ in node.next_functions)
+    return len(seen)
+
+
+def test_graph_of_a_module_factory(tmp_path: Path) -> None:
+    done = run(
+        "graph",
+        "gradscope:LeNet",
+        "--input",
+        "1,1,32,32",
+        "--grads",
+        "-o",
+        "lenet.svg",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    torch.manual_seed(0)
+    expected = plain_walk_count(gradscope.LeNet()(torch.randn(1, 1, 32, 32)).sum())
+    assert f"backward graph of LeNet, {expected} nodes, gradient norms" in done.stdout
+    root = ET.parse(tmp_path / "lenet.svg").getroot()
+    text = " ".join(t.text or "" for t in root.iter() if t.tag.endswith("text"))
+    for name in ("fc3.bias", "conv1.weight", "AddmmBackward0", "|g|"):
+        assert name in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet.svg"]
+
+
+def test_graph_of_a_file_factory_with_two_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "two.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Two(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a = nn.Sequential(nn.Linear(3, 4), nn.Tanh())\n"
+        "        self.b = nn.Linear(5, 4)\n"
+        "    def forward(self, x, y):\n"
+        "        return self.a(x) * self.b(y)\n\n"
+        "def make():\n    return Two()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    inputs = ["--input", "2,3", "--input", "2,5"]
+    assert (
+        main(
+            [
+                "graph",
+                "two.py:make",
+                *inputs,
+                "--dtype",
+                "float64",
+                "--loss",
+                "mse",
+                "-o",
+                "two.dot",
+            ]
+        )
+        == 0
+    )
+    assert "wrote two.dot: backward graph of Two" in capsys.readouterr().out
+    dot = (tmp_path / "two.dot").read_text()
+    assert dot.startswith("digraph") and "a.0.weight" in dot and "MseLossBackward0" in dot
+    assert main(["graph", "two.py:make", *inputs, "--depth", "1", "-o", "one.dot"]) == 0
+    assert "collapsed at depth 1" in (tmp_path / "one.dot").read_text()
+    assert main(["graph", "two.py:make", "--input", "2,3", "-o", "x.dot"]) == 1
+    assert "forward failed on input shape (2, 3)" in capsys.readouterr().err
+    written = sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__")
+    assert written == ["one.dot", "two.dot", "two.py"]
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("gradscope._lenet", "has no ':factory' part"),
+        (
+            "factories.py:broken",
+            "the factory 'factories.py:broken' raised RuntimeError: no weights",
+        ),
+    ],
+)
+def test_graph_errors_through_a_subprocess(tmp_path: Path, target: str, message: str) -> None:
+    (tmp_path / "factories.py").write_text("def broken():\n    raise RuntimeError('no weights')\n")
+    done = run("graph", target, "--input", "1,1,32,32", "-o", "g.svg", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith("gradscope graph: error: ") and message in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["factories.py"]
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (
+            ["gradscope:LeNet", "--input", "1,1,28,28"],
+            1,
+            "forward failed on input shape (1, 1, 28, 28)",
+        ),
+        (["gradscope:LeNet"], 1, "--input is required"),
+        (["gradscope:LeNet", "--input", "1,a"], 2, "argument --input: is not a shape"),
+        (["gradscope:LeNet", "--input", "1,1,32,32", "-o", "g.pdf"], 1, "name the file .svg"),
+        (["gradscope:LeNet", "--input", "1,1,32,32", "-o", "no/g.svg"], 1, "does not exist"),
+        (["gradscope:LeNet", "--input", "1,1,32,32", "--depth", "0"], 1, "--depth 0"),
+        (["gradscope:LeNet", "--input", "1,1,32,32", "--loss", "l1"], 2, "invalid choice: 'l1'"),
+    ],
+)
+def test_graph_bad_input(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    status: int,
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(["graph", *args])
+    except SystemExit as exit:
+        code = exit.code
+    assert code == status
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
