@@ -72,7 +72,7 @@ CONFIGS: dict[str, dict[str, object] | None] = {
 
 def make_step(net: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3)
-    target = torch.randn(x.shape[0], 10)
+    target = torch.randn(x.shape[0], 10, device=x.device)
 
     def step() -> None:
         optimizer.zero_grad()
@@ -83,10 +83,16 @@ def make_step(net: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def bench_model(
-    factory: Callable[[], tuple[nn.Module, torch.Tensor]], rounds: int
+    factory: Callable[[], tuple[nn.Module, torch.Tensor]], rounds: int, device: str = "cpu"
 ) -> dict[str, float]:
     net, x = factory()
+    net, x = net.to(device), x.to(device)
     steps: dict[str, Callable[[], None]] = {}
     watches = []
     for name, options in CONFIGS.items():
@@ -97,15 +103,19 @@ def bench_model(
     for step in steps.values():  # warm up
         for _ in range(3):
             step()
+    sync(device)
     start = time.perf_counter()
     steps["baseline"]()
+    sync(device)
     per_round = max(1, int(0.05 / max(time.perf_counter() - start, 1e-6)))
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
+            sync(device)
             start = time.perf_counter()
             for _ in range(per_round):
                 step()
+            sync(device)
             times[name].append((time.perf_counter() - start) / per_round)
     for w in watches:
         w.close()
@@ -121,6 +131,7 @@ def bench_model(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a machine with a GPU")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -130,7 +141,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for label, factory in MODELS.items():
-        result = bench_model(factory, args.rounds)
+        result = bench_model(factory, args.rounds, args.device)
         cells = " ".join(f"{result[name]:>19.3f}x" for name in CONFIGS if name != "baseline")
         print(f"{label:<28} {result['baseline_ms']:>11.2f} ms {cells}")
 

@@ -48,8 +48,8 @@ def test_watch_on_cuda_finds_nonfinite_gradients_and_mixed_precision() -> None:
 @pytest.mark.parametrize("impl", [{"foreach": False}, {"foreach": True}, {"fused": True}])
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop"])
 def test_check_step_passes_real_cuda_optimizers(name: str, impl: dict[str, bool]) -> None:
-    if name == "RMSprop" and impl.get("fused"):
-        pytest.skip("torch has no fused RMSprop")
+    if name in ("RMSprop", "Adagrad") and impl.get("fused"):
+        pytest.skip(f"torch has no fused {name} for CUDA")
     kwargs = {"momentum": 0.9} if name in ("SGD", "RMSprop") else {}
     net = gradscope.LeNet().cuda()
     optimizer = getattr(torch.optim, name)(net.parameters(), lr=1e-3, **kwargs, **impl)
@@ -60,3 +60,25 @@ def test_check_step_passes_real_cuda_optimizers(name: str, impl: dict[str, bool]
             net(x).pow(2).mean().backward()
             optimizer.step()
     assert len(v.reports) == 5 and all(r.ok for r in v.reports)
+
+
+def test_graph_on_cuda_records_norms_and_finds_where_a_nan_was_born() -> None:
+    cpu, cuda = _pair()
+    x = torch.randn(2, 1, 32, 32)
+    graphs = []
+    for net, inputs in ((cpu, x), (cuda, x.cuda())):
+        out = net(inputs)
+        loss = (out.sqrt() * 0 + out).sum()  # sqrt of negatives: NaN born in SqrtBackward0
+        g = gradscope.graph(loss, params=net, grads=True)
+        loss.backward()
+        graphs.append(g)
+    cpu_graph, cuda_graph = graphs
+    assert cpu_graph.first_nonfinite is not None and cuda_graph.first_nonfinite is not None
+    assert cuda_graph.first_nonfinite.node.op == cpu_graph.first_nonfinite.node.op
+    assert cuda_graph.first_nonfinite.node.op == "SqrtBackward0"
+    assert [n.op for n in cuda_graph.nodes] == [n.op for n in cpu_graph.nodes]
+    for on_cuda, on_cpu in zip(cuda_graph.nodes, cpu_graph.nodes, strict=True):
+        if on_cpu.grad_norm is None:
+            assert on_cuda.grad_norm is None
+        else:
+            assert on_cuda.grad_norm == pytest.approx(on_cpu.grad_norm, rel=1e-3, nan_ok=True)
