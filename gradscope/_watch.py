@@ -1,34 +1,25 @@
-"""watch(): hooks that record every parameter's ``.grad`` before and after each backward pass.
+"""watch(): the public face of the recorder: options, records, history, summary and messages.
 
-Recording only: the hooks keep references and copies, the statistics live in ``_stats`` and the
-tables in ``_summary``. Hooks hold a weak reference to their watch, so a watch (and the model it
-watches) can always be garbage collected; errors inside a hook are stored on the watch, never
-raised out of the user's ``backward()``.
+The hooks themselves live in ``_recorder``; this module validates arguments, reads records and
+explains what went wrong.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import warnings
-import weakref
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.autograd import Variable
-from torch.utils.hooks import RemovableHandle
 
 from ._errors import GradscopeError, GradscopeWarning, UnknownParameterError
-from ._module_tags import install_module_tagging
-from ._naming import ParamNames, describe, named_parameters, suggest, unwrap_module
+from ._naming import ParamNames, describe, suggest
+from ._recorder import Keep, Recorder
 from ._records import BackwardRecord, GradRecord
-from ._stats import batched_norms, cheap_stats, norm_tensor
 
 if TYPE_CHECKING:
     from ._graph import Graph
@@ -36,57 +27,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Keep", "Watch", "watch"]
 
-Keep = Literal["last", "all", "none"]
-# Gradients at least this large get their norm taken inside the hook, while still in cache;
-# smaller ones are cheaper in one fused kernel at the end of the pass.
-_HOT_NORM_NUMEL = 1 << 16
 _KEEP_CHOICES = ("last", "all", "none")
 
 
-@dataclass(slots=True)
-class _Entry:
-    """What the hooks saw of one parameter during the pass in progress."""
-
-    grad: torch.Tensor | None  # the incoming gradient (what this pass adds), if held
-    before: torch.Tensor | None
-    accumulated: bool  # False under torch.autograd.grad, which leaves .grad alone
-    incoming: tuple[int, int] | None = None  # (data_ptr, version) of a gradient torch may steal
-    norm: torch.Tensor | None = None  # its norm, taken while it was hot in cache
-
-
-@dataclass(slots=True)
-class _Pass:
-    index: int
-    recording: bool
-    entries: dict[str, _Entry] = field(default_factory=dict)
-    errors: list[BaseException] = field(default_factory=list)
-
-
-def _accumulate_node(param: torch.Tensor) -> Any:
-    return param.view_as(param).grad_fn.next_functions[0][0]  # type: ignore[union-attr]
-
-
-def _will_accumulate(node: Any) -> bool:
-    """Whether this backward pass writes ``.grad`` (False under ``torch.autograd.grad``)."""
-    try:
-        return bool(torch._C._will_engine_execute_node(node))
-    except RuntimeError:  # torch refuses the question for leaves during autograd.grad
-        return False
-
-
-def _remove_handles(
-    handles: dict[str, list[RemovableHandle]], extra: list[RemovableHandle]
-) -> None:
-    for group in handles.values():
-        for handle in group:
-            handle.remove()
-    handles.clear()
-    for handle in extra:
-        handle.remove()
-    extra.clear()
-
-
-class Watch:
+class Watch(Recorder):
     """Records, per parameter, ``.grad`` before and after every backward pass; see :func:`watch`."""
 
     def __init__(
@@ -117,38 +61,18 @@ class Watch:
             raise GradscopeError(f"history={history!r}: pass a positive int, or None for no bound")
         if scaler is not None and not hasattr(scaler, "get_scale"):
             raise GradscopeError(f"scaler= takes a torch.amp.GradScaler, not {describe(scaler)}")
-        self._module: nn.Module | None = module
-        self._module_ref = weakref.ref(module)
-        self.keep: Keep = keep
-        self.every = every
-        self.scaler = scaler
-        self.copy = copy
-        self._include = [include] if isinstance(include, str) else list(include or [])
-        self._exclude = [exclude] if isinstance(exclude, str) else list(exclude or [])
-        self._root: nn.Module | None = unwrap_module(module)
-        self._root_type = type(self._root).__name__
-        self._ddp = isinstance(module, nn.parallel.DistributedDataParallel)
-        self._records: deque[BackwardRecord] = deque(maxlen=history)
-        self._names = ParamNames()
-        self._nodes: dict[str, Any] = {}
-        self._param_handles: dict[str, list[RemovableHandle]] = {}
-        self._other_handles: list[RemovableHandle] = []
-        self._pass: _Pass | None = None
-        self._passes_seen = 0
-        # The newest record of each parameter, whose ``after`` may be ``.grad`` itself.
-        self._last_record: dict[str, GradRecord] = {}
-        self._pool: dict[str, list[torch.Tensor]] = {}
-        self._aliases: dict[str, tuple[str, ...]] = {}
-        self._slots: list[tuple[dict[str, Any], str, torch.Tensor, bool]] = []
-        self._replaced: list[str] = []
-        self._warned_errors = 0
-        self.errors: list[BaseException] = []
-        self.last_graph: Graph | None = None
-        self.closed = False
-        self._finalizer = weakref.finalize(
-            self, _remove_handles, self._param_handles, self._other_handles
+        include_list = [include] if isinstance(include, str) else list(include or [])
+        exclude_list = [exclude] if isinstance(exclude, str) else list(exclude or [])
+        super().__init__(
+            module,
+            include=include_list,
+            exclude=exclude_list,
+            keep=keep,
+            every=every,
+            history=history,
+            scaler=scaler,
+            copy=copy,
         )
-        self._sync(force=True)
         if not self._names.params and not self._frozen_names():
             raise GradscopeError(
                 f"watch() found no parameters to watch in {type(module).__name__}"
@@ -158,18 +82,7 @@ class Watch:
                     else ""
                 )
             )
-        ref = weakref.ref(self)
-
-        def before_forward(_module: nn.Module, _args: Any) -> None:
-            watch = ref()
-            if watch is not None:
-                watch._guard(watch._before_forward)
-
-        self._other_handles.append(module.register_forward_pre_hook(before_forward))
-        # graph() then knows which module made each node (see _module_tags). Not under
-        # torch.compile: its backward is one node anyway, and the hooks would break its graph.
-        if tag_modules and not hasattr(module, "_orig_mod"):
-            self._other_handles.extend(install_module_tagging(self._root))
+        self._install_forward_hooks(module, tag_modules)
 
     # ----------------------------------------------------------------------------- public API
     @property
@@ -266,260 +179,6 @@ class Watch:
             f"<gradscope.Watch of {self._root_type}: {len(self._param_handles)} hooked "
             f"parameters, {len(self._records)} records, {state}>"
         )
-
-    # ----------------------------------------------------------------------------- hooks
-    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception as error:  # never break the user's backward; surfaced via .errors
-            self.errors.append(error)
-            if self._pass is not None:
-                self._pass.errors.append(error)
-
-    def _selected(self, name: str) -> bool:
-        if self._include and not any(fnmatch.fnmatchcase(name, p) for p in self._include):
-            return False
-        return not any(fnmatch.fnmatchcase(name, p) for p in self._exclude)
-
-    def _frozen_names(self) -> list[str]:
-        return [n for n, p in self._names.params.items() if not p.requires_grad]
-
-    def _changed(self) -> bool:
-        """Whether any parameter was replaced, (un)frozen or removed since the last sync.
-
-        A few dict lookups per parameter, so it can run before every forward pass; walking the
-        module tree each time cost ~10% of a LeNet step.
-        """
-        for slots, key, param, requires_grad in self._slots:
-            current = slots.get(key)
-            if current is not param or param.requires_grad != requires_grad:
-                return True
-        return False
-
-    def _sync(self, *, force: bool = False) -> None:
-        """Follow the module's current parameters: new, replaced, (un)frozen ones."""
-        if self._root is None or not (force or self._changed()):
-            return
-        names = named_parameters(self._root)
-        selected = ParamNames(
-            params={n: p for n, p in names.params.items() if self._selected(n)},
-            canonical={a: c for a, c in names.canonical.items() if self._selected(c)},
-        )
-        for name, param in selected.params.items():
-            old = self._names.params.get(name)
-            if old is not None and old is not param:
-                self._replaced.append(name)
-                self._unhook(name)
-            if name not in self._param_handles and param.requires_grad:
-                self._hook(name, param)
-        for name in set(self._param_handles) - set(selected.params):
-            self._unhook(name)
-        self._names = selected
-        self._aliases = {
-            name: tuple(a for a, c in selected.canonical.items() if c == name and a != name)
-            for name in selected.params
-        }
-        self._slots = [
-            (module._parameters, key, param, param.requires_grad)
-            for module in self._root.modules()
-            for key, param in module._parameters.items()
-            if param is not None
-        ]
-
-    def _hook(self, name: str, param: torch.Tensor) -> None:
-        ref = weakref.ref(self)
-
-        def on_grad(grad: torch.Tensor) -> None:
-            watch = ref()
-            if watch is not None:
-                watch._guard(watch._on_grad, name, param, grad)
-
-        handle = param.register_hook(on_grad)  # type: ignore[no-untyped-call]
-        self._param_handles[name] = [handle]
-        self._nodes[name] = _accumulate_node(param)
-
-    def _unhook(self, name: str) -> None:
-        for handle in self._param_handles.pop(name, []):
-            handle.remove()
-        self._nodes.pop(name, None)
-        self._last_record.pop(name, None)
-        self._pool.pop(name, None)
-
-    def _on_grad(self, name: str, param: torch.Tensor, grad: torch.Tensor) -> None:
-        current = self._pass
-        if current is None:
-            self._passes_seen += 1
-            recording = (self._passes_seen - 1) % self.every == 0
-            current = self._pass = _Pass(self._passes_seen, recording)
-            self._queue_end_of_pass()
-            if recording and self.keep == "last" and self._records:
-                # Let go of the last pass's tensors now rather than when this pass ends, so the
-                # allocator can reuse that memory for this pass's gradients.
-                self._recycle(self._records[-1])
-        if not current.recording:
-            return
-        entry = current.entries.get(name)
-        if entry is not None:  # a second gradient for one leaf in one pass (reentrant backward)
-            if entry.grad is not None:
-                entry.grad = entry.grad + grad.detach()
-            return
-        old = param.grad
-        accumulates = _will_accumulate(self._nodes[name])
-        incoming = norm = None
-        if grad.requires_grad:  # create_graph=True: a plain copy, not the double-backward graph
-            held: torch.Tensor | None = grad.detach().clone()
-        elif old is not None or not accumulates or self._ddp:
-            held = grad  # free: torch adds it into the existing .grad, or does not use .grad
-        else:
-            # torch moves this very tensor into .grad unless someone holds it, so do not hold it
-            # (that would cost a copy); remember its address and measure it while it is hot.
-            held = None
-            incoming = (grad.data_ptr(), grad._version)
-            if grad.layout == torch.strided and grad.numel() >= _HOT_NORM_NUMEL:
-                norm = norm_tensor(grad)
-        before = None if self.keep == "none" else self._snapshot_before(name, old)
-        current.entries[name] = _Entry(held, before, accumulates, incoming, norm)
-
-    def _snapshot_before(self, name: str, grad: torch.Tensor | None) -> torch.Tensor | None:
-        if grad is None:
-            return None
-        snapshot = self._copy(name, grad)  # this pass is about to add into .grad in place
-        last = self._last_record.pop(name, None)
-        if last is not None:  # copy-on-write: the last record may hold this very .grad
-            last._replace(grad, snapshot)
-        return snapshot
-
-    def _copy(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """A detached copy of ``tensor``, written into a recycled buffer when one fits.
-
-        Fresh memory for every copy costs page faults that made copying 3x slower than writing
-        into a buffer of the previous pass (measured on CPU).
-        """
-        pool = self._pool.get(name)
-        while pool:
-            buffer = pool.pop()
-            if (
-                buffer.shape == tensor.shape
-                and buffer.dtype == tensor.dtype
-                and buffer.device == tensor.device
-                and buffer.stride() == tensor.stride()
-            ):
-                return buffer.copy_(tensor.detach())
-        return tensor.detach().clone()
-
-    def _before_forward(self) -> None:
-        self._sync()
-        if self.keep == "last" and not self.copy and self._records:
-            self._release_orphans(self._records[-1])
-
-    def _release_orphans(self, record: BackwardRecord) -> None:
-        """Let go of the newest pass's tensors that are no longer any parameter's ``.grad``.
-
-        After ``zero_grad()`` the watch would be their only holder; keeping them into the next
-        forward and backward made the allocator hand out fresh pages there, which cost 8% of an
-        MLP training step. Statistics recorded at the end of the pass stay.
-        """
-        for name, grad in record.grads.items():
-            param = self._names.params.get(name)
-            if grad._after_version is not None and (param is None or param.grad is not grad._after):
-                grad.drop_tensors()
-
-    def _recycle(self, dropped: BackwardRecord) -> None:
-        """Drop the tensors of an older pass, keeping its own copies as buffers for later ones."""
-        for name, tensors in dropped.drop_tensors().items():
-            pool = self._pool.setdefault(name, [])
-            for tensor in tensors:
-                if tensor.layout == torch.strided and len(pool) < 2:
-                    pool.append(tensor)
-
-    def _queue_end_of_pass(self) -> None:
-        ref = weakref.ref(self)
-
-        def finish() -> None:
-            watch = ref()
-            if watch is not None:
-                watch._guard(watch._end_pass)
-
-        def after_other_callbacks() -> None:
-            # Queued from a callback, this runs after every callback queued during the pass,
-            # such as DistributedDataParallel's, which writes the averaged gradients.
-            Variable._execution_engine.queue_callback(finish)
-
-        Variable._execution_engine.queue_callback(after_other_callbacks)
-
-    def _end_pass(self) -> None:
-        current, self._pass = self._pass, None
-        if current is None or not current.recording:
-            return
-        self._sync()
-        scale = self._loss_scale()
-        records: dict[str, GradRecord] = {}
-        sources: list[torch.Tensor] = []
-        known: list[torch.Tensor | None] = []
-        for name, entry in current.entries.items():
-            grad_record, source, norm = self._make_record(name, entry, current.index, scale)
-            records[name] = grad_record
-            sources.append(source if source is not None else torch.zeros(0))
-            known.append(norm)
-        for grad_record, source, value in zip(
-            records.values(), sources, batched_norms(sources, known), strict=True
-        ):
-            stats = cheap_stats(source, value)
-            grad_record._cheap = stats if scale is None else stats.scaled(1.0 / scale)
-        trainable = [n for n, p in self._names.params.items() if p.requires_grad]
-        backward = BackwardRecord(
-            index=current.index,
-            grads=records,
-            missing=[n for n in trainable if n not in records],
-            frozen=self._frozen_names(),
-            aliases=dict(self._names.canonical),
-            replaced=self._replaced,
-            loss_scale=scale,
-            errors=current.errors,
-        )
-        self._replaced = []
-        self._records.append(backward)
-
-    def _make_record(
-        self, name: str, entry: _Entry, index: int, scale: float | None
-    ) -> tuple[GradRecord, torch.Tensor | None, torch.Tensor | None]:
-        """One parameter's record, the tensor its statistics describe, and its norm if known."""
-        param = self._names.params[name]
-        live = param.grad
-        record = GradRecord(
-            name,
-            index,
-            param.shape,
-            accumulated=entry.accumulated,
-            loss_scale=scale,
-            aliases=self._aliases[name],
-        )
-        if not entry.accumulated or live is None:  # torch.autograd.grad: .grad is untouched
-            if self.keep != "none":
-                record._before = record._after = entry.before
-                record._delta = entry.grad
-            return record, entry.grad, None
-        fresh = entry.incoming == (live.data_ptr(), live._version)  # .grad is the pass's gradient
-        norm = entry.norm if fresh else None
-        if self.keep == "none":
-            return record, live, norm
-        if self.copy:
-            after = self._copy(name, live)
-        else:
-            after, record._after_version = live, live._version
-        self._last_record[name] = record
-        record._before, record._after = entry.before, after
-        if self._ddp:  # .grad now holds the average over processes; entry.grad is the local one
-            record._local = entry.grad
-            record._delta = after if entry.before is None else after - entry.before
-        else:  # with no .grad before the pass, .grad is exactly what the pass added
-            record._delta = after if entry.before is None else entry.grad
-        return record, after, norm
-
-    def _loss_scale(self) -> float | None:
-        if self.scaler is None or not getattr(self.scaler, "is_enabled", lambda: True)():
-            return None
-        return float(self.scaler.get_scale())
 
     # ----------------------------------------------------------------------------- messages
     def _resolve(self, name: str) -> str:
