@@ -2,8 +2,9 @@
 
 - fixture ``gradscope_watch``: ``w = gradscope_watch(model, **watch_kwargs)``; closed at teardown.
 - ``--gradscope-artifacts DIR``: when a test that used the fixture fails, each watch's summary
-  table (and, where ``w.graph(...)`` captured one, the backward graph as SVG) is saved under
-  ``DIR/<test id>/`` and the path is printed in the failure report. Nothing is written on success.
+  table (and, where ``w.graph(...)`` captured one, the backward graph as SVG, or as DOT source
+  when no Graphviz renderer is installed) is saved under ``DIR/<test id>/`` and the path is
+  printed in the failure report. Nothing is written on success.
 - marker ``@pytest.mark.gradscope_finite`` (or ``gradscope_finite = true`` in the ini file): the
   test fails if any backward pass recorded by its watches left a NaN or Inf gradient.
 
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from gradscope import Watch
+    from gradscope import Graph, Watch
 
 __all__ = ["gradscope_watch"]
 
@@ -118,17 +119,34 @@ def _save(directory: Path, item: pytest.Item, watches: list[Watch]) -> tuple[Pat
         summary = folder / f"{prefix}summary.txt"
         summary.write_text(text + "\n", encoding="utf-8")
         written.append(summary.name)
-        graph = getattr(w, "last_graph", None)
-        if graph is not None:
-            svg = folder / f"{prefix}graph.svg"
-            try:
-                graph.save(svg)
-                written.append(svg.name)
-            except Exception as error:  # a renderer failure must not hide the test's own failure
-                note = folder / f"{prefix}graph-error.txt"
-                note.write_text(f"could not render the graph: {error!r}\n", encoding="utf-8")
-                written.append(note.name)
+        if w.last_graph is not None:
+            written.append(_save_graph(w.last_graph, folder, prefix))
     return folder, written
+
+
+def _save_graph(graph: Graph, folder: Path, prefix: str) -> str:
+    """Write ``graph.svg``; ``graph.dot`` instead, saying why, when it cannot be rendered."""
+    from gradscope import GradscopeError
+    from gradscope._render import INSTALL_HINT, find_renderers
+
+    try:
+        why = None if find_renderers() else f"no Graphviz renderer found; {INSTALL_HINT}"
+        if why is None:
+            try:
+                svg = graph.to_svg()  # rendered first: a failure leaves no half-written file
+            except GradscopeError as error:  # a renderer error or timeout
+                why = str(error)
+            else:
+                path = folder / f"{prefix}graph.svg"
+                path.write_text(svg, encoding="utf-8")
+                return path.name
+        path = folder / f"{prefix}graph.dot"
+        path.write_text(graph.to_dot(), encoding="utf-8")
+        return f"{path.name} (DOT source, not SVG: {why})"
+    except Exception as error:  # must not turn the test's own failure into an INTERNALERROR
+        note = folder / f"{prefix}graph-error.txt"
+        note.write_text(f"could not save the backward graph: {error!r}\n", encoding="utf-8")
+        return f"{note.name} (could not save the backward graph: {error})"
 
 
 @pytest.hookimpl(wrapper=True)

@@ -4,7 +4,8 @@
     pytest examples/test_lenet_gradients.py --gradscope-artifacts=gradscope-artifacts
 
 With the second form, a failing test that used the ``gradscope_watch`` fixture leaves its
-per-parameter summary (and the backward graph, if the test drew one) in gradscope-artifacts/.
+per-parameter summary, and the backward graph if it called ``w.graph(loss)``, as
+gradscope-artifacts/<test>/summary.txt and graph.svg (graph.dot when no Graphviz is installed).
 """
 
 from __future__ import annotations
@@ -115,9 +116,11 @@ def test_training_a_few_steps_under_watch(
     for _ in range(5):
         optimizer.zero_grad()
         loss = loss_of(net, batch)
+        w.graph(loss)  # the backward graph with gradient norms, saved if this test fails
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
     assert len(w.records) == 5
     assert w.last.missing == []
+    assert w.last_graph is not None and w.last_graph.first_nonfinite is None
     assert losses[-1] < losses[0]

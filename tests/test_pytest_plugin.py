@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,99 @@ def test_folder_names_are_safe(tmp_path: Path) -> None:
     from _gradscope_pytest import _folder_name
 
     assert _folder_name("tests/test_a.py::test_b[x/y-1.5]") == "tests_test_a.py_test_b_x_y-1.5"
+
+
+_GRAPH_TESTS = (
+    _MODEL
+    + """
+def test_fails_with_graph(gradscope_watch):
+    net = model()
+    w = gradscope_watch(net)
+    loss = net(torch.randn(2, 3)).sum()
+    w.graph(loss)
+    loss.backward()
+    assert False, "the model is wrong"
+
+def test_passes_with_graph(gradscope_watch):
+    net = model()
+    w = gradscope_watch(net)
+    loss = net(torch.randn(2, 3)).sum()
+    w.graph(loss)
+    loss.backward()
+"""
+)
+
+
+def _svg_nodes(path: Path) -> dict[str, str]:
+    """``{svg id: text}`` of each drawn graph node, parsed as XML."""
+    svg = "{http://www.w3.org/2000/svg}"
+    root = ET.parse(path).getroot()
+    assert root.tag == svg + "svg"
+    return {
+        g.get("id", ""): " ".join("".join(g.itertext()).split())
+        for g in root.iter(svg + "g")
+        if "node" in (g.get("class") or "").split() and g.get("id", "").startswith("node-")
+    }
+
+
+def test_artifacts_include_the_captured_graph_as_svg(pytester: pytest.Pytester) -> None:
+    if not gradscope._render.find_renderers():
+        pytest.skip("no Graphviz renderer installed (pip install graphviz-pure)")
+    pytester.makepyfile(_GRAPH_TESTS)
+    out = pytester.path / "artifacts"
+    result = pytester.runpytest(f"--gradscope-artifacts={out}")
+    result.assert_outcomes(passed=1, failed=1)
+    (folder,) = out.iterdir()  # the passing test wrote nothing
+    assert folder.name.endswith("test_fails_with_graph")
+    assert sorted(p.name for p in folder.iterdir()) == ["graph.svg", "summary.txt"]
+    nodes = _svg_nodes(folder / "graph.svg")
+    # sum <- addmm(2.*) <- relu <- addmm(0.*): four op nodes, parameters drawn inside them
+    labels = sorted(text.split(" |g| ")[0].split(" ", 1)[1] for text in nodes.values())
+    assert labels == ["AddmmBackward0", "AddmmBackward0", "ReluBackward0", "SumBackward0"]
+    text = " ".join(nodes.values())
+    for name in ("0.weight", "0.bias", "2.weight", "2.bias"):
+        assert f"+ {name} (" in text
+    # the backward pass ran after w.graph(loss): every node shows the gradient norm through it
+    assert all(" |g| " in t for t in nodes.values())
+    result.stdout.fnmatch_lines(
+        ["*gradscope artifacts*", f"saved to {folder}: summary.txt, graph.svg"]
+    )
+
+
+@pytest.mark.parametrize("renderer", ["missing", "broken"])
+def test_artifacts_fall_back_to_dot_source_and_say_why(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, renderer: str
+) -> None:
+    real = gradscope._render.find_renderers()
+    bin_dir = pytester.mkdir("bin")
+    if renderer == "broken":
+        dot = bin_dir / "dot"
+        dot.write_text("#!/bin/sh\necho 'dot: cannot load plugins' >&2\nexit 1\n")
+        dot.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))  # nothing else on PATH: no dot, no graphviz-pure
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    assert len(gradscope._render.find_renderers()) == (renderer == "broken")
+    pytester.makepyfile(_GRAPH_TESTS)
+    out = pytester.path / "artifacts"
+    result = pytester.runpytest(f"--gradscope-artifacts={out}")
+    result.assert_outcomes(passed=1, failed=1)
+    (folder,) = out.iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["graph.dot", "summary.txt"]
+    source = (folder / "graph.dot").read_text()
+    assert source.startswith("digraph backward {")
+    for label in ("SumBackward0", "ReluBackward0", "AddmmBackward0", "+ 2.bias (1) |g| "):
+        assert label in source
+    why = {
+        "missing": "no Graphviz renderer found; install a Graphviz renderer: "
+        "`pip install graphviz-pure`*",
+        "broken": "could not render the graph: dot -Tsvg -Kdot failed (exit 1): "
+        "dot: cannot load plugins*",
+    }[renderer]
+    result.stdout.fnmatch_lines(
+        [f"saved to {folder}: summary.txt, graph.dot (DOT source, not SVG: {why}"]
+    )
+    monkeypatch.undo()
+    if real:  # the saved source is valid DOT: a real renderer draws the same four nodes
+        svg = folder / "graph.svg"
+        svg.write_bytes(gradscope._render.render(source).data)
+        assert len(_svg_nodes(svg)) == 4

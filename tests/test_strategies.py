@@ -96,6 +96,71 @@ def test_the_step_check_passes_for_any_drawn_model_and_torch_optimizer(
     assert set(w.last.missing) == set(case.unused)
 
 
+def _next_functions_walk(root: torch.Tensor) -> tuple[set[object], int]:
+    """Oracle: the autograd nodes behind ``root`` and their input edges, by ``next_functions``."""
+    seen: set[object] = set()
+    edges = 0
+    stack = [root.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        inputs = [f for f, _ in fn.next_functions if f is not None]
+        edges += len(inputs)
+        stack.extend(inputs)
+    return seen, edges
+
+
+@SETTINGS
+@given(st.data())
+def test_graph_invariants_hold_on_any_drawn_model(data: st.DataObject) -> None:
+    case = data.draw(gst.models())
+    net = case.module
+    x = data.draw(case.inputs)
+    nan = data.draw(st.booleans(), label="one NaN in the input")
+    if nan:
+        x = x.clone()
+        x.view(-1)[data.draw(st.integers(0, x.numel() - 1))] = float("nan")
+    under_watch = data.draw(st.booleans(), label="built by Watch.graph")
+    with gradscope.watch(net) as w:
+        loss = _loss(net(x))
+        if under_watch:  # module tags from the watch's forward hooks
+            g = w.graph(loss)
+            assert w.last_graph is g
+        else:
+            g = gradscope.graph(loss, params=net, grads=True)
+        fns, edge_count = _next_functions_walk(loss)
+        loss.backward()
+
+    assert len(g.nodes) == len(fns) and len(g.edges) == edge_count
+    # the parameter leaves are exactly the parameters that got a gradient: frozen and unused
+    # ones are absent, a reused layer's parameters appear once
+    leaves = [n.param for n in g.nodes if n.kind == "parameter"]
+    assert all(n.kind in ("op", "parameter") for n in g.nodes)  # the input needs no grad
+    assert sorted(leaves) == sorted(n for n, p in net.named_parameters() if p.grad is not None)
+    assert not set(leaves) & {*case.frozen, *case.unused}
+    # Every node has a norm: loss.backward() runs every node next_functions reaches (it lists
+    # only nodes that need a gradient), and the views and single-use leaves that grads=True
+    # does not hook read the norm on their one incoming edge. Only a node backward skips
+    # (torch.autograd.grad(..., inputs=...) pruning a branch) would have none.
+    assert all(n.grad_norm is not None for n in g.nodes)
+    assert all(e.grad_norm is not None for e in g.edges)
+    (root,) = g.roots
+    assert root.grad_norm == 1.0  # d loss / d loss
+    if nan:  # the NaN in the forward output meets the gradient at out.pow(2)
+        origin = g.first_nonfinite
+        assert origin is not None and origin.node.op == "PowBackward0"
+        return
+    assert g.first_nonfinite is None
+    for n in g.nodes:  # oracle: torch's own .grad (None before this backward)
+        if n.kind == "parameter":
+            grad = net.get_parameter(str(n.param)).grad
+            assert grad is not None
+            expected = float(torch.linalg.vector_norm(grad.double()))
+            assert n.grad_norm == pytest.approx(expected, rel=1e-5, abs=1e-12), n.param
+
+
 @pytest.mark.parametrize(
     "feature",
     ["linear", "conv1d", "conv2d", "relu_inplace", "+res", "x2", "+frozen", "+unused"],
