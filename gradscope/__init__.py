@@ -25,7 +25,7 @@ from ._stats import GradStats
 from ._step_check import check_step
 from ._step_report import ParamCheck, StepReport
 from ._summary import Summary
-from ._verify import verify_optimizer
+from ._verify import OptimizerVerifier, verify_optimizer
 from ._watch import Watch, watch
 
 __version__ = "0.1.0"
@@ -42,6 +42,7 @@ __all__ = [
     "GraphNode",
     "LeNet",
     "NonfiniteGradient",
+    "OptimizerVerifier",
     "ParamCheck",
     "SavedTensor",
     "StepMismatch",

@@ -23,6 +23,7 @@ EXPECTED = {
     "GraphNode",
     "LeNet",
     "NonfiniteGradient",
+    "OptimizerVerifier",
     "SavedTensor",
     "graph",
     "ParamCheck",
