@@ -23,7 +23,7 @@ from torch.utils.hooks import RemovableHandle
 from ._module_tags import install_module_tagging
 from ._naming import ParamNames, named_parameters, unwrap_module
 from ._records import BackwardRecord, GradRecord
-from ._stats import batched_norms, cheap_stats, norm_tensor
+from ._stats import PendingNorms, norm_tensor
 
 if TYPE_CHECKING:
     from ._graph import Graph
@@ -121,6 +121,7 @@ class Recorder:
         self._aliases: dict[str, tuple[str, ...]] = {}
         self._slots: list[tuple[dict[str, Any], str, torch.Tensor, bool]] = []
         self._replaced: list[str] = []
+        self._unresolved: Callable[[], None] | None = None
         self._warned_errors = 0
         self.errors: list[BaseException] = []
         self.last_graph: Graph | None = None
@@ -337,11 +338,7 @@ class Recorder:
             records[name] = grad_record
             sources.append(source if source is not None else torch.zeros(0))
             known.append(norm)
-        for grad_record, source, value in zip(
-            records.values(), sources, batched_norms(sources, known), strict=True
-        ):
-            stats = cheap_stats(source, value)
-            grad_record._cheap = stats if scale is None else stats.scaled(1.0 / scale)
+        self._record_stats(list(records.values()), PendingNorms(sources, known), scale)
         trainable = [n for n, p in self._names.params.items() if p.requires_grad]
         backward = BackwardRecord(
             index=current.index,
@@ -355,6 +352,31 @@ class Recorder:
         )
         self._replaced = []
         self._records.append(backward)
+
+    def _record_stats(
+        self, records: list[GradRecord], pending: PendingNorms, scale: float | None
+    ) -> None:
+        """Give each record its norm and NaN/Inf counts, now or, on CUDA, when first read.
+
+        Reading the norms back on a CUDA device would wait for the whole backward pass; instead
+        they travel asynchronously and are read at the latest when the next pass ends, by which
+        time they have long arrived (so the watch holds at most one pass of pending tensors).
+        """
+        if self._unresolved is not None:
+            self._unresolved()
+
+        def resolve() -> None:
+            self._unresolved = None if self._unresolved is resolve else self._unresolved
+            for record, stats in zip(records, pending.stats(), strict=True):
+                record._cheap = stats if scale is None else stats.scaled(1.0 / scale)
+                record._resolve = None
+
+        if pending.deferred:
+            for record in records:
+                record._resolve = resolve
+            self._unresolved = resolve
+        else:
+            resolve()
 
     def _make_record(
         self, name: str, entry: _Entry, index: int, scale: float | None

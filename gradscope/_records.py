@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +38,7 @@ class GradRecord:
         "_full",
         "_handed_out",
         "_local",
+        "_resolve",
         "accumulated",
         "aliases",
         "index",
@@ -70,6 +71,8 @@ class GradRecord:
         self._after_version: int | None = None
         self._handed_out = False  # a tensor handed to the user is never reused as a buffer
         self._cheap: GradStats | None = None
+        # Reads back the pass's norms when they are still on their way from the device.
+        self._resolve: Callable[[], None] | None = None
         self._full: GradStats | None = None
 
     @property
@@ -128,6 +131,13 @@ class GradRecord:
                 self._full = stats
         if self._full is not None:
             return self._full
+        return self.recorded
+
+    @property
+    def recorded(self) -> GradStats:
+        """The statistics taken when the pass ended: numel, norm, NaN and Inf counts."""
+        if self._cheap is None and self._resolve is not None:
+            self._resolve()
         if self._cheap is None:
             raise GradscopeError(f"no statistics were recorded for {self.name!r}")
         return self._cheap

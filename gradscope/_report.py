@@ -35,8 +35,7 @@ class _HasSvg(Protocol):
 
 # --------------------------------------------------------------------------- data
 def _norm(grad: GradRecord) -> float:
-    cheap = grad._cheap  # recorded for every pass; .stats might compute the full set
-    return cheap.norm if cheap is not None else grad.stats.norm
+    return grad.recorded.norm  # recorded for every pass; .stats might compute the full set
 
 
 def _ordered(names: Sequence[str], order: Sequence[str]) -> list[str]:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 __all__ = [
     "GradStats",
+    "PendingNorms",
     "batched_norms",
     "cheap_stats",
     "full_stats",
@@ -132,43 +134,90 @@ def norm_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return norm
 
 
+class PendingNorms:
+    """L2 norms of many tensors: one fused kernel and one host transfer per (device, dtype).
+
+    The kernels are launched at once; the values are read on first use. On a CUDA device the copy
+    to the host is asynchronous (pinned memory and an event), so recording never stalls the
+    training loop: reading waits for these norms only, not for the work queued after them.
+    ``known`` may hold norms already computed on device (0-d tensors) for some of the tensors.
+    Calling ``.item()`` per tensor would synchronise once per parameter (2.3-2.6x a training step
+    measured on CPU); ``_foreach_norm`` plus one transfer per pass costs a few percent.
+    """
+
+    def __init__(
+        self, tensors: Sequence[torch.Tensor], known: Sequence[torch.Tensor | None] | None = None
+    ) -> None:
+        results: list[torch.Tensor | None] = list(known) if known else [None] * len(tensors)
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, tensor in enumerate(tensors):
+            if results[i] is not None:
+                continue
+            if tensor.layout != torch.strided or tensor.is_complex() or tensor.numel() == 0:
+                results[i] = torch.linalg.vector_norm(tensor.detach().to_dense().abs().double())
+                continue
+            groups.setdefault((tensor.device, tensor.dtype), []).append(i)
+        for (_, dtype), indices in groups.items():
+            group = [tensors[i].detach() for i in indices]
+            fused = torch._foreach_norm(group, 2, dtype=_reduction_dtype(dtype))
+            for i, norm in zip(indices, fused, strict=True):
+                results[i] = norm
+        by_kind: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, result in enumerate(results):
+            assert result is not None
+            by_kind.setdefault((result.device, result.dtype), []).append(i)
+        self._tensors: list[torch.Tensor] | None = list(tensors)
+        self._reads: list[tuple[list[int], torch.Tensor, Any]] = []
+        for (device, _), indices in by_kind.items():
+            stacked = torch.stack([results[i] for i in indices])  # type: ignore[misc]
+            event = None
+            if device.type == "cuda":
+                host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+                host.copy_(stacked, non_blocking=True)
+                event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                event.record()
+                stacked = host
+            self._reads.append((indices, stacked, event))
+        self._values: list[float] | None = None
+
+    @property
+    def deferred(self) -> bool:
+        """True while a device-to-host copy is still outstanding (CUDA only)."""
+        return self._values is None and any(event is not None for _, _, event in self._reads)
+
+    def values(self) -> list[float]:
+        """The norms as floats (waits for their copy to the host the first time)."""
+        if self._values is None:
+            assert self._tensors is not None
+            norms = [0.0] * len(self._tensors)
+            for indices, host, event in self._reads:
+                if event is not None:
+                    event.synchronize()
+                for i, value in zip(indices, host.tolist(), strict=True):
+                    if not _SAFE_NORM_LOW < value < _SAFE_NORM_HIGH:
+                        # Squares of tiny (vanishing) or huge gradients under/overflow float32:
+                        # redo this one in float64 (~13x slower, so only where it matters).
+                        tensor = self._tensors[i].detach()
+                        value = float(torch.linalg.vector_norm(tensor, dtype=torch.float64))
+                    norms[i] = value
+            self._values = norms
+            self._reads = []
+        return self._values
+
+    def stats(self) -> list[GradStats]:
+        """:func:`cheap_stats` of every tensor; lets go of the tensors afterwards."""
+        assert self._tensors is not None or self._values is not None
+        tensors = self._tensors or []
+        result = [cheap_stats(t, norm) for t, norm in zip(tensors, self.values(), strict=True)]
+        self._tensors = None
+        return result
+
+
 def batched_norms(
     tensors: Sequence[torch.Tensor], known: Sequence[torch.Tensor | None] | None = None
 ) -> list[float]:
-    """L2 norms of many tensors: one fused kernel and one host transfer per (device, dtype).
-
-    ``known`` may hold norms already computed on device (0-d tensors) for some of them. Calling
-    ``.item()`` per tensor would synchronise with the device once per parameter (2.3-2.6x a
-    training step measured on CPU); ``_foreach_norm`` plus one ``tolist`` costs a few percent.
-    """
-    results: list[torch.Tensor | None] = list(known) if known is not None else [None] * len(tensors)
-    norms: list[float] = [0.0] * len(tensors)
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, tensor in enumerate(tensors):
-        if results[i] is not None:
-            continue
-        if tensor.layout != torch.strided or tensor.is_complex() or tensor.numel() == 0:
-            results[i] = torch.linalg.vector_norm(tensor.detach().to_dense().abs().double())
-            continue
-        groups.setdefault((tensor.device, tensor.dtype), []).append(i)
-    for (_, dtype), indices in groups.items():
-        group = [tensors[i].detach() for i in indices]
-        fused = torch._foreach_norm(group, 2, dtype=_reduction_dtype(dtype))
-        for i, norm in zip(indices, fused, strict=True):
-            results[i] = norm
-    by_kind: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, result in enumerate(results):
-        assert result is not None
-        by_kind.setdefault((result.device, result.dtype), []).append(i)
-    for indices in by_kind.values():
-        values = torch.stack([results[i] for i in indices]).tolist()  # type: ignore[misc]
-        for i, value in zip(indices, values, strict=True):
-            if not _SAFE_NORM_LOW < value < _SAFE_NORM_HIGH:
-                # Squares of tiny (vanishing) or huge gradients under/overflow float32: redo this
-                # one in float64. A float64 norm is ~13x slower, so only where it matters.
-                value = float(torch.linalg.vector_norm(tensors[i].detach(), dtype=torch.float64))
-            norms[i] = value
-    return norms
+    """L2 norms of many tensors, read back at once (see :class:`PendingNorms`)."""
+    return PendingNorms(tensors, known).values()
 
 
 def cheap_stats(tensor: torch.Tensor, norm: float) -> GradStats:

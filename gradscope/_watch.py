@@ -152,6 +152,8 @@ class Watch(Recorder):
 
     def close(self) -> None:
         """Remove every hook this watch installed (idempotent). Records stay readable."""
+        if self._unresolved is not None:  # read back the last pass's norms while we can
+            self._unresolved()
         self._finalizer()
         self._pass = None
         self.closed = True

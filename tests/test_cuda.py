@@ -82,3 +82,17 @@ def test_graph_on_cuda_records_norms_and_finds_where_a_nan_was_born() -> None:
             assert on_cuda.grad_norm is None
         else:
             assert on_cuda.grad_norm == pytest.approx(on_cpu.grad_norm, rel=1e-3, nan_ok=True)
+
+
+def test_norms_travel_to_the_host_without_stalling_and_at_most_one_pass_waits() -> None:
+    net = gradscope.LeNet().cuda()
+    x = torch.randn(2, 1, 32, 32, device="cuda")
+    with gradscope.watch(net, keep="all") as w:
+        for _ in range(3):
+            net.zero_grad()
+            net(x).pow(2).sum().backward()
+        waiting = [r for record in w.records for r in record.grads.values() if r._resolve]
+        assert {r.index for r in waiting} == {3}  # older passes were read when the next ended
+        expected = float(net.fc1.weight.grad.double().norm())
+        assert w.last["fc1.weight"].recorded.norm == pytest.approx(expected, rel=1e-5)
+        assert not any(r._resolve for record in w.records for r in record.grads.values())

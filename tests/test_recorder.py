@@ -19,10 +19,10 @@ def backward(net: nn.Module, x: torch.Tensor) -> None:
 def test_an_error_inside_a_hook_never_breaks_backward(lenet, lenet_input, monkeypatch) -> None:
     import gradscope._recorder as recorder_module
 
-    def broken(*args: object) -> list[float]:
+    def broken(*args: object) -> None:
         raise RuntimeError("internal failure")
 
-    monkeypatch.setattr(recorder_module, "batched_norms", broken)
+    monkeypatch.setattr(recorder_module, "PendingNorms", broken)
     expected = torch.autograd.grad(lenet(lenet_input).pow(2).sum(), lenet.conv1.bias)[0]
     w = gradscope.watch(lenet)
     backward(lenet, lenet_input)
