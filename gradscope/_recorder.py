@@ -122,6 +122,7 @@ class Recorder:
         self._slots: list[tuple[dict[str, Any], str, torch.Tensor, bool]] = []
         self._replaced: list[str] = []
         self._unresolved: Callable[[], None] | None = None
+        self._pinned: dict[tuple[int, torch.dtype], torch.Tensor] = {}
         self._warned_errors = 0
         self.errors: list[BaseException] = []
         self.last_graph: Graph | None = None
@@ -252,7 +253,11 @@ class Recorder:
             # (that would cost a copy); remember its address and measure it while it is hot.
             held = None
             incoming = (grad.data_ptr(), grad._version)
-            if grad.layout == torch.strided and grad.numel() >= _HOT_NORM_NUMEL:
+            if (
+                grad.device.type == "cpu"  # on a GPU one fused kernel at the end beats launches
+                and grad.layout == torch.strided
+                and grad.numel() >= _HOT_NORM_NUMEL
+            ):
                 norm = norm_tensor(grad)
         before = None if self.keep == "none" else self._snapshot_before(name, old)
         current.entries[name] = _Entry(held, before, accumulates, incoming, norm)
@@ -338,7 +343,10 @@ class Recorder:
             records[name] = grad_record
             sources.append(source if source is not None else torch.zeros(0))
             known.append(norm)
-        self._record_stats(list(records.values()), PendingNorms(sources, known), scale)
+        if self._unresolved is not None:  # frees the pinned buffers for this pass's norms
+            self._unresolved()
+        pending = PendingNorms(sources, known, self._pinned)
+        self._record_stats(list(records.values()), pending, scale)
         trainable = [n for n, p in self._names.params.items() if p.requires_grad]
         backward = BackwardRecord(
             index=current.index,
@@ -362,9 +370,6 @@ class Recorder:
         they travel asynchronously and are read at the latest when the next pass ends, by which
         time they have long arrived (so the watch holds at most one pass of pending tensors).
         """
-        if self._unresolved is not None:
-            self._unresolved()
-
         def resolve() -> None:
             self._unresolved = None if self._unresolved is resolve else self._unresolved
             for record, stats in zip(records, pending.stats(), strict=True):

@@ -146,7 +146,10 @@ class PendingNorms:
     """
 
     def __init__(
-        self, tensors: Sequence[torch.Tensor], known: Sequence[torch.Tensor | None] | None = None
+        self,
+        tensors: Sequence[torch.Tensor],
+        known: Sequence[torch.Tensor | None] | None = None,
+        pinned: dict[tuple[int, torch.dtype], torch.Tensor] | None = None,
     ) -> None:
         results: list[torch.Tensor | None] = list(known) if known else [None] * len(tensors)
         groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
@@ -172,7 +175,14 @@ class PendingNorms:
             stacked = torch.stack([results[i] for i in indices])  # type: ignore[misc]
             event = None
             if device.type == "cuda":
-                host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+                # Pinned host memory is slow to allocate: reuse the caller's buffer when given
+                # (it must not be read by an earlier PendingNorms any more).
+                key = (stacked.numel(), stacked.dtype)
+                host = pinned.get(key) if pinned is not None else None
+                if host is None:
+                    host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+                    if pinned is not None:
+                        pinned[key] = host
                 host.copy_(stacked, non_blocking=True)
                 event = torch.cuda.Event()  # type: ignore[no-untyped-call]
                 event.record()

@@ -145,7 +145,8 @@ def test_graph_under_watch_shows_module_paths() -> None:
     assert {n.module_source for n in g.nodes if n.op == "ReluBackward0"} == {"forward"}
 
 
-def test_watch_graph_keeps_the_graph_with_module_clusters(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.skipif(not gradscope._render.find_renderers(), reason="no Graphviz renderer installed")
+def test_watch_graph_keeps_the_graph_with_module_clusters() -> None:
     import xml.etree.ElementTree as ET
 
     net = gradscope.LeNet()
