@@ -48,7 +48,10 @@ class GradRecorder:
     """Hooks on the walked nodes; the hooks hold only a weak reference to the recorder."""
 
     def __init__(self) -> None:
-        self.values: dict[int, tuple[tuple[int, ...], list[torch.Tensor]]] = {}
+        # node -> (slots, L2 norms, max |g| (to tell float32 overflow from a real Inf), numels)
+        self.values: dict[
+            int, tuple[tuple[int, ...], list[torch.Tensor], list[torch.Tensor], list[int]]
+        ] = {}
         self.order: list[int] = []
         self.in_pass = False
         self.passes = 0
@@ -120,7 +123,7 @@ def _make_hook(
                     if g is not None:
                         slots.append(-1 - k)
                         grads.append(g)
-            rec.values[i] = (tuple(slots), _norms(grads))
+            rec.values[i] = (tuple(slots), *_norms(grads), [g.numel() for g in grads])
             rec.order.append(i)
         except Exception as err:  # never break the user's backward
             warnings.warn(
@@ -131,25 +134,42 @@ def _make_hook(
     return hook
 
 
-def _norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+def _norms(grads: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """L2 norms and max |g| of ``grads``, on device.
+
+    The L2 norm is taken in the gradient's own dtype, so in float32 it overflows to Inf once an
+    element passes ~1.8e19; max |g| is Inf only for a real Inf, so it keeps the NaN/Inf origin
+    right for huge but finite gradients.
+    """
     if not grads:
-        return []
+        return [], []
     if all(g.layout == torch.strided for g in grads):
-        return list(torch._foreach_norm(grads))
-    return [torch.linalg.vector_norm(g.coalesce().values() if g.is_sparse else g) for g in grads]
+        return list(torch._foreach_norm(grads)), list(torch._foreach_norm(grads, math.inf))
+    dense = [g.coalesce().values() if g.is_sparse else g for g in grads]
+    return (
+        [torch.linalg.vector_norm(g) for g in dense],
+        [torch.linalg.vector_norm(g, math.inf) for g in dense],
+    )
 
 
 def _read(rec: GradRecorder) -> dict[tuple[int, int], float]:
     """Every recorded norm, with one stack and one ``.tolist()`` per (device, dtype)."""
-    groups: dict[tuple[torch.device, torch.dtype], tuple[list[tuple[int, int]], list[Any]]] = {}
-    for i, (slots, norms) in rec.values.items():
-        for slot, norm in zip(slots, norms, strict=True):
-            keys, tensors = groups.setdefault((norm.device, norm.dtype), ([], []))
-            keys.append((i, slot))
-            tensors.append(norm)
+    groups: dict[
+        tuple[torch.device, torch.dtype], tuple[list[tuple[int, int, int]], list[Any], list[Any]]
+    ] = {}
+    for i, (slots, norms, peaks, numels) in rec.values.items():
+        for slot, norm, peak, numel in zip(slots, norms, peaks, numels, strict=True):
+            keys, l2, top = groups.setdefault((norm.device, norm.dtype), ([], [], []))
+            keys.append((i, slot, numel))
+            l2.append(norm)
+            top.append(peak)
     read: dict[tuple[int, int], float] = {}
-    for keys, tensors in groups.values():
-        read.update(zip(keys, torch.stack(tensors).tolist(), strict=True))
+    for keys, l2, top in groups.values():
+        pairs = torch.stack([torch.stack(l2), torch.stack(top)]).tolist()
+        for (i, slot, numel), norm, peak in zip(keys, pairs[0], pairs[1], strict=True):
+            if math.isinf(norm) and math.isfinite(peak):
+                norm = peak * math.sqrt(numel)  # overflowed in float32: an upper bound
+            read[(i, slot)] = norm
     return read
 
 
@@ -221,7 +241,7 @@ def _origin(
             else:
                 reason = f"the sum of its {len(into[i])} incoming finite gradients is {_kind(got)}"
             return Origin(i, None, _kind(got), reason)
-        slots, _ = rec.values[i]
+        slots = rec.values[i][0]
         bad = [
             (slot, v)
             for slot in slots

@@ -370,6 +370,7 @@ class Recorder:
         they travel asynchronously and are read at the latest when the next pass ends, by which
         time they have long arrived (so the watch holds at most one pass of pending tensors).
         """
+
         def resolve() -> None:
             self._unresolved = None if self._unresolved is resolve else self._unresolved
             for record, stats in zip(records, pending.stats(), strict=True):

@@ -191,3 +191,15 @@ def test_origin_agrees_with_the_gradient_itself(values: list[float], op: str) ->
     else:
         # sum and mul-by-2 hand on finite gradients, so the op itself produced the bad one
         assert origin is not None and origin.node.op.lower().startswith(op)
+
+
+def test_a_huge_but_finite_gradient_is_not_called_inf() -> None:
+    # 1 / 1.5e-37 is finite in float32, but its square overflows: the L2 norm reads Inf.
+    x = torch.tensor([1.0, 1.5e-37], requires_grad=True)
+    loss = x.log().sum()
+    g = gradscope.graph(loss, grads=True)
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+    assert g.first_nonfinite is None
+    leaf = next(n for n in g.nodes if n.kind != "op")  # x: the gradient that left LogBackward0
+    assert leaf.grad_norm is not None and 1e36 < leaf.grad_norm < float("inf")
