@@ -151,6 +151,27 @@ class PendingNorms:
         known: Sequence[torch.Tensor | None] | None = None,
         pinned: dict[tuple[int, torch.dtype], torch.Tensor] | None = None,
     ) -> None:
+        self._tensors: list[torch.Tensor] | None = list(tensors)
+        self._reads: list[tuple[list[int], torch.Tensor, Any]] = []
+        self._values: list[float] | None = None
+        first = tensors[0] if tensors else None
+        if (
+            first is not None
+            and (known is None or not any(k is not None for k in known))
+            and all(
+                t.device == first.device
+                and t.dtype == first.dtype
+                and t.layout == torch.strided
+                and t.numel() > 0
+                for t in tensors
+            )
+            and not first.is_complex()
+        ):  # the common case, kept short: this runs once per backward pass
+            fused = torch._foreach_norm(
+                [t.detach() for t in tensors], 2, dtype=_reduction_dtype(first.dtype)
+            )
+            self._read_back(list(range(len(tensors))), torch.stack(fused), pinned)
+            return
         results: list[torch.Tensor | None] = list(known) if known else [None] * len(tensors)
         groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, tensor in enumerate(tensors):
@@ -169,26 +190,30 @@ class PendingNorms:
         for i, result in enumerate(results):
             assert result is not None
             by_kind.setdefault((result.device, result.dtype), []).append(i)
-        self._tensors: list[torch.Tensor] | None = list(tensors)
-        self._reads: list[tuple[list[int], torch.Tensor, Any]] = []
-        for (device, _), indices in by_kind.items():
-            stacked = torch.stack([results[i] for i in indices])  # type: ignore[misc]
-            event = None
-            if device.type == "cuda":
-                # Pinned host memory is slow to allocate: reuse the caller's buffer when given
-                # (it must not be read by an earlier PendingNorms any more).
-                key = (stacked.numel(), stacked.dtype)
-                host = pinned.get(key) if pinned is not None else None
-                if host is None:
-                    host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
-                    if pinned is not None:
-                        pinned[key] = host
-                host.copy_(stacked, non_blocking=True)
-                event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-                event.record()
-                stacked = host
-            self._reads.append((indices, stacked, event))
-        self._values: list[float] | None = None
+        for indices in by_kind.values():
+            self._read_back(indices, torch.stack([results[i] for i in indices]), pinned)  # type: ignore[misc]
+
+    def _read_back(
+        self,
+        indices: list[int],
+        stacked: torch.Tensor,
+        pinned: dict[tuple[int, torch.dtype], torch.Tensor] | None,
+    ) -> None:
+        event = None
+        if stacked.device.type == "cuda":
+            # Pinned host memory is slow to allocate: reuse the caller's buffer when given
+            # (it must not be read by an earlier PendingNorms any more).
+            key = (stacked.numel(), stacked.dtype)
+            host = pinned.get(key) if pinned is not None else None
+            if host is None:
+                host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+                if pinned is not None:
+                    pinned[key] = host
+            host.copy_(stacked, non_blocking=True)
+            event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            event.record()
+            stacked = host
+        self._reads.append((indices, stacked, event))
 
     @property
     def deferred(self) -> bool:
