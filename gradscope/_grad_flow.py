@@ -53,6 +53,7 @@ class GradRecorder:
         self.in_pass = False
         self.passes = 0
         self.hooked: set[int] = set()
+        self.errors: list[Exception] = []
         self._flow: Flow | None = None
 
     def attach(self, result: WalkResult, fns: list[Any]) -> None:
@@ -94,6 +95,14 @@ class GradRecorder:
         if self.passes == 0 or self.in_pass:
             return None
         if self._flow is None:
+            if self.errors:  # a warning raised inside a hook (under -W error) would break backward
+                warnings.warn(
+                    GradscopeWarning(
+                        f"gradscope.graph(grads=True) could not record {len(self.errors)} "
+                        f"gradient(s); norms there are missing. First: {self.errors[0]!r}"
+                    ),
+                    stacklevel=3,
+                )
             self._flow = _resolve(self, result)
         return self._flow
 
@@ -122,11 +131,8 @@ def _make_hook(
                         grads.append(g)
             rec.values[i] = (tuple(slots), _norms(grads))
             rec.order.append(i)
-        except Exception as err:  # never break the user's backward
-            warnings.warn(
-                GradscopeWarning(f"gradscope.graph(grads=True) could not record a gradient: {err}"),
-                stacklevel=2,
-            )
+        except Exception as err:  # never break the user's backward: reported when read
+            rec.errors.append(err)
 
     return hook
 

@@ -203,3 +203,23 @@ def test_a_huge_but_finite_gradient_is_not_called_inf() -> None:
     assert g.first_nonfinite is None
     leaf = next(n for n in g.nodes if n.kind != "op")  # x: the gradient that left LogBackward0
     assert leaf.grad_norm is not None and 1e36 < leaf.grad_norm < float("inf")
+
+
+def test_a_failing_hook_never_breaks_backward_even_under_warnings_as_errors(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import warnings
+
+    import gradscope._grad_flow as grad_flow
+
+    def broken(grads: object) -> None:
+        raise RuntimeError("norm failed")
+
+    monkeypatch.setattr(grad_flow, "_norms", broken)
+    x = torch.ones(3, requires_grad=True)
+    loss = (x * 2).sum()
+    g = gradscope.graph(loss, grads=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss.backward()  # the hook's error is kept, not raised or warned here
+    assert torch.equal(x.grad, torch.full((3,), 2.0))  # type: ignore[arg-type]
+    with pytest.warns(gradscope.GradscopeWarning, match="norm failed"):
+        g.first_nonfinite  # noqa: B018
