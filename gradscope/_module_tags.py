@@ -54,6 +54,7 @@ class _Calls(threading.local):
         # (start, end, nesting depth, path) of finished calls inside the outermost one
         self.done: list[tuple[int, int, int, str]] = []
         self.history: deque[_Call] = deque(maxlen=HISTORY)
+        self.starts: list[int] = []  # history's starts, for bisect
 
 
 _CALLS = _Calls()
@@ -70,10 +71,11 @@ def install_module_tagging(root: nn.Module) -> list[RemovableHandle]:
 
 def module_path_of(fn: Any) -> str | None:
     """The dotted path of the innermost tagged module whose forward created node ``fn``."""
-    nr = fn._sequence_nr()
     history = _CALLS.history
-    starts = [call.start for call in history]
-    k = bisect.bisect_right(starts, nr) - 1
+    if not history:
+        return None
+    nr = fn._sequence_nr()
+    k = bisect.bisect_right(_CALLS.starts, nr) - 1
     if k < 0:
         return None
     call = history[k]
@@ -117,3 +119,4 @@ def _remember(start: int, end: int, calls: list[tuple[int, int, int, str]]) -> N
     while history and history[-1].end > start:  # the counter went back (another thread's?)
         history.pop()
     history.append(_Call(start, end, tuple(owner)))
+    _CALLS.starts = [call.start for call in history]
