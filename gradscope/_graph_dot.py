@@ -258,7 +258,8 @@ def _clusters(dot: DotGraph, lines: dict[str, list[str]], module_saved: dict[str
         dot.body.append(f"{pad}subgraph cluster_{counter} {{\n")
         dot.body.append(
             f'{pad}\tlabel={_q(label)} id={_q("cluster-" + path)} style="rounded,dashed" '
-            f"color=gray50 fontsize=10\n"
+            # left-justified: a centred label sits right where the edge into the cluster runs
+            f"color=gray50 fontsize=10 labeljust=l\n"
         )
         for stmt in lines.get(path, []):
             dot.body.append(pad + "\t" + stmt)
