@@ -9,6 +9,7 @@ collected; errors inside a hook are stored on the recorder, never raised out of 
 from __future__ import annotations
 
 import fnmatch
+import math
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from torch.utils.hooks import RemovableHandle
 from ._module_tags import install_module_tagging
 from ._naming import ParamNames, named_parameters, unwrap_module
 from ._records import BackwardRecord, GradRecord
-from ._stats import PendingNorms, norm_tensor
+from ._stats import PendingNorms, cheap_stats, norm_tensor
 
 if TYPE_CHECKING:
     from ._graph import Graph
@@ -122,6 +123,7 @@ class Recorder:
         self._slots: list[tuple[dict[str, Any], str, torch.Tensor, bool]] = []
         self._replaced: list[str] = []
         self._unresolved: Callable[[], None] | None = None
+        self._dropped: BackwardRecord | None = None  # the newest record already emptied
         self._pinned: dict[tuple[int, torch.dtype], torch.Tensor] = {}
         self._warned_errors = 0
         self.errors: list[BaseException] = []
@@ -254,12 +256,13 @@ class Recorder:
             held = None
             incoming = (grad.data_ptr(), grad._version)
             if (
-                grad.device.type == "cpu"  # on a GPU one fused kernel at the end beats launches
+                grad.numel() >= _HOT_NORM_NUMEL
+                and not grad.is_cuda  # on a GPU one fused kernel at the end beats launches
                 and grad.layout == torch.strided
-                and grad.numel() >= _HOT_NORM_NUMEL
             ):
                 norm = norm_tensor(grad)
-        before = None if self.keep == "none" else self._snapshot_before(name, old)
+        keep_before = old is not None and self.keep != "none"
+        before = self._snapshot_before(name, old) if keep_before else None
         current.entries[name] = _Entry(held, before, accumulates, incoming, norm)
 
     def _snapshot_before(self, name: str, grad: torch.Tensor | None) -> torch.Tensor | None:
@@ -301,13 +304,25 @@ class Recorder:
         forward and backward made the allocator hand out fresh pages there, which cost 8% of an
         MLP training step. Statistics recorded at the end of the pass stay.
         """
+        if record is self._dropped:
+            return
+        kept = 0
         for name, grad in record.grads.items():
+            if grad._after is None:
+                continue
             param = self._names.params.get(name)
             if grad._after_version is not None and (param is None or param.grad is not grad._after):
                 grad.drop_tensors()
+            else:
+                kept += 1
+        if not kept:
+            self._dropped = record  # nothing left to drop or recycle
 
     def _recycle(self, dropped: BackwardRecord) -> None:
         """Drop the tensors of an older pass, keeping its own copies as buffers for later ones."""
+        if dropped is self._dropped:
+            return
+        self._dropped = dropped
         for name, tensors in dropped.drop_tensors().items():
             pool = self._pool.setdefault(name, [])
             for tensor in tensors:
@@ -347,13 +362,18 @@ class Recorder:
             self._unresolved()
         pending = PendingNorms(sources, known, self._pinned)
         self._record_stats(list(records.values()), pending, scale)
-        trainable = [n for n, p in self._names.params.items() if p.requires_grad]
+        frozen = self._frozen_names()
+        missing = (
+            []
+            if len(records) + len(frozen) == len(self._names.params)
+            else [n for n, p in self._names.params.items() if p.requires_grad and n not in records]
+        )
         backward = BackwardRecord(
             index=current.index,
             grads=records,
-            missing=[n for n in trainable if n not in records],
-            frozen=self._frozen_names(),
-            aliases=dict(self._names.canonical),
+            missing=missing,
+            frozen=frozen,
+            aliases=self._names.canonical,  # replaced, never changed in place, by _sync
             replaced=self._replaced,
             loss_scale=scale,
             errors=current.errors,
@@ -373,9 +393,14 @@ class Recorder:
 
         def resolve() -> None:
             self._unresolved = None if self._unresolved is resolve else self._unresolved
-            for record, stats in zip(records, pending.stats(), strict=True):
-                record._cheap = stats if scale is None else stats.scaled(1.0 / scale)
+            tensors, norms = pending.take()
+            for record, tensor, norm in zip(records, tensors, norms, strict=True):
                 record._resolve = None
+                if math.isfinite(norm):  # no NaN, no Inf: the rest of the stats is implied
+                    record._norm = norm
+                    continue
+                stats = cheap_stats(tensor, norm)
+                record._cheap = stats if scale is None else stats.scaled(1.0 / scale)
 
         if pending.deferred:
             for record in records:
@@ -403,8 +428,9 @@ class Recorder:
                 record._before = record._after = entry.before
                 record._delta = entry.grad
             return record, entry.grad, None
-        fresh = entry.incoming == (live.data_ptr(), live._version)  # .grad is the pass's gradient
-        norm = entry.norm if fresh else None
+        norm = entry.norm
+        if norm is not None and entry.incoming != (live.data_ptr(), live._version):
+            norm = None  # .grad is not the very gradient the hook measured (another hook?)
         if self.keep == "none":
             return record, live, norm
         if self.copy:

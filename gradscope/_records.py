@@ -38,6 +38,7 @@ class GradRecord:
         "_full",
         "_handed_out",
         "_local",
+        "_norm",
         "_resolve",
         "accumulated",
         "aliases",
@@ -71,6 +72,7 @@ class GradRecord:
         self._after_version: int | None = None
         self._handed_out = False  # a tensor handed to the user is never reused as a buffer
         self._cheap: GradStats | None = None
+        self._norm: float | None = None  # a finite norm: ``_cheap`` is built from it on demand
         # Reads back the pass's norms when they are still on their way from the device.
         self._resolve: Callable[[], None] | None = None
         self._full: GradStats | None = None
@@ -138,6 +140,9 @@ class GradRecord:
         """The statistics taken when the pass ended: numel, norm, NaN and Inf counts."""
         if self._cheap is None and self._resolve is not None:
             self._resolve()
+        if self._cheap is None and self._norm is not None:
+            stats = GradStats(numel=self.shape.numel(), norm=self._norm, nan=0, inf=0)
+            self._cheap = stats if self.loss_scale is None else stats.scaled(1.0 / self.loss_scale)
         if self._cheap is None:
             raise GradscopeError(f"no statistics were recorded for {self.name!r}")
         return self._cheap

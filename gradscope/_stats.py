@@ -154,24 +154,28 @@ class PendingNorms:
         self._tensors: list[torch.Tensor] | None = list(tensors)
         self._reads: list[tuple[list[int], torch.Tensor, Any]] = []
         self._values: list[float] | None = None
-        first = tensors[0] if tensors else None
-        if (
-            first is not None
-            and (known is None or not any(k is not None for k in known))
-            and all(
-                t.device == first.device
-                and t.dtype == first.dtype
-                and t.layout == torch.strided
-                and t.numel() > 0
-                for t in tensors
-            )
-            and not first.is_complex()
-        ):  # the common case, kept short: this runs once per backward pass
-            fused = torch._foreach_norm(
-                [t.detach() for t in tensors], 2, dtype=_reduction_dtype(first.dtype)
-            )
-            self._read_back(list(range(len(tensors))), torch.stack(fused), pinned)
-            return
+        if tensors and (known is None or not any(k is not None for k in known)):
+            # The common case, kept short (it runs once per backward pass): one device, one
+            # dtype, plain dense tensors.
+            first = tensors[0]
+            dtype, device = first.dtype, first.get_device()
+            plain = not first.is_complex()
+            detach = False
+            for t in tensors:
+                if (
+                    t.dtype != dtype
+                    or t.get_device() != device
+                    or t.layout != torch.strided
+                    or not t.numel()
+                ):
+                    plain = False
+                    break
+                detach = detach or t.requires_grad
+            if plain:
+                group = [t.detach() for t in tensors] if detach else list(tensors)
+                fused = torch._foreach_norm(group, 2, dtype=_reduction_dtype(dtype))
+                self._read_back(list(range(len(tensors))), torch.stack(fused), pinned)
+                return
         results: list[torch.Tensor | None] = list(known) if known else [None] * len(tensors)
         groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, tensor in enumerate(tensors):
@@ -239,13 +243,11 @@ class PendingNorms:
             self._reads = []
         return self._values
 
-    def stats(self) -> list[GradStats]:
-        """:func:`cheap_stats` of every tensor; lets go of the tensors afterwards."""
-        assert self._tensors is not None or self._values is not None
-        tensors = self._tensors or []
-        result = [cheap_stats(t, norm) for t, norm in zip(tensors, self.values(), strict=True)]
-        self._tensors = None
-        return result
+    def take(self) -> tuple[list[torch.Tensor], list[float]]:
+        """The tensors and their norms; lets go of the tensors."""
+        values = self.values()
+        tensors, self._tensors = self._tensors or [], None
+        return tensors, values
 
 
 def batched_norms(
