@@ -24,7 +24,6 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,13 +38,26 @@ _peek = torch._C._autograd._get_sequence_nr
 HISTORY = 64
 
 
-@dataclass(frozen=True)
 class _Call:
-    """One outermost module call: nodes numbered [start, end), owners innermost-first."""
+    """One outermost module call: nodes numbered [start, end) and the calls made inside it.
 
-    start: int
-    end: int
-    owner: tuple[str | None, ...]
+    The per-node owner table is built on the first lookup, so the forward pass only appends.
+    """
+
+    __slots__ = ("_owner", "calls", "end", "start")
+
+    def __init__(self, start: int, end: int, calls: list[tuple[int, int, int, str]]) -> None:
+        self.start, self.end, self.calls = start, end, calls
+        self._owner: tuple[str | None, ...] | None = None
+
+    def owner(self, nr: int) -> str | None:
+        if self._owner is None:
+            owner: list[str | None] = [None] * (self.end - self.start)
+            # outer calls first (earlier start, later end, shallower): inner ones overwrite
+            for s, e, _, path in sorted(self.calls, key=lambda c: (c[0], -c[1], c[2])):
+                owner[s - self.start : e - self.start] = [path] * (e - s)
+            self._owner = tuple(owner)
+        return self._owner[nr - self.start]
 
 
 class _Calls(threading.local):
@@ -79,7 +91,7 @@ def module_path_of(fn: Any) -> str | None:
     if k < 0:
         return None
     call = history[k]
-    return call.owner[nr - call.start] if nr < call.end else None
+    return call.owner(nr) if nr < call.end else None
 
 
 def _make_pre(path: str) -> Any:
@@ -111,12 +123,11 @@ def _make_post(path: str) -> Any:
 
 
 def _remember(start: int, end: int, calls: list[tuple[int, int, int, str]]) -> None:
-    owner: list[str | None] = [None] * (end - start)
-    # outer calls first (earlier start, later end, shallower), so inner ranges overwrite them
-    for s, e, _, path in sorted(calls, key=lambda c: (c[0], -c[1], c[2])):
-        owner[s - start : e - start] = [path] * (e - s)
-    history = _CALLS.history
+    history, starts = _CALLS.history, _CALLS.starts
     while history and history[-1].end > start:  # the counter went back (another thread's?)
         history.pop()
-    history.append(_Call(start, end, tuple(owner)))
-    _CALLS.starts = [call.start for call in history]
+        starts.pop()
+    if len(history) == HISTORY:
+        starts.pop(0)  # the deque drops its oldest call on append
+    history.append(_Call(start, end, calls))
+    starts.append(start)

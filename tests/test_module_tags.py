@@ -172,5 +172,7 @@ def test_module_paths_of_an_older_forward_fall_back_cleanly() -> None:
     for _ in range(HISTORY):
         net(torch.randn(1, 2))
     assert module_path_of(first.grad_fn) is None  # forgotten, not misattributed
+    latest = net(torch.randn(1, 2, requires_grad=True))
+    assert module_path_of(latest.grad_fn) == "0"  # the bisect index stayed in step
     for handle in handles:
         handle.remove()
