@@ -29,7 +29,6 @@ __all__ = [
     "walk",
 ]
 
-_ACCUMULATE = "torch::autograd::AccumulateGrad"
 _PREFIX = "torch::autograd::"
 # Backward nodes that only reshape or reorder the gradient: they cannot create a NaN/Inf and
 # the gradient's norm is the same on both sides, so grads=True does not hook them.
@@ -131,9 +130,19 @@ class WalkResult:
     topo: list[int] = field(default_factory=list)  # every node after all nodes that feed it
 
 
+_OP_NAMES: dict[type, str] = {}
+
+
 def op_name(fn: Any) -> str:
-    name: str = fn.name()
-    return name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
+    """The node's op name (``MulBackward0``), looked up once per node type."""
+    cls = type(fn)
+    name = _OP_NAMES.get(cls)
+    if name is None:
+        full: str = fn.name()
+        name = full[len(_PREFIX) :] if full.startswith(_PREFIX) else full
+        if cls.__name__ == name:  # a type of its own; generic wrapper types are asked each time
+            _OP_NAMES[cls] = name
+    return name
 
 
 _SAVED_NAMES: dict[type, tuple[tuple[str, str], ...]] = {}
@@ -146,10 +155,11 @@ def _saved_names(fn: Any) -> tuple[tuple[str, str], ...]:
     names = _SAVED_NAMES.get(cls)
     if names is None:
         names = tuple(
-            (attr[len("_raw_saved_") :], "_saved_" + attr[len("_raw_saved_") :])
-            for attr in dir(fn)
-            if attr.startswith("_raw_saved_")
-        )
+            (name, "saved_tensors" if name == "tensors" else "_saved_" + name)
+            for name in (
+                attr[len("_raw_saved_") :] for attr in dir(fn) if attr.startswith("_raw_saved_")
+            )
+        )  # a custom autograd.Function keeps ctx.save_for_backward's tensors as saved_tensors
         _SAVED_NAMES[cls] = names
     return names
 
@@ -244,7 +254,8 @@ def walk(
             while stack:
                 i = stack.pop()
                 fn = fns[i]
-                if fn.name() == _ACCUMULATE:
+                name = op_name(fn)
+                if name == "AccumulateGrad":
                     node = _leaf_node(i, fn.variable, param_names)
                 else:
                     meta = fn.metadata
@@ -253,7 +264,7 @@ def walk(
                         held.add(i)
                     node = GraphNode(
                         i,
-                        op_name(fn),
+                        name,
                         "op",
                         None,
                         None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 import torch
@@ -228,3 +229,26 @@ def test_walking_every_step_leaks_neither_model_nor_nodes() -> None:
     gc.collect()
     assert model_ref() is None
     assert act_ref() is None
+
+
+def test_op_names_of_custom_functions_and_builtin_nodes() -> None:
+    class Double(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+            ctx.save_for_backward(x)
+            return x * 2
+
+        @staticmethod
+        def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+            return g * 2
+
+    x = torch.ones(2, requires_grad=True)
+    for _ in range(2):  # the second walk reads the per-type cache
+        g = gradscope.graph(Double.apply(x).exp().sum())
+        assert [n.op for n in g.nodes if n.kind == "op"] == [
+            "SumBackward0",
+            "ExpBackward0",
+            "DoubleBackward",
+        ]
+        double = next(n for n in g.nodes if n.op == "DoubleBackward")
+        assert [(t.shape, t.nbytes) for t in double.saved] == [((2,), 8)]
