@@ -214,6 +214,10 @@ class Recorder:
             if watch is not None:
                 watch._guard(watch._on_grad, name, param, grad)
 
+        # A tensor hook sees the incoming gradient while .grad still holds the old one, fires
+        # under torch.compile and torch.autograd.grad, and once with the sum for tied weights.
+        # It does not fire for FSDP2/DTensor parameters (post-accumulate hooks do): not
+        # supported yet.
         handle = param.register_hook(on_grad)  # type: ignore[no-untyped-call]
         self._param_handles[name] = [handle]
         self._nodes[name] = _accumulate_node(param)
