@@ -127,7 +127,7 @@ def _save(directory: Path, item: pytest.Item, watches: list[Watch]) -> tuple[Pat
 def _save_graph(graph: Graph, folder: Path, prefix: str) -> str:
     """Write ``graph.svg``; ``graph.dot`` instead, saying why, when it cannot be rendered."""
     from gradscope import GradscopeError
-    from gradscope._render import INSTALL_HINT, find_renderers
+    from gradscope._graph.render import INSTALL_HINT, find_renderers
 
     try:
         why = None if find_renderers() else f"no Graphviz renderer found; {INSTALL_HINT}"

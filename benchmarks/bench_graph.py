@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from graph_models import ResidualMLP, Reused, transformer
 
 import gradscope
-from gradscope._module_tags import install_module_tagging
-from gradscope._render import find_renderers
+from gradscope._graph.module_tags import install_module_tagging
+from gradscope._graph.render import find_renderers
 
 TORCHVIZ_CAP_S = 60
 

@@ -15,10 +15,10 @@ from ._errors import (
     StepMismatch,
     UnknownParameterError,
 )
-from ._graph import Graph
-from ._graph_build import graph
-from ._graph_data import NonfiniteGradient
-from ._graph_walk import GraphEdge, GraphNode, SavedTensor
+from ._graph.build import graph
+from ._graph.data import NonfiniteGradient
+from ._graph.graph import Graph
+from ._graph.walk import GraphEdge, GraphNode, SavedTensor
 from ._lenet import LeNet
 from ._records import BackwardRecord, GradRecord
 from ._stats import GradStats

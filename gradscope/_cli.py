@@ -58,7 +58,7 @@ def _shape(text: str) -> tuple[int, ...]:
 
 def _cmd_graph(args: argparse.Namespace) -> int:
     from ._files import atomic_write
-    from ._graph_build import graph
+    from ._graph.build import graph
     from ._target import DTYPES, build_model, make_inputs, to_loss
 
     out = Path(args.output)

@@ -17,8 +17,8 @@ from torch import nn, optim
 
 from ._errors import GradscopeError
 from ._files import staged_dir
-from ._graph import Graph
-from ._graph_build import graph
+from ._graph.build import graph
+from ._graph.graph import Graph
 from ._lenet import LeNet
 from ._naming import named_parameters
 from ._progress import Progress

@@ -22,7 +22,7 @@ from ._recorder import Keep, Recorder
 from ._records import BackwardRecord, GradRecord
 
 if TYPE_CHECKING:
-    from ._graph import Graph
+    from ._graph.graph import Graph
     from ._summary import Summary
 
 __all__ = ["Keep", "Watch", "watch"]
@@ -129,7 +129,7 @@ class Watch(Recorder):
         Call it after the forward pass and before ``backward()``; with ``grads=True`` the graph
         records the gradient that flows through each node.
         """
-        from ._graph_build import graph as build_graph
+        from ._graph.build import graph as build_graph
 
         if self._module is None:
             raise GradscopeError("this watch is closed; call graph() while it is open")

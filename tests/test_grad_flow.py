@@ -103,7 +103,7 @@ def test_clean_graph_has_no_origin() -> None:
 
 
 def test_origin_names_the_module_under_tagging() -> None:
-    from gradscope._module_tags import install_module_tagging
+    from gradscope._graph.module_tags import install_module_tagging
 
     class Bad(nn.Module):
         def __init__(self) -> None:
@@ -208,7 +208,7 @@ def test_a_huge_but_finite_gradient_is_not_called_inf() -> None:
 def test_a_failing_hook_never_breaks_backward_even_under_warnings_as_errors(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import warnings
 
-    import gradscope._grad_flow as grad_flow
+    import gradscope._graph.grad_flow as grad_flow
 
     def broken(grads: object) -> None:
         raise RuntimeError("norm failed")

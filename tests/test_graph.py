@@ -13,11 +13,11 @@ from graph_models import ResidualMLP, Reused, transformer
 from torch import nn
 
 import gradscope
-from gradscope._module_tags import install_module_tagging
+from gradscope._graph.module_tags import install_module_tagging
 
 SVG = "{http://www.w3.org/2000/svg}"
 needs_renderer = pytest.mark.skipif(
-    not gradscope._render.find_renderers(), reason="no Graphviz renderer installed"
+    not gradscope._graph.render.find_renderers(), reason="no Graphviz renderer installed"
 )
 
 
@@ -115,7 +115,7 @@ def test_mimebundle_with_and_without_renderer(
 ) -> None:
     net, loss = _lenet_loss()
     g = gradscope.graph(loss, params=net)
-    if gradscope._render.find_renderers():
+    if gradscope._graph.render.find_renderers():
         bundle = g._repr_mimebundle_()
         ET.fromstring(bundle["image/svg+xml"])
         assert bundle["text/plain"] == str(g)

@@ -196,7 +196,7 @@ def test_walking_every_step_leaks_neither_model_nor_nodes() -> None:
     import gc
     import weakref
 
-    from gradscope._module_tags import install_module_tagging
+    from gradscope._graph.module_tags import install_module_tagging
 
     net = gradscope.LeNet()
     install_module_tagging(net)

@@ -13,7 +13,7 @@ from graph_models import transformer
 from torch import nn
 
 import gradscope
-from gradscope._module_tags import install_module_tagging, module_path_of
+from gradscope._graph.module_tags import install_module_tagging, module_path_of
 
 
 def _tags(out: torch.Tensor) -> dict[str, set[str | None]]:
@@ -82,7 +82,7 @@ def test_dict_tuple_none_and_inplace_outputs() -> None:
 
 
 def test_no_grad_and_exceptions_leave_no_state_behind() -> None:
-    from gradscope._module_tags import _CALLS
+    from gradscope._graph.module_tags import _CALLS
 
     class Boom(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,7 +113,7 @@ def test_tagged_deep_model_frees_without_crashing() -> None:
         """
         import gc, torch
         from torch import nn
-        from gradscope._module_tags import install_module_tagging, module_path_of
+        from gradscope._graph.module_tags import install_module_tagging, module_path_of
         class Deep(nn.Module):
             def forward(self, x):
                 for _ in range(60_000):
@@ -145,7 +145,9 @@ def test_graph_under_watch_shows_module_paths() -> None:
     assert {n.module_source for n in g.nodes if n.op == "ReluBackward0"} == {"forward"}
 
 
-@pytest.mark.skipif(not gradscope._render.find_renderers(), reason="no Graphviz renderer installed")
+@pytest.mark.skipif(
+    not gradscope._graph.render.find_renderers(), reason="no Graphviz renderer installed"
+)
 def test_watch_graph_keeps_the_graph_with_module_clusters() -> None:
     import xml.etree.ElementTree as ET
 
@@ -163,7 +165,7 @@ def test_watch_graph_keeps_the_graph_with_module_clusters() -> None:
 
 
 def test_module_paths_of_an_older_forward_fall_back_cleanly() -> None:
-    from gradscope._module_tags import HISTORY
+    from gradscope._graph.module_tags import HISTORY
 
     net = nn.Sequential(nn.Linear(2, 2))
     handles = install_module_tagging(net)

@@ -267,7 +267,7 @@ def _svg_nodes(path: Path) -> dict[str, str]:
 
 
 def test_artifacts_include_the_captured_graph_as_svg(pytester: pytest.Pytester) -> None:
-    if not gradscope._render.find_renderers():
+    if not gradscope._graph.render.find_renderers():
         pytest.skip("no Graphviz renderer installed (pip install graphviz-pure)")
     pytester.makepyfile(_GRAPH_TESTS)
     out = pytester.path / "artifacts"
@@ -294,7 +294,7 @@ def test_artifacts_include_the_captured_graph_as_svg(pytester: pytest.Pytester) 
 def test_artifacts_fall_back_to_dot_source_and_say_why(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, renderer: str
 ) -> None:
-    real = gradscope._render.find_renderers()
+    real = gradscope._graph.render.find_renderers()
     bin_dir = pytester.mkdir("bin")
     if renderer == "broken":
         dot = bin_dir / "dot"
@@ -302,7 +302,7 @@ def test_artifacts_fall_back_to_dot_source_and_say_why(
         dot.chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))  # nothing else on PATH: no dot, no graphviz-pure
     monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
-    assert len(gradscope._render.find_renderers()) == (renderer == "broken")
+    assert len(gradscope._graph.render.find_renderers()) == (renderer == "broken")
     pytester.makepyfile(_GRAPH_TESTS)
     out = pytester.path / "artifacts"
     result = pytester.runpytest(f"--gradscope-artifacts={out}")
@@ -325,5 +325,5 @@ def test_artifacts_fall_back_to_dot_source_and_say_why(
     monkeypatch.undo()
     if real:  # the saved source is valid DOT: a real renderer draws the same four nodes
         svg = folder / "graph.svg"
-        svg.write_bytes(gradscope._render.render(source).data)
+        svg.write_bytes(gradscope._graph.render.render(source).data)
         assert len(_svg_nodes(svg)) == 4

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gradscope import GradscopeError
-from gradscope._render import find_renderers, render
+from gradscope._graph.render import find_renderers, render
 
 SOURCE = "digraph { a -> b }"
 SVG = "{http://www.w3.org/2000/svg}"

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from ._graph_walk import GraphEdge, GraphNode, topological
+from .walk import GraphEdge, GraphNode, topological
 
 __all__ = [
     "GraphData",

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from ._errors import GradscopeWarning
-from ._graph_walk import VIEW_OPS, WalkResult
+from .._errors import GradscopeWarning
+from .walk import VIEW_OPS, WalkResult
 
 __all__ = ["Flow", "GradRecorder", "Origin"]
 

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import GradscopeError
+from .._errors import GradscopeError
 
 __all__ = ["INSTALL_HINT", "RenderResult", "Renderer", "find_renderers", "render"]
 

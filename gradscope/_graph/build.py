@@ -10,13 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._errors import GradscopeError
-from ._grad_flow import GradRecorder
-from ._graph import Graph
-from ._graph_data import GraphData
-from ._graph_walk import VIEW_OPS, GraphEdge, GraphFreed, GraphNode, raise_freed, walk
-from ._module_tags import module_path_of
-from ._naming import describe, named_parameters
+from .._errors import GradscopeError
+from .._naming import describe, named_parameters
+from .data import GraphData
+from .grad_flow import GradRecorder
+from .graph import Graph
+from .module_tags import module_path_of
+from .walk import VIEW_OPS, GraphEdge, GraphFreed, GraphNode, raise_freed, walk
 
 __all__ = ["graph"]
 

@@ -1,6 +1,6 @@
 """Walk a tensor's ``grad_fn`` graph into plain nodes and edges, iteratively.
 
-The walk hands the node objects it touched to :mod:`gradscope._safe_free` (see there why) and
+The walk hands the node objects it touched to :mod:`gradscope._graph.safe_free` (see there why) and
 keeps none itself; gradscope's :class:`Graph` holds no autograd node at all.
 """
 
@@ -12,8 +12,8 @@ from typing import Any, NoReturn
 
 import torch
 
-from ._errors import GradscopeError
-from ._safe_free import HELD_KEY, attach_safe_free
+from .._errors import GradscopeError
+from .safe_free import HELD_KEY, attach_safe_free
 
 __all__ = [
     "GRAPH_FREED_HINT",

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ._graph_walk import VIEW_OPS, GraphEdge, GraphNode
+from .walk import VIEW_OPS, GraphEdge, GraphNode
 
 __all__ = ["DotGraph", "build_dot", "drawn_node_count", "format_bytes", "format_norm"]
 

@@ -7,9 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ._errors import GradscopeError
-from ._grad_flow import GradRecorder
-from ._graph_data import (
+from .._errors import GradscopeError
+from .._naming import describe
+from .data import (
     GraphData,
     NonfiniteGradient,
     chain_groups,
@@ -17,10 +17,10 @@ from ._graph_data import (
     node_with_norm,
     span_groups,
 )
-from ._graph_dot import DotGraph, build_dot, drawn_node_count, format_norm
-from ._graph_walk import GraphEdge, GraphNode, WalkResult
-from ._naming import describe
-from ._render import find_renderers, render
+from .dot import DotGraph, build_dot, drawn_node_count, format_norm
+from .grad_flow import GradRecorder
+from .render import find_renderers, render
+from .walk import GraphEdge, GraphNode, WalkResult
 
 __all__ = ["DEFAULT_MAX_NODES", "Graph"]
 
