@@ -20,13 +20,13 @@ from ._graph.data import NonfiniteGradient
 from ._graph.graph import Graph
 from ._graph.walk import GraphEdge, GraphNode, SavedTensor
 from ._lenet import LeNet
-from ._records import BackwardRecord, GradRecord
-from ._stats import GradStats
-from ._step_check import check_step
-from ._step_report import ParamCheck, StepReport
+from ._optim.check import check_step
+from ._optim.step_report import ParamCheck, StepReport
+from ._optim.verify import OptimizerVerifier, verify_optimizer
 from ._summary import Summary
-from ._verify import OptimizerVerifier, verify_optimizer
-from ._watch import Watch, watch
+from ._watch.records import BackwardRecord, GradRecord
+from ._watch.stats import GradStats
+from ._watch.watch import Watch, watch
 
 __version__ = "0.1.0"
 

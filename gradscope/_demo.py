@@ -21,10 +21,10 @@ from ._graph.build import graph
 from ._graph.graph import Graph
 from ._lenet import LeNet
 from ._naming import named_parameters
+from ._optim.check import check_step
 from ._progress import Progress
 from ._report import write_report
-from ._step_check import check_step
-from ._watch import Watch, watch
+from ._watch.watch import Watch, watch
 
 __all__ = ["DEFAULT_STEPS", "run_demo"]
 

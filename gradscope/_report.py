@@ -20,11 +20,11 @@ import torch
 from ._errors import GradscopeError
 from ._files import atomic_write
 from ._plots import PLOT_HINT, LayerFlow, NormSeries, flow_svg, norms_svg
-from ._records import BackwardRecord, GradRecord, names_in
 from ._summary import Summary
+from ._watch.records import BackwardRecord, GradRecord, names_in
 
 if TYPE_CHECKING:
-    from ._watch import Watch
+    from ._watch.watch import Watch
 
 __all__ = ["layer_flow", "norm_series", "render_report", "write_report"]
 

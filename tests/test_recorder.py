@@ -17,7 +17,7 @@ def backward(net: nn.Module, x: torch.Tensor) -> None:
 
 
 def test_an_error_inside_a_hook_never_breaks_backward(lenet, lenet_input, monkeypatch) -> None:
-    import gradscope._recorder as recorder_module
+    import gradscope._watch.recorder as recorder_module
 
     def broken(*args: object) -> None:
         raise RuntimeError("internal failure")

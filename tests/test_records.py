@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gradscope import BackwardRecord, GradRecord, GradscopeError, UnknownParameterError
-from gradscope._stats import cheap_stats, full_stats
+from gradscope._watch.stats import cheap_stats, full_stats
 
 
 def _record(name: str, tensor: torch.Tensor) -> GradRecord:

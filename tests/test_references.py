@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from optim_cases import OPTIMIZERS, dtypes, implementation, make_params, set_random_grads, shapes
 from torch import optim
 
-from gradscope import _references
-from gradscope._references import adagrad, adam, adamw, builtin_reference, rmsprop, sgd
-from gradscope._tolerance import tolerance
+from gradscope._optim import references as _references
+from gradscope._optim.references import adagrad, adam, adamw, builtin_reference, rmsprop, sgd
+from gradscope._optim.tolerance import tolerance
 
 
 def _copy_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gradscope._stats import batched_norms, cheap_stats, full_stats
+from gradscope._watch.stats import batched_norms, cheap_stats, full_stats
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 

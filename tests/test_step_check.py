@@ -16,7 +16,7 @@ from optim_cases import OPTIMIZERS, dtypes, implementation, make_params, set_ran
 from torch import nn, optim
 
 import gradscope
-from gradscope import _step_check
+from gradscope._optim import check as _step_check
 
 
 def _backward(net: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None) -> None:

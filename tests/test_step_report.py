@@ -7,8 +7,8 @@ import doctest
 import pytest
 
 import gradscope
-from gradscope import _step_report
-from gradscope._step_report import ParamCheck, StepReport
+from gradscope._optim import step_report as _step_report
+from gradscope._optim.step_report import ParamCheck, StepReport
 
 
 def _report() -> StepReport:

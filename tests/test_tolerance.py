@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import optim
 
-from gradscope import _tolerance
-from gradscope._references import adam, sgd
-from gradscope._tolerance import FACTOR, LOW_PRECISION_FACTOR, compute_dtype, tolerance
+from gradscope._optim import tolerance as _tolerance
+from gradscope._optim.references import adam, sgd
+from gradscope._optim.tolerance import FACTOR, LOW_PRECISION_FACTOR, compute_dtype, tolerance
 
 
 @pytest.mark.parametrize(

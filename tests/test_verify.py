@@ -14,7 +14,7 @@ from optim_cases import OPTIMIZERS, dtypes, implementation, make_params, set_ran
 from torch import nn, optim
 
 import gradscope
-from gradscope import _verify
+from gradscope._optim import verify as _verify
 
 
 def _hooks(opt: optim.Optimizer) -> int:

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from ._errors import GradscopeError, GradscopeWarning, StepMismatch
-from ._naming import ParamNames, ParamsLike
-from ._references import Reference
-from ._step_check import resolve_inputs
-from ._step_compare import Snapshot, compare, grads_after_closure, take_snapshot
-from ._step_report import StepReport
+from .._errors import GradscopeError, GradscopeWarning, StepMismatch
+from .._naming import ParamNames, ParamsLike
+from .check import resolve_inputs
+from .compare import Snapshot, compare, grads_after_closure, take_snapshot
+from .references import Reference
+from .step_report import StepReport
 
 __all__ = ["OptimizerVerifier", "verify_optimizer"]
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._errors import GradscopeError, UnknownParameterError
-from ._stats import GradStats, full_stats
+from .._errors import GradscopeError, UnknownParameterError
+from .stats import GradStats, full_stats
 
 __all__ = ["BackwardRecord", "GradRecord"]
 
@@ -219,7 +219,7 @@ class BackwardRecord(Mapping[str, GradRecord]):
                 f"{name!r} has requires_grad=False, so backward pass {self.index} gave it no "
                 f"gradient; see record.frozen"
             )
-        from ._naming import suggest
+        from .._naming import suggest
 
         raise UnknownParameterError(
             f"the watch has no parameter named {name!r}{suggest(name, self.aliases or self.grads)}"

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ._errors import GradscopeError, GradscopeWarning, UnknownParameterError
-from ._naming import ParamNames, describe, suggest
-from ._recorder import Keep, Recorder
-from ._records import BackwardRecord, GradRecord
+from .._errors import GradscopeError, GradscopeWarning, UnknownParameterError
+from .._naming import ParamNames, describe, suggest
+from .recorder import Keep, Recorder
+from .records import BackwardRecord, GradRecord
 
 if TYPE_CHECKING:
-    from ._graph.graph import Graph
-    from ._summary import Summary
+    from .._graph.graph import Graph
+    from .._summary import Summary
 
 __all__ = ["Keep", "Watch", "watch"]
 
@@ -119,7 +119,7 @@ class Watch(Recorder):
 
     def summary(self, record: BackwardRecord | None = None) -> Summary:
         """A per-parameter table of the newest pass (or ``record``); ``str()`` it to read it."""
-        from ._summary import Summary
+        from .._summary import Summary
 
         return Summary.of(record if record is not None else self.last, self)
 
@@ -129,7 +129,7 @@ class Watch(Recorder):
         Call it after the forward pass and before ``backward()``; with ``grads=True`` the graph
         records the gradient that flows through each node.
         """
-        from ._graph.build import graph as build_graph
+        from .._graph.build import graph as build_graph
 
         if self._module is None:
             raise GradscopeError("this watch is closed; call graph() while it is open")
@@ -146,7 +146,7 @@ class Watch(Recorder):
         >>> w.report("/tmp/gradscope-report.html").name
         'gradscope-report.html'
         """
-        from ._report import write_report
+        from .._report import write_report
 
         return write_report(self, path, self.last_graph)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ._errors import GradscopeError, StepMismatch
+from .._errors import GradscopeError, StepMismatch
 
 __all__ = ["ParamCheck", "StepReport"]
 
@@ -18,7 +18,7 @@ class ParamCheck:
 
     ``max_abs_diff`` is max|after - reference|, ``max_rel_diff`` the same divided by the largest
     reference update (1.0 means "off by a whole step"), ``tolerance`` the bound from
-    :func:`gradscope._tolerance.tolerance`; all three are None when values were not checked.
+    :func:`gradscope._optim.tolerance.tolerance`; all three are None when values were not checked.
     ``verdict`` is "ok", "FAIL", "skipped" (no gradient, left alone) or "unchecked" (no
     reference). ``reasons`` says what went wrong and the likely fix.
     """

@@ -21,13 +21,13 @@ from torch import nn
 from torch.autograd import Variable
 from torch.utils.hooks import RemovableHandle
 
-from ._graph.module_tags import install_module_tagging
-from ._naming import ParamNames, named_parameters, unwrap_module
-from ._records import BackwardRecord, GradRecord
-from ._stats import PendingNorms, cheap_stats, norm_tensor
+from .._graph.module_tags import install_module_tagging
+from .._naming import ParamNames, named_parameters, unwrap_module
+from .records import BackwardRecord, GradRecord
+from .stats import PendingNorms, cheap_stats, norm_tensor
 
 if TYPE_CHECKING:
-    from ._graph.graph import Graph
+    from .._graph.graph import Graph
 
 __all__ = ["Keep", "Recorder"]
 

@@ -1,9 +1,10 @@
 """``check_step``: check one optimizer step against a reference update rule.
 
 The parameters, gradients and optimizer state are copied by a step pre-hook just before
-``optimizer.step()`` runs; when the ``with`` block ends every parameter is compared with what the
-reference rule (see :mod:`gradscope._references`) computes from those copies. The hooks hold the
-checker through a weak reference and are removed when the block ends, even on an exception.
+``optimizer.step()`` runs; when the ``with`` block ends every parameter is compared with what
+the reference rule (see :mod:`gradscope._optim.references`) computes from those copies. The
+hooks hold the checker through a weak reference and are removed when the block ends, even on an
+exception.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ._errors import GradscopeError
-from ._naming import ParamNames, ParamsLike, describe, named_parameters
-from ._references import Reference, builtin_reference
-from ._step_compare import Snapshot, compare, grads_after_closure, take_snapshot
-from ._step_report import StepReport
+from .._errors import GradscopeError
+from .._naming import ParamNames, ParamsLike, describe, named_parameters
+from .compare import Snapshot, compare, grads_after_closure, take_snapshot
+from .references import Reference, builtin_reference
+from .step_report import StepReport
 
 __all__ = ["check_step", "resolve_inputs"]
 

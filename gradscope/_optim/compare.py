@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._errors import GradscopeError
-from ._naming import ParamNames, describe
-from ._references import Reference
-from ._step_report import FAIL, OK, SKIPPED, UNCHECKED, ParamCheck, StepReport
-from ._tolerance import FACTOR, compute_dtype, tolerance
+from .._errors import GradscopeError
+from .._naming import ParamNames, describe
+from .references import Reference
+from .step_report import FAIL, OK, SKIPPED, UNCHECKED, ParamCheck, StepReport
+from .tolerance import FACTOR, compute_dtype, tolerance
 
 __all__ = ["Snapshot", "compare", "grads_after_closure", "take_snapshot"]
 
