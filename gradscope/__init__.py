@@ -23,7 +23,7 @@ from ._lenet import LeNet
 from ._optim.check import check_step
 from ._optim.step_report import ParamCheck, StepReport
 from ._optim.verify import OptimizerVerifier, verify_optimizer
-from ._summary import Summary
+from ._report.summary import Summary
 from ._watch.records import BackwardRecord, GradRecord
 from ._watch.stats import GradStats
 from ._watch.watch import Watch, watch

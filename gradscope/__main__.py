@@ -1,5 +1,5 @@
 """``python -m gradscope``: the same command line as the ``gradscope`` script."""
 
-from ._cli import main
+from ._cli.main import main
 
 raise SystemExit(main())

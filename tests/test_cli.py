@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import gradscope
-from gradscope._cli import main
+from gradscope._cli.main import main
 
 SCRIPT = Path(sys.executable).with_name("gradscope")
 

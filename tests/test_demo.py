@@ -13,10 +13,10 @@ import torch
 from torch import nn, optim
 
 import gradscope
-import gradscope._demo
+import gradscope._cli.demo
 from gradscope import GradscopeError
-from gradscope._demo import LEARNING_RATE, run_demo
-from gradscope._progress import Progress
+from gradscope._cli.demo import LEARNING_RATE, run_demo
+from gradscope._cli.progress import Progress
 
 
 def tutorial(steps: int) -> dict[str, object]:
@@ -117,7 +117,7 @@ def test_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.Monke
         Path(str(path)).write_text("half")
         raise GradscopeError("disk full while writing the report")
 
-    monkeypatch.setattr(gradscope._demo, "write_report", broken)
+    monkeypatch.setattr(gradscope._cli.demo, "write_report", broken)
     with pytest.raises(GradscopeError, match="disk full"):
         run_demo(tmp_path / "out", stream=io.StringIO(), steps=2)
     assert list(tmp_path.iterdir()) == []

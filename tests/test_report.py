@@ -18,7 +18,7 @@ from torch import nn
 
 import gradscope
 from gradscope import GradscopeError
-from gradscope._report import inline_svg, layer_flow, norm_series, write_report
+from gradscope._report.html import inline_svg, layer_flow, norm_series, write_report
 
 
 class _Page(HTMLParser):

@@ -11,7 +11,7 @@ from torch import nn
 
 import gradscope
 from gradscope import GradscopeError
-from gradscope._target import build_model, load_factory, make_inputs, parse_shape, to_loss
+from gradscope._cli.target import build_model, load_factory, make_inputs, parse_shape, to_loss
 
 
 def test_module_factory() -> None:

@@ -3,5 +3,5 @@
 ``recorder`` holds the hooks (one tensor hook per parameter, one end-of-pass callback), ``stats``
 computes the norms and NaN/Inf counts, ``records`` holds :class:`BackwardRecord` and
 :class:`GradRecord`, and ``watch`` is the public :class:`Watch` that validates options, reads
-records and explains what went wrong. Reporting (tables, HTML) lives in ``gradscope._report``.
+records and explains what went wrong. Reporting (tables, HTML) lives in ``gradscope._report.html``.
 """

@@ -23,7 +23,7 @@ from .records import BackwardRecord, GradRecord
 
 if TYPE_CHECKING:
     from .._graph.graph import Graph
-    from .._summary import Summary
+    from .._report.summary import Summary
 
 __all__ = ["Keep", "Watch", "watch"]
 
@@ -119,7 +119,7 @@ class Watch(Recorder):
 
     def summary(self, record: BackwardRecord | None = None) -> Summary:
         """A per-parameter table of the newest pass (or ``record``); ``str()`` it to read it."""
-        from .._summary import Summary
+        from .._report.summary import Summary
 
         return Summary.of(record if record is not None else self.last, self)
 
@@ -146,7 +146,7 @@ class Watch(Recorder):
         >>> w.report("/tmp/gradscope-report.html").name
         'gradscope-report.html'
         """
-        from .._report import write_report
+        from .._report.html import write_report
 
         return write_report(self, path, self.last_graph)
 

@@ -16,17 +16,17 @@ and hides its own frames from pytest tracebacks. Parameters are named as
 
 from __future__ import annotations
 
-from ._assert_close import assert_grads_close
-from ._assert_gradcheck import assert_gradcheck
-from ._assert_grads import (
+from ._close import assert_grads_close
+from ._gradcheck import assert_gradcheck
+from ._grads import (
     assert_all_params_have_grad,
     assert_grad_norms,
     assert_grads_finite,
     assert_no_grad,
 )
-from ._assert_step import assert_step_matches_reference
-from ._assert_update import assert_params_updated
-from ._assert_watch import assert_watch_finite
+from ._step import assert_step_matches_reference
+from ._update import assert_params_updated
+from ._watch import assert_watch_finite
 
 __all__ = [
     "assert_all_params_have_grad",

@@ -16,8 +16,8 @@ from typing import cast
 
 import torch
 
-from ._errors import GradientAssertionError, GradscopeError, UnknownParameterError
-from ._naming import ParamNames, ParamsLike, describe, named_parameters, suggest
+from .._errors import GradientAssertionError, GradscopeError, UnknownParameterError
+from .._naming import ParamNames, ParamsLike, describe, named_parameters, suggest
 
 __all__ = [
     "Failure",

@@ -7,10 +7,10 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from ._assert_common import Failure, as_names, fail, fmt_num, index_of, plural, select, shape_of
-from ._assert_grads import grad_of
-from ._errors import GradscopeError
-from ._naming import ParamsLike, describe, named_parameters
+from .._errors import GradscopeError
+from .._naming import ParamsLike, describe, named_parameters
+from ._common import Failure, as_names, fail, fmt_num, index_of, plural, select, shape_of
+from ._grads import grad_of
 
 __all__ = ["assert_grads_close", "default_tolerances"]
 

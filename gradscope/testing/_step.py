@@ -7,10 +7,10 @@ from typing import TypeVar
 
 import torch
 
-from ._assert_common import Failure, fail, plural
-from ._errors import GradscopeError
-from ._naming import ParamsLike, describe, named_parameters
-from ._optim.check import check_step
+from .._errors import GradscopeError
+from .._naming import ParamsLike, describe, named_parameters
+from .._optim.check import check_step
+from ._common import Failure, fail, plural
 
 __all__ = ["assert_step_matches_reference"]
 

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._errors import GradscopeError
-from ._naming import describe, suggest
+from .._errors import GradscopeError
+from .._naming import describe, suggest
 
 __all__ = [
     "DTYPES",

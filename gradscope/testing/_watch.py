@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ._assert_common import Failure, fail, index_of, plural
-from ._errors import GradscopeError
-from ._naming import describe
+from .._errors import GradscopeError
+from .._naming import describe
+from ._common import Failure, fail, index_of, plural
 
 if TYPE_CHECKING:
-    from ._watch.records import GradRecord
-    from ._watch.watch import Watch
+    from .._watch.records import GradRecord
+    from .._watch.watch import Watch
 
 __all__ = ["assert_watch_finite"]
 
@@ -43,7 +43,7 @@ def assert_watch_finite(watch: Watch, *, msg: str | None = None) -> None:
     """
     __tracebackhide__ = True
     function = "assert_watch_finite"
-    from ._watch.watch import Watch
+    from .._watch.watch import Watch
 
     if not isinstance(watch, Watch):
         raise GradscopeError(

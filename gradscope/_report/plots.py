@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import GradscopeError
+from .._errors import GradscopeError
 
 __all__ = ["LayerFlow", "NormSeries", "flow_svg", "norms_svg", "require_matplotlib"]
 

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from ._demo import DEFAULT_STEPS, run_demo
-from ._errors import GradscopeError
-from ._progress import Progress
-from ._target import DTYPES as DTYPE_NAMES
-from ._target import LOSSES
+from .._errors import GradscopeError
+from .demo import DEFAULT_STEPS, run_demo
+from .progress import Progress
+from .target import DTYPES as DTYPE_NAMES
+from .target import LOSSES
 
 __all__ = ["build_parser", "main"]
 
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 def _version() -> str:
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     return f"gradscope {__version__} (torch {torch.__version__})"
 
@@ -48,7 +48,7 @@ _GRAPH_FORMATS = (".svg", ".png", ".dot", ".gv")
 
 
 def _shape(text: str) -> tuple[int, ...]:
-    from ._target import parse_shape
+    from .target import parse_shape
 
     try:
         return parse_shape(text)
@@ -57,9 +57,9 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def _cmd_graph(args: argparse.Namespace) -> int:
-    from ._files import atomic_write
-    from ._graph.build import graph
-    from ._target import DTYPES, build_model, make_inputs, to_loss
+    from .._files import atomic_write
+    from .._graph.build import graph
+    from .target import DTYPES, build_model, make_inputs, to_loss
 
     out = Path(args.output)
     if out.suffix.lower() not in _GRAPH_FORMATS:

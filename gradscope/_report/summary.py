@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._watch.records import BackwardRecord
+from .._watch.records import BackwardRecord
 
 if TYPE_CHECKING:
-    from ._watch.watch import Watch
+    from .._watch.watch import Watch
 
 __all__ = ["Summary", "SummaryRow"]
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._assert_common import Failure, fail, fmt_num, index_of, plural, shape_of
-from ._errors import GradscopeError
-from ._naming import describe
+from .._errors import GradscopeError
+from .._naming import describe
+from ._common import Failure, fail, fmt_num, index_of, plural, shape_of
 
 __all__ = ["assert_gradcheck"]
 

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from ._errors import GradscopeError
-from ._files import atomic_write
-from ._plots import PLOT_HINT, LayerFlow, NormSeries, flow_svg, norms_svg
-from ._summary import Summary
-from ._watch.records import BackwardRecord, GradRecord, names_in
+from .._errors import GradscopeError
+from .._files import atomic_write
+from .._watch.records import BackwardRecord, GradRecord, names_in
+from .plots import PLOT_HINT, LayerFlow, NormSeries, flow_svg, norms_svg
+from .summary import Summary
 
 if TYPE_CHECKING:
-    from ._watch.watch import Watch
+    from .._watch.watch import Watch
 
 __all__ = ["layer_flow", "norm_series", "render_report", "write_report"]
 

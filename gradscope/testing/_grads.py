@@ -7,7 +7,10 @@ from collections.abc import Iterable
 
 import torch
 
-from ._assert_common import (
+from .._errors import GradscopeError
+from .._naming import ParamNames, describe
+from .._naming import ParamsLike as Params
+from ._common import (
     Failure,
     as_names,
     fail,
@@ -18,9 +21,6 @@ from ._assert_common import (
     shape_of,
     worst_abs,
 )
-from ._errors import GradscopeError
-from ._naming import ParamNames, describe
-from ._naming import ParamsLike as Params
 
 __all__ = [
     "assert_all_params_have_grad",

@@ -15,16 +15,16 @@ from typing import Any, TextIO
 import torch
 from torch import nn, optim
 
-from ._errors import GradscopeError
-from ._files import staged_dir
-from ._graph.build import graph
-from ._graph.graph import Graph
-from ._lenet import LeNet
-from ._naming import named_parameters
-from ._optim.check import check_step
-from ._progress import Progress
-from ._report import write_report
-from ._watch.watch import Watch, watch
+from .._errors import GradscopeError
+from .._files import staged_dir
+from .._graph.build import graph
+from .._graph.graph import Graph
+from .._lenet import LeNet
+from .._naming import named_parameters
+from .._optim.check import check_step
+from .._report.html import write_report
+from .._watch.watch import Watch, watch
+from .progress import Progress
 
 __all__ = ["DEFAULT_STEPS", "run_demo"]
 
