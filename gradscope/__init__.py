@@ -24,11 +24,10 @@ from ._optim.check import check_step
 from ._optim.step_report import ParamCheck, StepReport
 from ._optim.verify import OptimizerVerifier, verify_optimizer
 from ._report.summary import Summary
+from ._version import __version__
 from ._watch.records import BackwardRecord, GradRecord
 from ._watch.stats import GradStats
 from ._watch.watch import Watch, watch
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BackwardRecord",

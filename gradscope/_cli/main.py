@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 def _version() -> str:
     import torch
 
-    from .. import __version__
+    from .._version import __version__
 
     return f"gradscope {__version__} (torch {torch.__version__})"
 

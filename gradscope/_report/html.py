@@ -13,24 +13,36 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 
 from .._errors import GradscopeError
 from .._files import atomic_write
+from .._version import __version__
 from .._watch.records import BackwardRecord, GradRecord, names_in
 from .plots import PLOT_HINT, LayerFlow, NormSeries, flow_svg, norms_svg
 from .summary import Summary
 
-if TYPE_CHECKING:
-    from .._watch.watch import Watch
-
-__all__ = ["layer_flow", "norm_series", "render_report", "write_report"]
+__all__ = ["Reportable", "layer_flow", "norm_series", "render_report", "write_report"]
 
 
 class _HasSvg(Protocol):
     def to_svg(self) -> str: ...
+
+
+class Reportable(Protocol):
+    """What a report reads: a :class:`gradscope.Watch` is one. Typed here, so that this layer
+    never imports the watch (the watch imports this module when asked for a report)."""
+
+    @property
+    def records(self) -> list[BackwardRecord]: ...
+
+    @property
+    def errors(self) -> list[BaseException]: ...
+
+    @property
+    def model_name(self) -> str: ...
 
 
 # --------------------------------------------------------------------------- data
@@ -361,17 +373,18 @@ def _charts(
     return f'<div class="chart">{flow}</div>', f'<div class="chart">{norms}</div>'
 
 
-def render_report(watch: Watch, graph: _HasSvg | None = None, *, title: str | None = None) -> str:
+def render_report(
+    watch: Reportable, graph: _HasSvg | None = None, *, title: str | None = None
+) -> str:
     """The report page as a string; see :func:`write_report`."""
     records = watch.records
     if not records:
         raise GradscopeError(
-            "report(): nothing to report, "
-            + watch._why_no_record()
-            + "; run forward and backward inside the watch first"
+            "report(): nothing to report, no backward pass was recorded; "
+            "run forward and backward inside the watch first"
         )
     last = records[-1]
-    summary = watch.summary(last)
+    summary = Summary.of(last)
     order = [row.name for row in summary.rows]
     series = norm_series(records, order)
     flow_html, norms_html = _charts(records, series, order)
@@ -386,16 +399,12 @@ def render_report(watch: Watch, graph: _HasSvg | None = None, *, title: str | No
     else:
         hint = (
             " Call <code>w.graph(loss)</code> before <code>loss.backward()</code> to capture one."
-            if hasattr(type(watch), "graph")
-            else ""
         )
         graph_html = f'<p class="note-box">No backward graph was captured for this watch.{hint}</p>'
-    model = html.escape(watch._root_type)
-    heading = html.escape(title or f"gradscope report: {watch._root_type}")
+    model = html.escape(watch.model_name)
+    heading = html.escape(title or f"gradscope report: {watch.model_name}")
     first, newest = records[0].index, last.index
     passes = f"pass {newest}" if first == newest else f"passes {first}–{newest}"
-    import gradscope
-
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -416,14 +425,16 @@ def render_report(watch: Watch, graph: _HasSvg | None = None, *, title: str | No
 {norms_html}
 <h2>Backward graph</h2>
 {graph_html}
-<footer>gradscope {html.escape(gradscope.__version__)} · torch {html.escape(torch.__version__)}
+<footer>gradscope {html.escape(__version__)} · torch {html.escape(torch.__version__)}
 · this page is self-contained: it loads nothing from the network</footer>
 <script>{_JS}</script>
 </body></html>
 """
 
 
-def write_report(watch: Watch, path: str | os.PathLike[str], graph: _HasSvg | None = None) -> Path:
+def write_report(
+    watch: Reportable, path: str | os.PathLike[str], graph: _HasSvg | None = None
+) -> Path:
     """Write the report for ``watch`` to ``path`` atomically and return the path."""
     if not isinstance(path, (str, os.PathLike)):
         raise GradscopeError(f"report() takes a file path, not {type(path).__name__}")

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .._watch.records import BackwardRecord
-
-if TYPE_CHECKING:
-    from .._watch.watch import Watch
 
 __all__ = ["Summary", "SummaryRow"]
 
@@ -49,10 +45,9 @@ class Summary:
     errors: int = 0
 
     @classmethod
-    def of(cls, record: BackwardRecord, watch: Watch | None = None) -> Summary:
-        shapes = {}
-        if watch is not None:
-            shapes = {n: tuple(p.shape) for n, p in watch._names.params.items()}
+    def of(cls, record: BackwardRecord) -> Summary:
+        """The table of one backward pass."""
+        shapes = record.shapes
         order = list(dict.fromkeys(record.aliases.values())) or list(record.grads)
         order += [n for n in [*record.grads, *record.missing, *record.frozen] if n not in order]
         rows = []

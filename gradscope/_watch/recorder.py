@@ -1,9 +1,10 @@
 """The recording machinery behind watch(): per-parameter hooks, one record per backward pass.
 
-Recording only: the hooks keep references and copies, the statistics live in ``_stats``, the
-records in ``_records``, the tables in ``_summary`` and the public object in ``_watch``. Hooks
-hold a weak reference to their recorder, so it (and the model it watches) can always be garbage
-collected; errors inside a hook are stored on the recorder, never raised out of ``backward()``.
+Recording only: the hooks keep references and copies, the statistics live in ``stats``, the
+records in ``records`` and the public object in ``watch``, which owns one recorder (tables and
+pages are in ``gradscope._report``). Only the watch holds the recorder, and hooks hold it weakly,
+so dropping the watch drops the recorder, which removes its hooks: neither can keep the model
+alive. Errors inside a hook are stored on the recorder, never raised out of ``backward()``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -25,9 +26,6 @@ from .._graph.module_tags import install_module_tagging
 from .._naming import ParamNames, named_parameters, unwrap_module
 from .records import BackwardRecord, GradRecord
 from .stats import PendingNorms, cheap_stats, norm_tensor
-
-if TYPE_CHECKING:
-    from .._graph.graph import Graph
 
 __all__ = ["Keep", "Recorder"]
 
@@ -83,7 +81,8 @@ def _remove_handles(
 class Recorder:
     """Hooks on every parameter of a module; one :class:`BackwardRecord` per backward pass.
 
-    Arguments are validated by :class:`gradscope.Watch`, the public face of this class.
+    Arguments are validated by :class:`gradscope.Watch`, which owns one recorder and reads
+    ``records``, ``names``, ``errors`` and ``passes_seen``; nothing else here is for outside use.
     """
 
     def __init__(
@@ -109,32 +108,31 @@ class Recorder:
         self._root: nn.Module | None = unwrap_module(module)
         self._root_type = type(self._root).__name__
         self._ddp = isinstance(module, nn.parallel.DistributedDataParallel)
-        self._records: deque[BackwardRecord] = deque(maxlen=history)
-        self._names = ParamNames()
+        self.records: deque[BackwardRecord] = deque(maxlen=history)
+        self.names = ParamNames()
         self._nodes: dict[str, Any] = {}
         self._param_handles: dict[str, list[RemovableHandle]] = {}
         self._other_handles: list[RemovableHandle] = []
         self._pass: _Pass | None = None
-        self._passes_seen = 0
+        self.passes_seen = 0
         # The newest record of each parameter, whose ``after`` may be ``.grad`` itself.
         self._last_record: dict[str, GradRecord] = {}
         self._pool: dict[str, list[torch.Tensor]] = {}
         self._aliases: dict[str, tuple[str, ...]] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
         self._slots: list[tuple[dict[str, Any], str, torch.Tensor, bool]] = []
         self._replaced: list[str] = []
         self._unresolved: Callable[[], None] | None = None
         self._dropped: BackwardRecord | None = None  # the newest record already emptied
         self._pinned: dict[tuple[int, torch.dtype], torch.Tensor] = {}
-        self._warned_errors = 0
         self.errors: list[BaseException] = []
-        self.last_graph: Graph | None = None
         self.closed = False
         self._finalizer = weakref.finalize(
             self, _remove_handles, self._param_handles, self._other_handles
         )
         self._sync(force=True)
 
-    def _install_forward_hooks(self, module: nn.Module, tag_modules: bool) -> None:
+    def install_forward_hooks(self, module: nn.Module, tag_modules: bool) -> None:
         ref = weakref.ref(self)
 
         def before_forward(_module: nn.Module, _args: Any) -> None:
@@ -161,8 +159,38 @@ class Recorder:
             return False
         return not any(fnmatch.fnmatchcase(name, p) for p in self._exclude)
 
-    def _frozen_names(self) -> list[str]:
-        return [n for n, p in self._names.params.items() if not p.requires_grad]
+    def frozen_names(self) -> list[str]:
+        """Watched parameters with ``requires_grad=False`` right now."""
+        return [n for n, p in self.names.params.items() if not p.requires_grad]
+
+    @property
+    def module(self) -> nn.Module | None:
+        """The watched module; None once closed and the module was collected."""
+        return self._module if self._module is not None else self._module_ref()
+
+    @property
+    def module_type(self) -> str:
+        """The class name of the watched model (unwrapped from DDP/compile), kept after close."""
+        return self._root_type
+
+    @property
+    def hooked(self) -> int:
+        """How many parameters carry a hook of this recorder right now."""
+        return len(self._param_handles)
+
+    def close(self) -> None:
+        """Remove every hook (idempotent) and let go of the model. Records stay readable."""
+        if self._unresolved is not None:  # read back the last pass's norms while we can
+            self._unresolved()
+        self._finalizer()
+        self._pass = None
+        self.closed = True
+        # A closed recorder must never keep the model alive (records hold their own tensors).
+        self._module = self._root = None
+        self.names = ParamNames()
+        self._nodes.clear()
+        self._last_record.clear()
+        self._pool.clear()
 
     def _changed(self) -> bool:
         """Whether any parameter was replaced, (un)frozen or removed since the last sync.
@@ -186,7 +214,7 @@ class Recorder:
             canonical={a: c for a, c in names.canonical.items() if self._selected(c)},
         )
         for name, param in selected.params.items():
-            old = self._names.params.get(name)
+            old = self.names.params.get(name)
             if old is not None and old is not param:
                 self._replaced.append(name)
                 self._unhook(name)
@@ -194,7 +222,8 @@ class Recorder:
                 self._hook(name, param)
         for name in set(self._param_handles) - set(selected.params):
             self._unhook(name)
-        self._names = selected
+        self.names = selected
+        self._shapes = {n: tuple(p.shape) for n, p in selected.params.items()}
         self._aliases = {
             name: tuple(a for a, c in selected.canonical.items() if c == name and a != name)
             for name in selected.params
@@ -232,14 +261,14 @@ class Recorder:
     def _on_grad(self, name: str, param: torch.Tensor, grad: torch.Tensor) -> None:
         current = self._pass
         if current is None:
-            self._passes_seen += 1
-            recording = (self._passes_seen - 1) % self.every == 0
-            current = self._pass = _Pass(self._passes_seen, recording)
+            self.passes_seen += 1
+            recording = (self.passes_seen - 1) % self.every == 0
+            current = self._pass = _Pass(self.passes_seen, recording)
             self._queue_end_of_pass()
-            if recording and self.keep == "last" and self._records:
+            if recording and self.keep == "last" and self.records:
                 # Let go of the last pass's tensors now rather than when this pass ends, so the
                 # allocator can reuse that memory for this pass's gradients.
-                self._recycle(self._records[-1])
+                self._recycle(self.records[-1])
         if not current.recording:
             return
         entry = current.entries.get(name)
@@ -298,8 +327,8 @@ class Recorder:
 
     def _before_forward(self) -> None:
         self._sync()
-        if self.keep == "last" and not self.copy and self._records:
-            self._release_orphans(self._records[-1])
+        if self.keep == "last" and not self.copy and self.records:
+            self._release_orphans(self.records[-1])
 
     def _release_orphans(self, record: BackwardRecord) -> None:
         """Let go of the newest pass's tensors that are no longer any parameter's ``.grad``.
@@ -314,7 +343,7 @@ class Recorder:
         for name, grad in record.grads.items():
             if grad._after is None:
                 continue
-            param = self._names.params.get(name)
+            param = self.names.params.get(name)
             if grad._after_version is not None and (param is None or param.grad is not grad._after):
                 grad.drop_tensors()
             else:
@@ -366,24 +395,25 @@ class Recorder:
             self._unresolved()
         pending = PendingNorms(sources, known, self._pinned)
         self._record_stats(list(records.values()), pending, scale)
-        frozen = self._frozen_names()
+        frozen = self.frozen_names()
         missing = (
             []
-            if len(records) + len(frozen) == len(self._names.params)
-            else [n for n, p in self._names.params.items() if p.requires_grad and n not in records]
+            if len(records) + len(frozen) == len(self.names.params)
+            else [n for n, p in self.names.params.items() if p.requires_grad and n not in records]
         )
         backward = BackwardRecord(
             index=current.index,
             grads=records,
             missing=missing,
             frozen=frozen,
-            aliases=self._names.canonical,  # replaced, never changed in place, by _sync
+            aliases=self.names.canonical,  # replaced, never changed in place, by _sync
+            shapes=self._shapes,  # the same
             replaced=self._replaced,
             loss_scale=scale,
             errors=current.errors,
         )
         self._replaced = []
-        self._records.append(backward)
+        self.records.append(backward)
 
     def _record_stats(
         self, records: list[GradRecord], pending: PendingNorms, scale: float | None
@@ -417,7 +447,7 @@ class Recorder:
         self, name: str, entry: _Entry, index: int, scale: float | None
     ) -> tuple[GradRecord, torch.Tensor | None, torch.Tensor | None]:
         """One parameter's record, the tensor its statistics describe, and its norm if known."""
-        param = self._names.params[name]
+        param = self.names.params[name]
         live = param.grad
         record = GradRecord(
             name,

@@ -179,7 +179,8 @@ class BackwardRecord(Mapping[str, GradRecord]):
 
     ``missing`` lists trainable parameters that received no gradient in this pass, ``frozen``
     the ones with ``requires_grad=False``, ``replaced`` names whose ``nn.Parameter`` was swapped
-    for a new object since the previous pass (the watch follows the new one).
+    for a new object since the previous pass (the watch follows the new one), ``shapes`` the
+    shape of every watched parameter, with or without a gradient.
     """
 
     index: int
@@ -190,6 +191,7 @@ class BackwardRecord(Mapping[str, GradRecord]):
     replaced: list[str] = field(default_factory=list)
     loss_scale: float | None = None
     errors: list[BaseException] = field(default_factory=list)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def nonfinite(self) -> list[str]:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .._errors import GradscopeError, GradscopeWarning, UnknownParameterError
-from .._naming import ParamNames, describe, suggest
+from .._naming import describe, suggest
 from .recorder import Keep, Recorder
 from .records import BackwardRecord, GradRecord
 
@@ -30,8 +30,12 @@ __all__ = ["Keep", "Watch", "watch"]
 _KEEP_CHOICES = ("last", "all", "none")
 
 
-class Watch(Recorder):
-    """Records, per parameter, ``.grad`` before and after every backward pass; see :func:`watch`."""
+class Watch:
+    """Records, per parameter, ``.grad`` before and after every backward pass; see :func:`watch`.
+
+    The watch owns a :class:`~gradscope._watch.recorder.Recorder` (the hooks) rather than being
+    one: what users call is here, the machinery is there.
+    """
 
     def __init__(
         self,
@@ -63,7 +67,7 @@ class Watch(Recorder):
             raise GradscopeError(f"scaler= takes a torch.amp.GradScaler, not {describe(scaler)}")
         include_list = [include] if isinstance(include, str) else list(include or [])
         exclude_list = [exclude] if isinstance(exclude, str) else list(exclude or [])
-        super().__init__(
+        self._recorder = Recorder(
             module,
             include=include_list,
             exclude=exclude_list,
@@ -73,36 +77,74 @@ class Watch(Recorder):
             scaler=scaler,
             copy=copy,
         )
-        if not self._names.params and not self._frozen_names():
+        if not self._recorder.names.params and not self._recorder.frozen_names():
+            self._recorder.close()
             raise GradscopeError(
                 f"watch() found no parameters to watch in {type(module).__name__}"
                 + (
-                    f" matching include={self._include} exclude={self._exclude}"
-                    if self._include or self._exclude
+                    f" matching include={include_list} exclude={exclude_list}"
+                    if include_list or exclude_list
                     else ""
                 )
             )
-        self._install_forward_hooks(module, tag_modules)
+        self._recorder.install_forward_hooks(module, tag_modules)
+        self.last_graph: Graph | None = None
+        self._warned_errors = 0
 
     # ----------------------------------------------------------------------------- public API
     @property
     def module(self) -> nn.Module | None:
         """The watched module (None once the watch is closed and the module was collected)."""
-        return self._module if self._module is not None else self._module_ref()
+        return self._recorder.module
+
+    @property
+    def model_name(self) -> str:
+        """The class name of the watched model (unwrapped from DDP or ``torch.compile``)."""
+        return self._recorder.module_type
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """Errors caught inside gradscope's hooks (your backward pass was not affected)."""
+        return self._recorder.errors
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran (or the ``with`` block ended)."""
+        return self._recorder.closed
+
+    @property
+    def keep(self) -> Keep:
+        """Which passes keep their tensors: "last", "all" or "none"."""
+        return self._recorder.keep
+
+    @property
+    def every(self) -> int:
+        """Every how many passes one is recorded."""
+        return self._recorder.every
+
+    @property
+    def copy(self) -> bool:
+        """Whether ``after`` is a copy of ``.grad`` taken at the end of each pass."""
+        return self._recorder.copy
+
+    @property
+    def scaler(self) -> Any:
+        """The GradScaler whose scale statistics are divided by, or None."""
+        return self._recorder.scaler
 
     @property
     def records(self) -> list[BackwardRecord]:
         """One record per recorded backward pass, oldest first (at most ``history``)."""
         self._warn_new_errors()
-        return list(self._records)
+        return list(self._recorder.records)
 
     @property
     def last(self) -> BackwardRecord:
         """The newest record; raises GradscopeError if no backward pass was recorded yet."""
         self._warn_new_errors()
-        if not self._records:
+        if not self._recorder.records:
             raise GradscopeError(self._why_no_record())
-        return self._records[-1]
+        return self._recorder.records[-1]
 
     def history(self, name: str) -> list[GradRecord]:
         """This parameter's record in every recorded pass where it received a gradient.
@@ -115,13 +157,13 @@ class Watch(Recorder):
         [1.0, 2.0, 3.0]
         """
         canonical = self._resolve(name)
-        return [r.grads[canonical] for r in self._records if canonical in r.grads]
+        return [r.grads[canonical] for r in self._recorder.records if canonical in r.grads]
 
     def summary(self, record: BackwardRecord | None = None) -> Summary:
         """A per-parameter table of the newest pass (or ``record``); ``str()`` it to read it."""
         from .._report.summary import Summary
 
-        return Summary.of(record if record is not None else self.last, self)
+        return Summary.of(record if record is not None else self.last)
 
     def graph(self, *outputs: torch.Tensor, grads: bool = True) -> Graph:
         """The autograd graph of ``outputs`` (see :func:`gradscope.graph`), kept as ``last_graph``.
@@ -131,9 +173,10 @@ class Watch(Recorder):
         """
         from .._graph.build import graph as build_graph
 
-        if self._module is None:
+        module = self._recorder.module
+        if self.closed or module is None:
             raise GradscopeError("this watch is closed; call graph() while it is open")
-        self.last_graph = build_graph(*outputs, params=self._module, grads=grads)
+        self.last_graph = build_graph(*outputs, params=module, grads=grads)
         return self.last_graph
 
     def report(self, path: str | os.PathLike[str]) -> Path:
@@ -148,21 +191,17 @@ class Watch(Recorder):
         """
         from .._report.html import write_report
 
+        if not self._recorder.records:
+            raise GradscopeError(
+                "report(): nothing to report, "
+                + self._why_no_record()
+                + "; run forward and backward inside the watch first"
+            )
         return write_report(self, path, self.last_graph)
 
     def close(self) -> None:
         """Remove every hook this watch installed (idempotent). Records stay readable."""
-        if self._unresolved is not None:  # read back the last pass's norms while we can
-            self._unresolved()
-        self._finalizer()
-        self._pass = None
-        self.closed = True
-        # Let go of the model: a closed watch must never keep it alive (records are copies).
-        self._module = self._root = None
-        self._names = ParamNames()
-        self._nodes.clear()
-        self._last_record.clear()
-        self._pool.clear()
+        self._recorder.close()
 
     def __enter__(self) -> Watch:
         return self
@@ -176,10 +215,13 @@ class Watch(Recorder):
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
+        recorder = getattr(self, "_recorder", None)
+        if recorder is None:  # __init__ failed before the recorder existed
+            return "<gradscope.Watch (not started)>"
+        state = "closed" if recorder.closed else "open"
         return (
-            f"<gradscope.Watch of {self._root_type}: {len(self._param_handles)} hooked "
-            f"parameters, {len(self._records)} records, {state}>"
+            f"<gradscope.Watch of {recorder.module_type}: {recorder.hooked} hooked "
+            f"parameters, {len(recorder.records)} records, {state}>"
         )
 
     # ----------------------------------------------------------------------------- messages
@@ -187,9 +229,9 @@ class Watch(Recorder):
         if not isinstance(name, str):
             raise GradscopeError(f"parameter names are strings, not {describe(name)}")
         known: dict[str, str] = {}
-        for record in self._records:
+        for record in self._recorder.records:
             known.update(record.aliases)
-        known.update(self._names.canonical)
+        known.update(self._recorder.names.canonical)
         if name in known:
             return known[name]
         raise UnknownParameterError(
@@ -200,9 +242,10 @@ class Watch(Recorder):
         reasons = []
         if self.closed:
             reasons.append("the watch is closed")
-        if self._passes_seen and self.every > 1:
-            reasons.append(f"every={self.every} skipped the {self._passes_seen} passes seen so far")
-        if not any(p.requires_grad for p in self._names.params.values()):
+        seen = self._recorder.passes_seen
+        if seen and self.every > 1:
+            reasons.append(f"every={self.every} skipped the {seen} passes seen so far")
+        if not any(p.requires_grad for p in self._recorder.names.params.values()):
             reasons.append("every watched parameter has requires_grad=False")
         if not reasons:
             reasons = [
@@ -213,9 +256,10 @@ class Watch(Recorder):
         return "no backward pass was recorded yet; likely because " + "; or ".join(reasons)
 
     def _warn_new_errors(self) -> None:
-        if len(self.errors) > self._warned_errors:
-            new = self.errors[self._warned_errors :]
-            self._warned_errors = len(self.errors)
+        errors = self._recorder.errors
+        if len(errors) > self._warned_errors:
+            new = errors[self._warned_errors :]
+            self._warned_errors = len(errors)
             warnings.warn(
                 f"gradscope caught {len(new)} error(s) inside its hooks; your backward pass was "
                 f"not affected but records may be incomplete. First: {new[0]!r} (see watch.errors)",
