@@ -15,7 +15,8 @@ def test_example_passes_then_names_the_missing_parameters() -> None:
     )
     assert done.returncode == 0, done.stderr
     passing, failing = done.stdout.split("2. the same")
-    assert "update rule: ok" in passing and "FAIL" not in passing
+    assert "update rule (parameters and optimizer state): ok" in passing
+    assert "FAIL" not in passing
     assert "caught StepMismatch" in failing and "2 of 10 parameters FAILED" in failing
     assert "fc3.weight (in no param group)" in failing
     assert "fc3.bias (in no param group)" in failing

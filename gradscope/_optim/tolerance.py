@@ -30,9 +30,19 @@ rounding, as Adam's ``g / (|g| + eps)`` does when L2 weight decay cancels ``g`` 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["FACTOR", "LOW_PRECISION_FACTOR", "compute_dtype", "tolerance"]
+__all__ = [
+    "FACTOR",
+    "LOW_PRECISION_FACTOR",
+    "bound",
+    "compute_dtype",
+    "factor_for",
+    "real_dtype",
+    "tolerance",
+]
 
 FACTOR = 8.0
 LOW_PRECISION_FACTOR = 16.0
@@ -47,14 +57,27 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     >>> compute_dtype(torch.bfloat16), compute_dtype(torch.complex128)
     (torch.float32, torch.float64)
     """
-    dtype = _real_dtype(dtype)
+    dtype = real_dtype(dtype)
     return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
-def _real_dtype(dtype: torch.dtype) -> torch.dtype:
+def real_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a complex dtype's real and imaginary parts (the dtype itself if real)."""
     return {torch.complex32: torch.float16, torch.complex64: torch.float32}.get(
         dtype, torch.float64 if dtype == torch.complex128 else dtype
     )
+
+
+def factor_for(dtype: torch.dtype) -> float:
+    """``c`` of the rule: 16 for (b)float16 (several stored roundings), else 8."""
+    return LOW_PRECISION_FACTOR if real_dtype(dtype) in _LOW_PRECISION else FACTOR
+
+
+def bound(dtype: torch.dtype, eps: float, scale: float) -> float:
+    """``c * eps * scale``, with a non-finite scale counted as 0 (a NaN is judged elsewhere)."""
+    if not math.isfinite(scale):
+        scale = 0.0
+    return factor_for(dtype) * eps * scale
 
 
 def tolerance(
@@ -65,7 +88,7 @@ def tolerance(
     ``before`` is the parameter before the step, ``expected`` the reference's new value and
     ``dtype`` the parameter's own dtype (defaults to ``before.dtype``).
     """
-    dtype = _real_dtype(dtype or before.dtype)
+    dtype = real_dtype(dtype or before.dtype)
     if not dtype.is_floating_point:
         return 0.0
     factor = LOW_PRECISION_FACTOR if dtype in _LOW_PRECISION else FACTOR
