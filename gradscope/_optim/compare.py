@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .arrays import max_abs
-from .diagnose import guess, state_hint
+from .diagnose import explain_state, explain_update, guess, state_hint
 from .plan import Batch, Plan, Target, _in
 from .shadow import Shadow
 from .step_report import FAIL, OK, SKIPPED, UNCHECKED, ParamCheck, StateCheck
@@ -178,8 +178,31 @@ def _value(
     if not max_abs_diff <= tol:  # NaN fails too
         actual = batch.update[i] - diff[i]  # after - before
         moved = bool(actual.count_nonzero() > 0)
-        reasons.append(guess(actual, batch.update[i], target.lr, target.group or 0))
+        before = batch.expected[i] - batch.update[i]
+        named = explain_update(
+            batch.rule.function,
+            batch.hyper,
+            batch.old_scalars[i].get("step", 0.0),
+            actual,
+            before,
+            _grad(batch, i),
+            batch.state[i],
+            tol,
+        )
+        maximize = bool(batch.hyper.get("maximize", False))
+        reasons.append(
+            named or guess(actual, batch.update[i], target.lr, target.group or 0, maximize)
+        )
     return max_abs_diff, rel, tol, reasons, size_u, moved
+
+
+def _grad(batch: Batch, i: int) -> Tensor | None:
+    """The gradient the step used, if the step left it as it was (window, compute dtype)."""
+    target = batch.targets[i]
+    grad = target.tensor.grad
+    if grad is None or grad._version != target.grad_version or grad.is_sparse:
+        return None
+    return _in(grad, batch.compute, target.window).reshape(batch.expected[i].shape)
 
 
 def _state_sums(
@@ -285,15 +308,23 @@ def _state_checks(
             date = -1 if shadow is None else shadow.unchanged_since(target.tensor, key, step)
             since = f"from step {date}" if date >= 0 else "from before this step"
             reason = f"was not updated: it still equals the value {since}"
-        else:
-            change = numbers[f"new:{key}"][i]
+        elif numbers[f"amax:{key}"][i] == 0 and numbers[f"new:{key}"][i] > 0:
             reason = (
-                f"does not match the rule: max abs diff {gap:.3g} (tolerance {tol:.3g}), "
-                f"with values up to {change:.3g}"
+                f"is still all zeros after the step (the rule's value reaches "
+                f"{numbers[f'new:{key}'][i]:.3g}): was it computed but never written back to "
+                f"optimizer.state[p]?"
             )
-            hint = state_hint(key, batch.rule.text)
+        else:
+            reason = "does not match the rule"
+            actual = entries[key]
+            assert actual is not None
+            before = batch.expected[i] - batch.update[i]
+            named = explain_state(
+                batch.rule.function, key, batch.hyper, actual - want, _grad(batch, i), before
+            )
+            hint = named or state_hint(key, batch.rule.text)
             if hint:
-                reason += f" ({hint})"
+                reason += f": {hint}"
         out.append(StateCheck(key, FAIL, gap, tol, reason))
     return out
 
@@ -314,7 +345,7 @@ def _scalar_check(batch: Batch, i: int, key: str, want: float, actual: float) ->
         tol = 0.5
     if gap <= tol:
         return StateCheck(key, OK, gap, tol)
-    if key == "step" and old is not None and actual == old:
+    if key == "step" and actual == want - 1:
         reason = f"was not incremented: it is still {actual:g} (the rule expects {want:g})"
     else:
         reason = f"is {actual:.7g}, the rule expects {want:.7g}"

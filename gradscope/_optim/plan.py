@@ -48,6 +48,7 @@ class Target:
     window: tuple[int, int] | None = None  # the flat element range checked; None: all of it
     before: Tensor | None = None  # a copy of the value, for the structural checks
     grad_nonzero: bool = False
+    grad_version: int = -1
     state_versions: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
@@ -67,6 +68,7 @@ class Batch:
     sums: dict[str, Tensor]  # per-target magnitudes on the device, one 1-D tensor each
     state_checked: bool = True
     user_error: list[float] | None = None  # a user rule's measured sensitivity (absolute)
+    hyper: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -216,6 +218,7 @@ def expect(
                 version=tensor._version,
                 has_grad=tensor.grad is not None,
                 lr=lr,
+                grad_version=-1 if tensor.grad is None else tensor.grad._version,
             )
             state = optimizer.state.get(tensor, {})
             target.state_versions = {
@@ -341,6 +344,7 @@ def _builtin_batch(
         new_state,
         [dict(scalars) for _ in targets],
         sums,
+        hyper=hyper,
     )
 
 
@@ -456,6 +460,7 @@ def _single(target: Target, state: dict[str, Any], rule: Rule, hyper: dict[str, 
         sums,
         state_checked=state_checked,
         user_error=user_error,
+        hyper=hyper,
     )
     return batch
 

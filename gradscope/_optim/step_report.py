@@ -173,22 +173,39 @@ class StepReport:
         return "\n".join(lines)
 
     def _reasons(self) -> list[str]:
-        """The failures grouped by reason: each reason once, then the parameters it applies to."""
+        """The failures grouped by reason: each reason once, then what it applies to."""
         grouped: dict[str, list[ParamCheck]] = {}
+        states: dict[tuple[str, str], list[tuple[ParamCheck, StateCheck]]] = {}
         for p in self.failures:
-            grouped.setdefault("; ".join(p.reasons), []).append(p)
+            sentences = {f"{s.entry} of {p.name} {s.reason}" for s in p.state if s.failed}
+            own = [r for r in p.reasons if r not in sentences]
+            if own:
+                grouped.setdefault("; ".join(own), []).append(p)
+            for s in p.state:
+                if s.failed:
+                    states.setdefault((s.entry, s.reason), []).append((p, s))
         lines = []
         for reason, checks in grouped.items():
             lines.append(f"  {reason}:")
             for p in checks:
-                where = "in no param group" if p.group is None else f"param group {p.group}"
                 numbers = ""
                 if _values_failed(p):
                     numbers = (
                         f": max abs diff {_number(p.max_abs_diff)} (tolerance "
                         f"{_number(p.tolerance)}), {_number(p.max_rel_diff)} of the step"
                     )
-                lines.append(f"    {p.name} ({where}){numbers}")
+                lines.append(f"    {p.name} ({_where(p)}){numbers}")
+        for (entry, reason), pairs in states.items():
+            if len(pairs) == 1:
+                p, s = pairs[0]
+                lines.append(f"  {entry} of {p.name} {reason}{_state_numbers(s, ' (', ')')}")
+                continue
+            lines.append(f"  {entry} of {len(pairs)} parameters {reason}:")
+            if not any(_state_numbers(s, "", "") for _, s in pairs):
+                lines.append("    " + ", ".join(p.name for p, _ in pairs))
+                continue
+            for p, s in pairs:
+                lines.append(f"    {p.name} ({_where(p)}){_state_numbers(s, ': ', '')}")
         return lines
 
     def __str__(self) -> str:
@@ -215,6 +232,19 @@ class StepReport:
         """Raise :class:`gradscope.StepMismatch` listing every failing parameter, if any."""
         if not self.ok:
             raise StepMismatch(self.failure_message())
+
+
+def _where(p: ParamCheck) -> str:
+    return "in no param group" if p.group is None else f"param group {p.group}"
+
+
+def _state_numbers(s: StateCheck, start: str, end: str) -> str:
+    if s.max_abs_diff is None or s.tolerance is None or s.reason.startswith("was not updated"):
+        return ""
+    if s.entry == "step" or s.max_abs_diff <= s.tolerance:
+        return ""
+    text = f"max abs diff {_number(s.max_abs_diff)} (tolerance {_number(s.tolerance)})"
+    return f"{start}{text}{end}"
 
 
 def _group(p: ParamCheck, several: bool) -> str:
