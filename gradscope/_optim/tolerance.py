@@ -74,10 +74,15 @@ def factor_for(dtype: torch.dtype) -> float:
 
 
 def bound(dtype: torch.dtype, eps: float, scale: float) -> float:
-    """``c * eps * scale``, with a non-finite scale counted as 0 (a NaN is judged elsewhere)."""
+    """``c * (eps * scale + tiny)``: the rule's bound, with ``tiny`` the dtype's smallest normal
+    number (below it, subnormals keep fewer bits than ``eps`` says). A non-finite scale counts
+    as 0: a NaN or Inf is judged elsewhere.
+    """
     if not math.isfinite(scale):
         scale = 0.0
-    return factor_for(dtype) * eps * scale
+    real = real_dtype(dtype)
+    tiny = torch.finfo(real).tiny if real.is_floating_point else 0.0
+    return factor_for(dtype) * (eps * scale + tiny)
 
 
 def tolerance(
