@@ -61,14 +61,42 @@ class Batch:
     dtype: torch.dtype  # the parameters' (real) dtype
     compute: torch.dtype  # the dtype the rule ran in
     eps: float  # the unit roundoff the update is known to (a float32 scalar state limits it)
-    expected: list[Tensor]
-    update: list[Tensor]
+    expected: list[Tensor]  # after compare(): expected - actual, in place
+    update: list[Tensor] | None  # expected - before; None when ``change`` gives it
     state: list[dict[str, Tensor | float]]  # expected state after the step, per target
     old_scalars: list[dict[str, float]]
     sums: dict[str, Tensor]  # per-target magnitudes on the device, one 1-D tensor each
     state_checked: bool = True
     user_error: list[float] | None = None  # a user rule's measured sensitivity (absolute)
     hyper: dict[str, Any] = field(default_factory=dict)
+    change: tuple[float, list[Tensor]] | None = None  # update == factor * tensors
+    change_entry: str | None = None  # the state entry ``change`` shares its tensors with
+    fused: bool = False  # the optimizer's kernel does not bump version counters
+    actual_state: list[dict[str, Tensor | None]] = field(default_factory=list)
+
+    def state_of(self, i: int) -> dict[str, Tensor | float]:
+        """The expected state of target ``i``, recovered after the in-place comparison."""
+        out: dict[str, Tensor | float] = {}
+        for key, value in self.state[i].items():
+            actual = self.actual_state[i].get(key) if self.actual_state else None
+            out[key] = value + actual if isinstance(value, Tensor) and actual is not None else value
+        return out
+
+    def update_of(self, i: int) -> Tensor:
+        """The expected update (new value - value before) of target ``i``.
+
+        Called after the comparison, which turned the expected state into (expected - actual)
+        in place; a ``change`` that shares the tensors of a state entry is recovered from it.
+        """
+        if self.update is not None:
+            return self.update[i]
+        assert self.change is not None
+        factor, tensors = self.change
+        if self.change_entry is not None and self.actual_state:
+            actual = self.actual_state[i].get(self.change_entry)
+            if actual is not None:
+                return (tensors[i] + actual) * factor
+        return tensors[i] * factor
 
 
 @dataclass
@@ -312,26 +340,42 @@ def _builtin_batch(
             f"({describe(first)}) with {type(err).__name__}: {err}"
         ) from err
     expected = update.param.tensors
-    changes = list(torch._foreach_sub(expected, params))
-    sums = {"p": max_abs(params), "u": max_abs(changes)}
+    sums = {"p": max_abs(params)}
+    changes: list[Tensor] | None = None
+    change: tuple[float, list[Tensor]] | None = None
+    if update.change is None:
+        changes = list(torch._foreach_sub(expected, params))
+        sums["u"] = max_abs(changes)
+    else:
+        change = (update.change[0], update.change[1].tensors)
     error = update.error.get("param")
     if isinstance(error, Many):
         sums["err"] = max_abs(error.tensors)
     new_state: list[dict[str, Tensor | float]] = [{} for _ in targets]
+    seen = {id(t) for t in expected}
+    change_entry = None
     for k, value in update.state.items():
         if isinstance(value, Many):
+            if any(id(t) in seen for t in value.tensors):  # compared in place: no aliases
+                value = value.clone()
+            seen.update(id(t) for t in value.tensors)
             for i, t in enumerate(value.tensors):
                 new_state[i][k] = t
             sums[f"new:{k}"] = max_abs(value.tensors)
+            if change is not None and change[1] is update.state[k].tensors:  # type: ignore[union-attr]
+                sums["u"] = sums[f"new:{k}"] * abs(change[0])
+                change_entry = k
             if k in old:
                 sums[f"old:{k}"] = max_abs(old[k])
-                sums[f"norm:{k}"] = torch.stack(torch._foreach_norm(old[k]))
             entry_error = update.error.get(k)
             if isinstance(entry_error, Many):
                 sums[f"err:{k}"] = max_abs(entry_error.tensors)
         else:
             for i in range(len(targets)):
                 new_state[i][k] = float(value)
+    if "u" not in sums:
+        assert change is not None
+        sums["u"] = max_abs(change[1]) * abs(change[0])
     eps = max(_scalar_eps(members[0][1], compute, update.state), torch.finfo(dtype).eps)
     return Batch(
         targets,
@@ -345,6 +389,9 @@ def _builtin_batch(
         [dict(scalars) for _ in targets],
         sums,
         hyper=hyper,
+        change=change,
+        change_entry=change_entry,
+        fused=bool(hyper.get("fused")),
     )
 
 
@@ -432,7 +479,6 @@ def _single(target: Target, state: dict[str, Any], rule: Rule, hyper: dict[str, 
             if isinstance(old, Tensor) and old.shape == tensor.shape:
                 old_real = _as_real(old.detach()).to(compute).reshape(value.shape)
                 sums[f"old:{k}"] = max_abs([old_real])
-                sums[f"norm:{k}"] = torch.stack(torch._foreach_norm([old_real]))
         else:
             new_state[k] = float(value)
     user_error = None

@@ -30,11 +30,15 @@ class Update(Generic[A]):
     may differ by up to about ``eps(dtype) * max(m)`` *beyond* the usual rounding of the
     values themselves; rules fill it only where an update amplifies rounding (a normalising
     denominator after L2 weight decay has cancelled the gradient, a centred variance).
+    ``change``, when a rule has it for free, is ``(factor, array)`` with
+    ``param - param_before == factor * array``, which saves the checker a pass (SGD: ``-lr`` and
+    the momentum buffer).
     """
 
     param: A
     state: dict[str, A | float] = field(default_factory=dict)
     error: dict[str, A | float] = field(default_factory=dict)
+    change: tuple[float, A] | None = None
 
 
 def num(value: Any) -> float:

@@ -27,13 +27,16 @@ def sgd(param: A, grad: A, state: dict[str, Any], group: dict[str, Any]) -> Upda
     new_state: dict[str, A | float] = {}
     if momentum != 0:
         previous: A | None = array(state, "momentum_buffer")
+        dampening = num(group.get("dampening", 0))
         if previous is None:
             buffer = g.clone()
+        elif dampening == 0:  # momentum * buffer + g in one pass
+            buffer = g.add(previous, alpha=momentum)
         else:
-            buffer = previous.mul(momentum).add_(g, alpha=1 - num(group.get("dampening", 0)))
+            buffer = previous.mul(momentum).add_(g, alpha=1 - dampening)
         new_state["momentum_buffer"] = buffer
         g = g.add(buffer, alpha=momentum) if flag(group, "nesterov") else buffer
-    return Update(param.add(g, alpha=-lr), new_state)
+    return Update(param.add(g, alpha=-lr), new_state, change=(-lr, g))
 
 
 def asgd(param: A, grad: A, state: dict[str, Any], group: dict[str, Any]) -> Update[A]:
