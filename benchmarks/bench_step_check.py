@@ -82,7 +82,10 @@ def _steps_only(kind: str, name: str) -> dict[str, Timed]:
         opt = _optimizer(name, net)
 
         def step(
-            net: nn.Module = net, x: torch.Tensor = x, opt: optim.Optimizer = opt, label: str = label
+            net: nn.Module = net,
+            x: torch.Tensor = x,
+            opt: optim.Optimizer = opt,
+            label: str = label,
         ) -> float:
             total = 0.0
             for _ in range(STEPS):

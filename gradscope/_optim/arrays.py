@@ -192,12 +192,18 @@ def unit_roundoff(x: A) -> float:
 def max_abs(tensors: Sequence[Tensor]) -> Tensor:
     """``max|t|`` of each tensor, as one 1-D tensor on their device (NaN where one holds a NaN).
 
-    One ``aminmax`` pass per tensor and no host sync; on CPU that is 3x faster than
-    ``torch._foreach_norm(ord=inf)`` and needs no temporary as ``abs().max()`` does.
+    No host sync. Small tensors go through two foreach calls (``abs``, ``max``); large ones
+    through one ``aminmax`` pass each, which needs no temporary (on CPU 3x faster than
+    ``torch._foreach_norm(ord=inf)``).
 
     >>> max_abs([torch.tensor([1.0, -3.0]), torch.empty(0)])
     tensor([3., 0.])
     """
+    if not tensors:
+        return torch.zeros(0)
+    sizes = [t.numel() for t in tensors]
+    if min(sizes) > 0 and sum(sizes) < _SMALL and hasattr(torch, "_foreach_max"):
+        return torch.stack(torch._foreach_max(torch._foreach_abs(list(tensors))))
     lows, highs = [], []
     for t in tensors:
         if t.numel() == 0:
@@ -205,6 +211,7 @@ def max_abs(tensors: Sequence[Tensor]) -> Tensor:
         low, high = torch.aminmax(t)
         lows.append(low)
         highs.append(high)
-    if not highs:
-        return torch.zeros(0)
     return torch.maximum(torch.stack(highs), -torch.stack(lows))
+
+
+_SMALL = 1 << 18  # elements in all: below it, temporaries cost less than a Python loop

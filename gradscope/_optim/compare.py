@@ -117,7 +117,7 @@ def _batch(
 ) -> list[ParamCheck]:
     targets = batch.targets
     after = [
-        _in(t.tensor, batch.compute, t.window).reshape(e.shape)
+        _shaped(_in(t.tensor, batch.compute, t.window), e)
         for t, e in zip(targets, batch.expected, strict=True)
     ]
     # expected - actual, in place: no new memory. Where the expected value holds a NaN (seen
@@ -210,13 +210,17 @@ def _value(
     return max_abs_diff, rel, tol, reasons, size_u, moved
 
 
+def _shaped(t: Tensor, like: Tensor) -> Tensor:
+    return t if t.shape == like.shape else t.reshape(like.shape)
+
+
 def _grad(batch: Batch, i: int) -> Tensor | None:
     """The gradient the step used, if the step left it as it was (window, compute dtype)."""
     target = batch.targets[i]
     grad = target.tensor.grad
     if grad is None or grad._version != target.grad_version or grad.is_sparse:
         return None
-    return _in(grad, batch.compute, target.window).reshape(batch.expected[i].shape)
+    return _shaped(_in(grad, batch.compute, target.window), batch.expected[i])
 
 
 def _state_sums(
@@ -239,7 +243,7 @@ def _state_sums(
             want = batch.state[i].get(key)
             if isinstance(want, Tensor) and _matches(value, target, want):
                 assert isinstance(value, Tensor)
-                got = _in(value, batch.compute, target.window).reshape(want.shape)
+                got = _shaped(_in(value, batch.compute, target.window), want)
                 entries[i][key] = got
                 expected.append(want)
                 actual.append(got)
@@ -361,7 +365,7 @@ def _state_checks(
 def after_value(batch: Batch, i: int) -> Tensor:
     """The parameter's value now (window, compute dtype): expected minus the difference."""
     target = batch.targets[i]
-    return _in(target.tensor, batch.compute, target.window).reshape(batch.expected[i].shape)
+    return _shaped(_in(target.tensor, batch.compute, target.window), batch.expected[i])
 
 
 def _scalar_check(batch: Batch, i: int, key: str, want: float, actual: float) -> StateCheck:

@@ -25,7 +25,15 @@ from .references import Rule, Update
 from .shadow import Shadow
 from .tolerance import compute_dtype, real_dtype
 
-__all__ = ["SCALARS", "Batch", "Plan", "Target", "expect", "grads_after_closure"]
+__all__ = [
+    "SCALARS",
+    "Batch",
+    "Plan",
+    "Target",
+    "expect",
+    "grads_after_closure",
+    "window_parts",
+]
 
 # State entries the built-in rules read and write as plain numbers, whatever the tensor's shape.
 SCALARS = frozenset({"step", "mu_product", "eta", "mu"})
@@ -113,8 +121,9 @@ class Plan:
 
 
 def _window(tensor: Tensor, window: tuple[int, int] | None) -> Tensor:
-    flat = tensor.reshape(-1)
-    return flat if window is None else flat[window[0] : window[1]]
+    if window is None:
+        return tensor
+    return tensor.reshape(-1)[window[0] : window[1]]
 
 
 def _as_real(t: Tensor) -> Tensor:
@@ -195,18 +204,26 @@ def _scalars(states: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
     return out
 
 
+def window_parts(coverage: float, step: int) -> int:
+    """Into how many parts large tensors are cut at ``step`` (1: checked whole).
+
+    The first step is always checked whole: initialisation bugs show there, everywhere.
+    """
+    return 1 if step == 0 else max(1, math.ceil(1 / coverage - 1e-9))
+
+
 class _Window:
     """Which slice of a large tensor to check this step (all of it unless coverage < 1)."""
 
     def __init__(self, coverage: float, step: int) -> None:
-        self.parts = max(1, math.ceil(1 / coverage - 1e-9))
+        self.parts = window_parts(coverage, step)
         self.step = step
 
     def of(self, numel: int, allowed: bool) -> tuple[int, int] | None:
         if self.parts == 1 or not allowed or numel < MIN_WINDOW:
             return None
         size = math.ceil(numel / self.parts)
-        start = (self.step % self.parts) * size
+        start = ((self.step - 1) % self.parts) * size
         return (min(start, numel), min(start + size, numel))
 
 

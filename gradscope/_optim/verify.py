@@ -18,7 +18,7 @@ from .._naming import ParamsLike
 from .check import merge, shadow_of
 from .compare import judge
 from .hooks import outermost, resolve_inputs
-from .plan import MIN_WINDOW, Plan, expect, grads_after_closure
+from .plan import MIN_WINDOW, Plan, expect, grads_after_closure, window_parts
 from .shadow import Shadow
 from .step_report import StepReport
 
@@ -195,11 +195,11 @@ class OptimizerVerifier:
         self._zero_lr(outcome.problems, opt, index, plan, step)
         report = StepReport(optimizer=type(opt).__name__, step=step)
         rule = self._rules[index]
-        if rule is not None and self.coverage < 1:
-            parts = math.ceil(1 / self.coverage - 1e-9)
+        parts = window_parts(self.coverage, step)
+        if rule is not None and parts > 1:
             report.coverage = (
-                f"part {step % parts + 1} of {parts} of each tensor of {MIN_WINDOW} elements "
-                f"or more, every element every {parts} steps"
+                f"part {(step - 1) % parts + 1} of {parts} of each tensor of {MIN_WINDOW} "
+                f"elements or more, every element every {parts} steps"
             )
         merge(report, [outcome], [None if rule is None else rule.text])
         self._steps[index] += 1
@@ -260,7 +260,7 @@ def verify_optimizer(
     on_mismatch: str = "warn",
     shadow: bool = True,
     values: bool = True,
-    coverage: float = 1.0,
+    coverage: float = 0.125,
     max_zero_lr_steps: int | None = 100,
 ) -> OptimizerVerifier:
     """Check every ``optimizer.step()`` against its reference until ``.close()``.
@@ -268,9 +268,10 @@ def verify_optimizer(
     A failing step warns (:class:`gradscope.GradscopeWarning`) by default, or raises
     :class:`gradscope.StepMismatch` from ``step()`` with ``on_mismatch="raise"``. Arguments are
     those of :func:`gradscope.check_step`; with ``shadow=True`` (the default) the optimizer's
-    state entries are checked at every step too. ``coverage=0.125`` checks a rotating eighth
-    of each tensor of 65,536 elements or more per step (all of each smaller one), so every
-    element is checked every 8 steps at a fraction of the cost. A group whose lr stays 0 for
+    state entries are checked at every step too. The first step is checked whole; after it,
+    each step checks a rotating ``coverage`` (an eighth by default) of each tensor of 65,536
+    elements or more, and all of every smaller one, so every element is checked every 8 steps
+    at a fraction of the cost of checking all (``coverage=1``). A group whose lr stays 0 for
     ``max_zero_lr_steps`` steps fails (None allows it).
 
     >>> import torch, gradscope

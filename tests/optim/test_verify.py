@@ -183,13 +183,43 @@ def test_coverage_checks_a_rotating_part_of_large_tensors() -> None:
     opt = optim.Adam(net.parameters(), lr=1e-3)
     x = torch.randn(8, 512)
     with gradscope.verify_optimizer(opt, params=net, coverage=0.25, on_mismatch="raise") as v:
+        for _ in range(6):
+            opt.zero_grad()
+            net(x).pow(2).mean().backward()
+            opt.step()
+    assert v.ok and len(v.reports) == 6
+    assert "part" not in v.reports[0].headline()  # the first step is checked whole
+    assert "part 1 of 4" in v.reports[1].headline() and "part 2 of 4" in v.reports[2].headline()
+    assert "part 1 of 4" in v.reports[5].headline()
+    assert "every element every 4 steps" in v.reports[1].headline()
+
+
+class _SkipsTheLastRows(optim.SGD):
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                update = p.grad * group["lr"]
+                if p.dim() == 2:
+                    update[-3:] = 0  # forgets the last rows of every weight matrix
+                p.sub_(update)
+
+
+def test_a_bug_in_one_corner_of_a_large_tensor_is_found_within_coverage_steps() -> None:
+    net = nn.Sequential(nn.Linear(512, 256), nn.Linear(256, 4))
+    opt = _SkipsTheLastRows(net.parameters(), lr=1e-2)
+    x = torch.randn(8, 512)
+    with (
+        pytest.warns(gradscope.GradscopeWarning),
+        gradscope.verify_optimizer(opt, params=net, coverage=0.25) as v,
+    ):
         for _ in range(5):
             opt.zero_grad()
             net(x).pow(2).mean().backward()
             opt.step()
-    assert v.ok and len(v.reports) == 5
-    assert "part 1 of 4" in v.reports[0].headline() and "part 2 of 4" in v.reports[1].headline()
-    assert "every element every 4 steps" in v.reports[0].headline()
+    # step 0 sees everything; later only the part holding the last rows of 0.weight
+    assert [r["0.weight"].failed for r in v.reports] == [True, False, False, False, True]
+    assert all(r["1.weight"].failed for r in v.reports)  # small: checked whole every step
 
 
 @pytest.mark.parametrize("coverage", [0, 1.5, "all", True])
