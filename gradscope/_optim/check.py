@@ -20,6 +20,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .._errors import GradscopeError
 from .._naming import ParamsLike, describe
+from .arrays import Pool
 from .compare import judge
 from .hooks import outermost, resolve_inputs
 from .plan import Plan, expect, grads_after_closure
@@ -100,7 +101,13 @@ class _StepCheck:
             self._inputs.rules[index],
             step=self._step,
             shadow=self._shadow,
+            pool=self._pool(index),
         )
+
+    def _pool(self, index: int) -> Pool | None:
+        if self._shadow is None:
+            return None
+        return self._shadow.pool(self._inputs.optimizers[index])
 
     def _before_step(
         self, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -135,6 +142,10 @@ class _StepCheck:
         self._handles = []
         plans, self._plans = self._plans, [None] * len(self._plans)
         if exc_type is not None:
+            for index in range(len(plans)):
+                pool = self._pool(index)
+                if pool is not None:
+                    pool.release()
             return
         outcomes = []
         several = len(self._inputs.optimizers) > 1
@@ -153,14 +164,19 @@ class _StepCheck:
                     f"check; call optimizer.step() inside the block (every optimizer given), "
                     f"or pass manual=True if the block updates the parameters by hand"
                 )
-            outcome = judge(
-                plan,
-                opt,
-                step=self._step,
-                shadow=self._shadow,
-                check_state=self._shadow is not None and not self._manual,
-                others=others,
-            )
+            try:
+                outcome = judge(
+                    plan,
+                    opt,
+                    step=self._step,
+                    shadow=self._shadow,
+                    check_state=self._shadow is not None and not self._manual,
+                    others=others,
+                )
+            finally:
+                pool = self._pool(index)
+                if pool is not None:
+                    pool.release()
             outcome.notes[:0] = plan.notes
             if calls > 1:
                 outcome.problems.append(

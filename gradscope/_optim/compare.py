@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .arrays import max_abs
+from .arrays import max_abs_of_differences
 from .diagnose import explain_state, explain_update, guess, state_hint
 from .plan import Batch, Plan, Target, _in
 from .shadow import Shadow
@@ -127,7 +127,7 @@ def _batch(
     torch._foreach_sub_(batch.expected, after)
     diff = batch.expected
     sums = dict(batch.sums)
-    sums["diff"] = max_abs(diff)
+    sums["diff"] = max_abs_of_differences(diff)
     entries, scalar_tensors = _state_sums(batch, optimizer, sums, check_state)
     batch.actual_state = entries
     keys = sorted(sums)
@@ -251,7 +251,7 @@ def _state_sums(
                 entries[i][key] = None
         if actual:
             torch._foreach_sub_(expected, actual)
-            found = max_abs(expected)
+            found = max_abs_of_differences(expected)
             sums[f"diff:{key}"] = _spread(found, [e[key] is not None for e in entries])
     for i, target in enumerate(batch.targets):
         state = optimizer.state.get(target.tensor, {})

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .._errors import GradscopeError
 from .._naming import ParamNames, describe
-from .arrays import Many, max_abs
+from .arrays import Many, Pool, max_abs
 from .references import Rule, Update
 from .shadow import Shadow
 from .tolerance import compute_dtype, real_dtype
@@ -236,12 +236,14 @@ def expect(
     coverage: float = 1.0,
     step: int = 0,
     shadow: Shadow | None = None,
+    pool: Pool | None = None,
 ) -> Plan:
     """What ``optimizers[index]``'s next step should do, from its parameters as they are now.
 
     ``rule`` None means structural checks only (a copy of each parameter is kept). ``names``
     names the parameters; the first optimizer's plan also lists those with a gradient in none
-    of ``optimizers``. ``shadow`` notices state changed since its last check.
+    of ``optimizers``. ``shadow`` notices state changed since its last check; ``pool`` lends
+    the buffers for the expected values (release it once the plan has been judged).
     """
     optimizer = optimizers[index]
     name_of = {} if names is None else {id(t): n for n, t in names.params.items()}
@@ -297,7 +299,7 @@ def expect(
             else:
                 singles.append((target, state))
         for members in buckets.values():
-            plan.batches.extend(_builtin_batches(members, rule, hyper))  # type: ignore[arg-type]
+            plan.batches.extend(_builtin_batches(members, rule, hyper, pool))  # type: ignore[arg-type]
         for target, state in singles:
             assert rule is not None
             plan.batches.append(_single(target, state, rule, hyper))
@@ -320,7 +322,10 @@ def _add_outside(
 
 
 def _builtin_batches(
-    members: list[tuple[Target, dict[str, Any]]], rule: Rule, hyper: dict[str, Any]
+    members: list[tuple[Target, dict[str, Any]]],
+    rule: Rule,
+    hyper: dict[str, Any],
+    pool: Pool | None,
 ) -> list[Batch]:
     """One rule call per run of parameters that share their scalar state (normally the group)."""
     scalars = _scalars([state for _, state in members])
@@ -330,7 +335,7 @@ def _builtin_batches(
     out = []
     for key, indices in runs.items():
         chosen = [members[i] for i in indices]
-        out.append(_builtin_batch(chosen, dict(key), rule, hyper))
+        out.append(_builtin_batch(chosen, dict(key), rule, hyper, pool))
     return out
 
 
@@ -339,6 +344,7 @@ def _builtin_batch(
     scalars: dict[str, float],
     rule: Rule,
     hyper: dict[str, Any],
+    pool: Pool | None,
 ) -> Batch:
     targets = [t for t, _ in members]
     first = targets[0].tensor
@@ -348,9 +354,11 @@ def _builtin_batch(
     grads = [_in(t.tensor.grad, compute, t.window) for t in targets]  # type: ignore[arg-type]
     keys = sorted(k for k in members[0][1] if k not in SCALARS)
     old = {k: [_in(state[k], compute, t.window) for t, state in members] for k in keys}
-    state_in: dict[str, Any] = {k: Many(v) for k, v in old.items()} | scalars
+    state_in: dict[str, Any] = {k: Many(v, pool) for k, v in old.items()} | scalars
     try:
-        update: Update[Many] = rule.function(Many(params), Many(grads), state_in, dict(hyper))
+        update: Update[Many] = rule.function(
+            Many(params, pool), Many(grads, pool), state_in, dict(hyper)
+        )
     except Exception as err:
         raise GradscopeError(
             f"the built-in {rule.text} failed on {targets[0].name!r} "
@@ -361,7 +369,7 @@ def _builtin_batch(
     changes: list[Tensor] | None = None
     change: tuple[float, list[Tensor]] | None = None
     if update.change is None:
-        changes = list(torch._foreach_sub(expected, params))
+        changes = (update.param - Many(params)).tensors
         sums["u"] = max_abs(changes)
     else:
         change = (update.change[0], update.change[1].tensors)

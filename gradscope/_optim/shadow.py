@@ -10,11 +10,14 @@ It holds the parameters weakly, so it keeps no model alive.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
+
+from .arrays import Pool
 
 __all__ = ["Shadow"]
 
@@ -44,9 +47,17 @@ class Shadow:
         self._after: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._stale: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._zero_lr: dict[tuple[int, int], int] = {}
+        self._pools: weakref.WeakKeyDictionary[object, Pool] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"<gradscope.Shadow: {self.steps} steps checked>"
+
+    def pool(self, optimizer: object) -> Pool:
+        """The buffers reused across this optimizer's checked steps (see ``arrays.Pool``)."""
+        pool = self._pools.get(optimizer)
+        if pool is None:
+            pool = self._pools[optimizer] = Pool()
+        return pool
 
     def changed_between(self, param: Tensor, before: dict[str, tuple[int, int]]) -> list[str]:
         """State entries of ``param`` replaced or modified since the end of the last check.

@@ -15,6 +15,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .._errors import GradscopeError, GradscopeWarning, StepMismatch
 from .._naming import ParamsLike
+from .arrays import Pool
 from .check import merge, shadow_of
 from .compare import judge
 from .hooks import outermost, resolve_inputs
@@ -112,6 +113,7 @@ class OptimizerVerifier:
         self._optimizers = [weakref.ref(o) for o in inputs.optimizers]
         count = len(inputs.optimizers)
         self._plans: list[Plan | None] = [None] * count
+        self._pools = [Pool() for _ in range(count)]
         self._steps = [0] * count
         self._raised = [False] * count
         me = weakref.ref(self)
@@ -156,6 +158,7 @@ class OptimizerVerifier:
             coverage=self.coverage,
             step=self._steps[index],
             shadow=self.shadow,
+            pool=self._pools[index],
         )
 
     def _before_step(
@@ -163,6 +166,7 @@ class OptimizerVerifier:
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         if self._plans[index] is not None:  # the previous step() raised before it finished
             self._plans[index] = None
+            self._pools[index].release()
             self._raised[index] = True
         wrapped = grads_after_closure(functools.partial(self._plan, index), args, kwargs)
         if wrapped is None:
@@ -177,14 +181,17 @@ class OptimizerVerifier:
         opt = optimizers[index]
         step = self._steps[index]
         several = len(optimizers) > 1
-        outcome = judge(
-            plan,
-            opt,
-            step=step,
-            shadow=self.shadow,
-            check_state=self.shadow is not None,
-            others=self._label.replace(" + ", ", ") if several else "",
-        )
+        try:
+            outcome = judge(
+                plan,
+                opt,
+                step=step,
+                shadow=self.shadow,
+                check_state=self.shadow is not None,
+                others=self._label.replace(" + ", ", ") if several else "",
+            )
+        finally:
+            self._pools[index].release()
         outcome.notes[:0] = plan.notes
         if self._raised[index]:
             self._raised[index] = False
@@ -234,6 +241,8 @@ class OptimizerVerifier:
         self._finalizer()
         self._names = None
         self._plans = [None] * len(self._plans)
+        for pool in self._pools:
+            pool.clear()
 
     def __enter__(self) -> OptimizerVerifier:
         return self

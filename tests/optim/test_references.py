@@ -15,7 +15,7 @@ from optim_cases import OPTIMIZERS, dtypes, implementation, make_params, set_ran
 from torch import optim
 
 from gradscope._optim import references as _references
-from gradscope._optim.arrays import Many
+from gradscope._optim.arrays import Many, Pool
 from gradscope._optim.plan import SCALARS
 from gradscope._optim.references import (
     adadelta,
@@ -318,3 +318,35 @@ def test_tensor_hyperparameters_are_accepted() -> None:
 
 def test_docstring_examples_run() -> None:
     assert doctest.testmod(_references).failed == 0
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@settings(max_examples=3, deadline=None)
+@given(data=st.data())
+def test_pooled_buffers_give_the_same_results(name: str, data: st.DataObject) -> None:
+    # above 2**18 elements per group Many writes into reused buffers through out=
+    cls, hyper, _ = OPTIMIZERS[name]
+    params = make_params([(400, 400), (400,), ()], torch.float32)
+    opt = cls(params, **data.draw(hyper))
+    rule = builtin_reference(opt)
+    assert rule is not None
+    pool = Pool()
+    for step in range(3):
+        set_random_grads(params, step)
+        group = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+        states = [_rule_state(opt.state.get(p, {})) for p in params]
+        scalars = {k: v for k, v in states[0].items() if k in SCALARS}
+        plain, pooled = (
+            rule.function(
+                Many([p.detach() for p in params], use),
+                Many([p.grad for p in params], use),
+                {k: Many([s[k] for s in states], use) for k in states[0] if k not in SCALARS}
+                | scalars,
+                group,
+            )
+            for use in (None, pool)
+        )
+        for a, b in zip(plain.param.tensors, pooled.param.tensors, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        pool.release()
+        opt.step()
