@@ -7,7 +7,8 @@ thread (the load of other processes then mostly cancels):
   against the same step unchecked; with ``coverage=1`` (every element every step) and
   ``coverage=0.125`` (a rotating eighth of each large tensor per step);
 * ``check_step`` around ``optimizer.step()`` against the plain ``optimizer.step()``
-  (forward and backward run untimed before each).
+  (forward and backward run untimed before each), on its own and with a ``gradscope.Shadow``
+  kept across calls (which reuses its buffers).
 
 Run: ``python benchmarks/bench_step_check.py [--rounds 15]``.
 """
@@ -77,15 +78,17 @@ def _whole_steps(kind: str, name: str) -> dict[str, Timed]:
 def _steps_only(kind: str, name: str) -> dict[str, Timed]:
     """Variants that time optimizer.step() alone, with and without check_step around it."""
     out: dict[str, Timed] = {}
-    for label in ("step", "check_step"):
+    for label in ("step", "check_step", "check_step+Shadow"):
         net, x = _model(kind)
         opt = _optimizer(name, net)
+        shadow = gradscope.Shadow()  # kept across calls: its buffers are reused
 
         def step(
             net: nn.Module = net,
             x: torch.Tensor = x,
             opt: optim.Optimizer = opt,
             label: str = label,
+            shadow: gradscope.Shadow = shadow,
         ) -> float:
             total = 0.0
             for _ in range(STEPS):
@@ -95,7 +98,8 @@ def _steps_only(kind: str, name: str) -> dict[str, Timed]:
                 if label == "step":
                     opt.step()
                 else:
-                    with gradscope.check_step(opt, params=net) as report:
+                    kept = shadow if label.endswith("Shadow") else True
+                    with gradscope.check_step(opt, params=net, shadow=kept) as report:
                         opt.step()
                     assert report.ok
                 total += time.perf_counter() - start
@@ -132,7 +136,8 @@ def main() -> None:
                 f"verify_optimizer {whole['verify'] / base:5.2f}x | "
                 f"coverage=1/8 {whole['verify 1/8'] / base:5.2f}x | "
                 f"step {alone['step'] * 1e3:6.2f} ms, check_step "
-                f"{alone['check_step'] / alone['step']:5.2f}x"
+                f"{alone['check_step'] / alone['step']:5.2f}x, with a Shadow "
+                f"{alone['check_step+Shadow'] / alone['step']:5.2f}x"
             )
 
 

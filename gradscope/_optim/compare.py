@@ -127,8 +127,14 @@ def _batch(
     torch._foreach_sub_(batch.expected, after)
     diff = batch.expected
     sums = dict(batch.sums)
-    sums["diff"] = max_abs_of_differences(diff)
-    entries, scalar_tensors = _state_sums(batch, optimizer, sums, check_state)
+    pending: dict[str, tuple[list[Tensor], list[bool] | None]] = {"diff": (diff, None)}
+    entries, scalar_tensors = _state_sums(batch, optimizer, pending, check_state)
+    every = [t for tensors, _ in pending.values() for t in tensors]
+    found, start = max_abs_of_differences(every), 0  # one call for every difference
+    for name, (tensors, present) in pending.items():
+        part = found[start : start + len(tensors)]
+        start += len(tensors)
+        sums[name] = part if present is None else _spread(part, present)
     batch.actual_state = entries
     keys = sorted(sums)
     table = torch.stack([sums[k].double().cpu() for k in keys]).tolist()
@@ -224,9 +230,12 @@ def _grad(batch: Batch, i: int) -> Tensor | None:
 
 
 def _state_sums(
-    batch: Batch, optimizer: torch.optim.Optimizer, sums: dict[str, Tensor], check_state: bool
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    pending: dict[str, tuple[list[Tensor], list[bool] | None]],
+    check_state: bool,
 ) -> tuple[list[dict[str, Tensor | None]], list[Tensor]]:
-    """Read the optimizer's state after the step; its differences go into ``sums``.
+    """Read the optimizer's state after the step; its differences go into ``pending``.
 
     The expected state tensors become (expected - actual) in place; ``entries`` keeps the
     optimizer's tensors (window, compute dtype) to explain a failure.
@@ -251,8 +260,7 @@ def _state_sums(
                 entries[i][key] = None
         if actual:
             torch._foreach_sub_(expected, actual)
-            found = max_abs_of_differences(expected)
-            sums[f"diff:{key}"] = _spread(found, [e[key] is not None for e in entries])
+            pending[f"diff:{key}"] = (expected, [e[key] is not None for e in entries])
     for i, target in enumerate(batch.targets):
         state = optimizer.state.get(target.tensor, {})
         for key, want in sorted(batch.state[i].items()):

@@ -365,42 +365,47 @@ def _builtin_batch(
             f"({describe(first)}) with {type(err).__name__}: {err}"
         ) from err
     expected = update.param.tensors
-    sums = {"p": max_abs(params)}
+    wanted: dict[str, list[Tensor]] = {"p": params}  # max|.| of each, in one call below
+    scaled: dict[str, tuple[str, float]] = {}  # name -> (name it is a multiple of, factor)
     changes: list[Tensor] | None = None
     change: tuple[float, list[Tensor]] | None = None
     if update.change is None:
         changes = (update.param - Many(params)).tensors
-        sums["u"] = max_abs(changes)
+        wanted["u"] = changes
     else:
         change = (update.change[0], update.change[1].tensors)
     error = update.error.get("param")
     if isinstance(error, Many):
-        sums["err"] = max_abs(error.tensors)
+        wanted["err"] = error.tensors
     new_state: list[dict[str, Tensor | float]] = [{} for _ in targets]
     seen = {id(t) for t in expected}
     change_entry = None
     for k, value in update.state.items():
         if isinstance(value, Many):
+            original = value.tensors
             if any(id(t) in seen for t in value.tensors):  # compared in place: no aliases
                 value = value.clone()
             seen.update(id(t) for t in value.tensors)
             for i, t in enumerate(value.tensors):
                 new_state[i][k] = t
-            sums[f"new:{k}"] = max_abs(value.tensors)
-            if change is not None and change[1] is update.state[k].tensors:  # type: ignore[union-attr]
-                sums["u"] = sums[f"new:{k}"] * abs(change[0])
+            wanted[f"new:{k}"] = value.tensors
+            if change is not None and change[1] is original:
+                scaled["u"] = (f"new:{k}", abs(change[0]))
                 change_entry = k
             if k in old:
-                sums[f"old:{k}"] = max_abs(old[k])
+                wanted[f"old:{k}"] = old[k]
             entry_error = update.error.get(k)
             if isinstance(entry_error, Many):
-                sums[f"err:{k}"] = max_abs(entry_error.tensors)
+                wanted[f"err:{k}"] = entry_error.tensors
         else:
             for i in range(len(targets)):
                 new_state[i][k] = float(value)
-    if "u" not in sums:
-        assert change is not None
-        sums["u"] = max_abs(change[1]) * abs(change[0])
+    if change is not None and "u" not in scaled:
+        wanted["change"] = change[1]
+        scaled["u"] = ("change", abs(change[0]))
+    sums = _max_abs_all(wanted)
+    for name, (source, factor) in scaled.items():
+        sums[name] = sums[source] * factor
     eps = max(_scalar_eps(members[0][1], compute, update.state), torch.finfo(dtype).eps)
     return Batch(
         targets,
@@ -418,6 +423,19 @@ def _builtin_batch(
         change_entry=change_entry,
         fused=bool(hyper.get("fused")),
     )
+
+
+def _max_abs_all(wanted: dict[str, list[Tensor]]) -> dict[str, Tensor]:
+    """``max_abs`` of several lists of tensors with one call (the Python per call adds up)."""
+    names = list(wanted)
+    every = [t for name in names for t in wanted[name]]
+    found = max_abs(every)
+    out, start = {}, 0
+    for name in names:
+        count = len(wanted[name])
+        out[name] = found[start : start + count]
+        start += count
+    return out
 
 
 def _normalized(out: Any, rule: Rule, where: str, shape: torch.Size) -> Update[Tensor]:

@@ -30,6 +30,7 @@ rounding, as Adam's ``g / (|g| + eps)`` does when L2 weight decay cancels ``g`` 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -73,6 +74,12 @@ def factor_for(dtype: torch.dtype) -> float:
     return LOW_PRECISION_FACTOR if real_dtype(dtype) in _LOW_PRECISION else FACTOR
 
 
+@functools.cache
+def _floor(dtype: torch.dtype) -> tuple[float, float]:
+    real = real_dtype(dtype)
+    return factor_for(dtype), torch.finfo(real).tiny if real.is_floating_point else 0.0
+
+
 def bound(dtype: torch.dtype, eps: float, scale: float) -> float:
     """``c * (eps * scale + tiny)``: the rule's bound, with ``tiny`` the dtype's smallest normal
     number (below it, subnormals keep fewer bits than ``eps`` says). A non-finite scale counts
@@ -80,9 +87,8 @@ def bound(dtype: torch.dtype, eps: float, scale: float) -> float:
     """
     if not math.isfinite(scale):
         scale = 0.0
-    real = real_dtype(dtype)
-    tiny = torch.finfo(real).tiny if real.is_floating_point else 0.0
-    return factor_for(dtype) * (eps * scale + tiny)
+    factor, tiny = _floor(dtype)
+    return factor * (eps * scale + tiny)
 
 
 def tolerance(
