@@ -18,10 +18,19 @@ float16 (except the fused (b)float16 SGD kernel, which differs from float32 arit
 several hundred on this scale: flagged when above 16).
 A real mistake (wrong lr, sign, a skipped or doubled step) is off by a whole update.
 
-The comparison adds ``c * sensitivity`` on top: how far the reference itself moves when the
-parameter or the gradient moves by one rounding error (``_step_compare._sensitivity``). It is
-about ``eps * |update|`` for well-conditioned updates, and larger where an update amplifies
-rounding, as Adam's ``g / (|g| + eps)`` does when L2 weight decay cancels ``g`` to about ``eps``.
+The comparison adds ``c * eps * sensitivity`` on top, where a rule amplifies rounding; the
+built-in rules state it analytically (``Update.error``). The case that needs it: with L2 weight
+decay ``d = g + wd * p`` can cancel to about Adam's ``eps``, where torch's rounding of ``d``, about
+``eps * (|g| + wd |p|)``, moves the step ``m / (sqrt(v) + eps)`` by up to
+``(lr (1 - beta1) / bc1 + |step|) / denom`` times it (the step is at most linear in ``d`` over
+the denominator, and the denominator moves by at most what ``d`` moves). Centred RMSprop's
+``sqrt(square_avg - grad_avg**2)`` cancels the same way. A user's ``reference=`` is nudged by
+one ulp of param and grad instead.
+
+A state entry follows the same rule on ``max|old value| + max|new value|`` (an EMA
+``b s + (1 - b) x`` rounds to about ``eps (|s_old| + |s_new|)``), plus its own sensitivity. Each
+step starts from the optimizer's own state, so rounding never accumulates across steps. Below
+the dtype's smallest normal number a few ulps are added (NAdam's ``mu_product`` reaches 1e-40).
 
 >>> import torch
 >>> tolerance(torch.tensor([1.0, -2.0]), torch.tensor([0.9, -2.1]))  # 8 * 2**-23 * (2 + 0.1)
