@@ -288,7 +288,8 @@ def expect(
                 target.grad_nonzero = bool(values.count_nonzero() > 0)
                 plan.structural.append(target)
             elif rule.elementwise and _fast(tensor, state):
-                target.window = window.of(tensor.numel(), _windowable(tensor, state))
+                numel = tensor.numel() * (2 if tensor.is_complex() else 1)  # as real numbers
+                target.window = window.of(numel, _windowable(tensor, state))
                 key = (
                     tensor.device,
                     tensor.dtype,

@@ -228,3 +228,14 @@ def test_bad_coverage(coverage: object) -> None:
     with pytest.raises(gradscope.GradscopeError, match="coverage"):
         gradscope.verify_optimizer(opt, coverage=coverage)  # type: ignore[arg-type]
     assert _hooks(opt) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.bfloat16, torch.float64])
+def test_windows_over_complex_low_precision_and_double_tensors(dtype: torch.dtype) -> None:
+    p = nn.Parameter(torch.randn(300, 300, dtype=dtype))
+    opt = optim.Adam([p], lr=1e-2, foreach=False)
+    with gradscope.verify_optimizer(opt, coverage=0.25, on_mismatch="raise") as v:
+        for _ in range(6):
+            p.grad = torch.randn_like(p)
+            opt.step()
+    assert v.ok and "part 4 of 4" in v.reports[4].headline()
