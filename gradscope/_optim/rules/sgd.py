@@ -30,9 +30,7 @@ def sgd(param: A, grad: A, state: dict[str, Any], group: dict[str, Any]) -> Upda
         dampening = num(group.get("dampening", 0))
         if previous is None:
             buffer = g.clone()
-        elif dampening == 0:  # momentum * buffer + g in one pass
-            buffer = g.add(previous, alpha=momentum)
-        else:
+        else:  # in torch's order, so a correct step matches bit for bit (a cheaper comparison)
             buffer = previous.mul(momentum).add_(g, alpha=1 - dampening)
         new_state["momentum_buffer"] = buffer
         g = g.add(buffer, alpha=momentum) if flag(group, "nesterov") else buffer
