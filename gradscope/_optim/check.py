@@ -21,9 +21,10 @@ from torch.utils.hooks import RemovableHandle
 from .._errors import GradscopeError
 from .._naming import ParamsLike, describe
 from .arrays import Pool
+from .batch import Plan
 from .compare import judge
-from .hooks import outermost, resolve_inputs
-from .plan import Plan, expect, grads_after_closure
+from .hooks import grads_after_closure, outermost, resolve_inputs
+from .plan import expect
 from .shadow import Shadow
 from .step_report import StepReport
 

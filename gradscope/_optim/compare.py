@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from .arrays import max_abs_of_differences
-from .diagnose import explain_state, explain_update, guess, state_hint
-from .plan import Batch, Plan, Target, _in
+from .batch import Batch, Plan, Target, grad_of, rule_input, shaped
+from .compare_state import spread, state_checks, state_sums
+from .diagnose import explain_update, guess
 from .shadow import Shadow
 from .step_report import FAIL, OK, SKIPPED, UNCHECKED, ParamCheck, StateCheck
-from .tolerance import bound, real_dtype
+from .tolerance import bound
 
 __all__ = ["Outcome", "judge"]
 
@@ -117,7 +117,7 @@ def _batch(
 ) -> list[ParamCheck]:
     targets = batch.targets
     after = [
-        _shaped(_in(t.tensor, batch.compute, t.window), e)
+        shaped(rule_input(t.tensor, batch.compute, t.window), e)
         for t, e in zip(targets, batch.expected, strict=True)
     ]
     # expected - actual, in place: no new memory. Where the expected value holds a NaN (seen
@@ -128,13 +128,13 @@ def _batch(
     diff = batch.expected
     sums = dict(batch.sums)
     pending: dict[str, tuple[list[Tensor], list[bool] | None]] = {"diff": (diff, None)}
-    entries, scalar_tensors = _state_sums(batch, optimizer, pending, check_state)
+    entries, scalar_tensors = state_sums(batch, optimizer, pending, check_state)
     every = [t for tensors, _ in pending.values() for t in tensors]
     found, start = max_abs_of_differences(every), 0  # one call for every difference
     for name, (tensors, present) in pending.items():
         part = found[start : start + len(tensors)]
         start += len(tensors)
-        sums[name] = part if present is None else _spread(part, present)
+        sums[name] = part if present is None else spread(part, present)
     batch.actual_state = entries
     keys = sorted(sums)
     table = torch.stack([sums[k].double().cpu() for k in keys]).tolist()
@@ -145,7 +145,7 @@ def _batch(
         value = _value(batch, i, numbers, after, nan_expected.get(i))
         states: list[StateCheck] = []
         if check_state and batch.state_checked:
-            states = _state_checks(batch, i, numbers, entries[i], scalars, shadow, step, optimizer)
+            states = state_checks(batch, i, numbers, entries[i], scalars, shadow, step, optimizer)
         reasons = list(value[3])
         reasons += [f"{s.entry} of {target.name} {s.reason}" for s in states if s.failed]
         # it matched: it moved if the reference moves it; it failed: measured from the values
@@ -207,196 +207,13 @@ def _value(
             batch.old_scalars[i].get("step", 0.0),
             actual,
             before,
-            _grad(batch, i),
+            grad_of(batch, i),
             batch.state_of(i),
             tol,
         )
         maximize = bool(batch.hyper.get("maximize", False))
         reasons.append(named or guess(actual, update, target.lr, target.group or 0, maximize))
     return max_abs_diff, rel, tol, reasons, size_u, moved
-
-
-def _shaped(t: Tensor, like: Tensor) -> Tensor:
-    return t if t.shape == like.shape else t.reshape(like.shape)
-
-
-def _grad(batch: Batch, i: int) -> Tensor | None:
-    """The gradient the step used, if the step left it as it was (window, compute dtype)."""
-    target = batch.targets[i]
-    grad = target.tensor.grad
-    if grad is None or grad._version != target.grad_version or grad.is_sparse:
-        return None
-    return _shaped(_in(grad, batch.compute, target.window), batch.expected[i])
-
-
-def _state_sums(
-    batch: Batch,
-    optimizer: torch.optim.Optimizer,
-    pending: dict[str, tuple[list[Tensor], list[bool] | None]],
-    check_state: bool,
-) -> tuple[list[dict[str, Tensor | None]], list[Tensor]]:
-    """Read the optimizer's state after the step; its differences go into ``pending``.
-
-    The expected state tensors become (expected - actual) in place; ``entries`` keeps the
-    optimizer's tensors (window, compute dtype) to explain a failure.
-    """
-    entries: list[dict[str, Tensor | None]] = [{} for _ in batch.targets]
-    scalar_tensors: list[Tensor] = []
-    if not (check_state and batch.state_checked):
-        return entries, scalar_tensors
-    keys = sorted({k for s in batch.state for k, v in s.items() if isinstance(v, Tensor)})
-    for key in keys:
-        expected, actual = [], []
-        for i, target in enumerate(batch.targets):
-            value = optimizer.state.get(target.tensor, {}).get(key)
-            want = batch.state[i].get(key)
-            if isinstance(want, Tensor) and _matches(value, target, want):
-                assert isinstance(value, Tensor)
-                got = _shaped(_in(value, batch.compute, target.window), want)
-                entries[i][key] = got
-                expected.append(want)
-                actual.append(got)
-            else:
-                entries[i][key] = None
-        if actual:
-            torch._foreach_sub_(expected, actual)
-            pending[f"diff:{key}"] = (expected, [e[key] is not None for e in entries])
-    for i, target in enumerate(batch.targets):
-        state = optimizer.state.get(target.tensor, {})
-        for key, want in sorted(batch.state[i].items()):
-            if isinstance(want, Tensor):
-                continue
-            value = state.get(key)
-            if isinstance(value, Tensor) and value.numel() == 1:
-                scalar_tensors.append(value.detach().reshape(()).double().cpu())
-            elif isinstance(value, (int, float)):
-                scalar_tensors.append(torch.tensor(float(value), dtype=torch.float64))
-            else:
-                scalar_tensors.append(torch.tensor(float("nan"), dtype=torch.float64))
-    return entries, scalar_tensors
-
-
-def _matches(value: object, target: Target, want: Tensor) -> bool:
-    """Whether the optimizer's entry can be compared with the expected one."""
-    if not isinstance(value, Tensor) or value.is_sparse:
-        return False
-    if target.window is not None:
-        return value.shape == target.tensor.shape
-    return value.numel() * (2 if value.is_complex() else 1) == want.numel()
-
-
-def _spread(values: Tensor, present: list[bool]) -> Tensor:
-    """``values`` (one per present entry) laid out per target, NaN where the entry is missing."""
-    out = torch.full((len(present),), float("nan"), dtype=values.dtype, device=values.device)
-    index = [i for i, p in enumerate(present) if p]
-    if index:
-        out[torch.tensor(index, device=values.device)] = values
-    return out
-
-
-def _not_updated(batch: Batch, target: Target, key: str, optimizer_state: dict[str, Any]) -> bool:
-    """Whether the step left a state tensor untouched: the same tensor, its version unchanged.
-
-    torch's fused kernels do not bump version counters, so for them this says nothing.
-    """
-    if batch.fused or key not in target.state_versions:
-        return False
-    value = optimizer_state.get(key)
-    if not isinstance(value, Tensor):
-        return False
-    return target.state_versions[key] == (id(value), value._version)
-
-
-def _state_checks(
-    batch: Batch,
-    i: int,
-    numbers: dict[str, list[float]],
-    entries: dict[str, Tensor | None],
-    scalars: object,
-    shadow: Shadow | None,
-    step: int,
-    optimizer: torch.optim.Optimizer | None = None,
-) -> list[StateCheck]:
-    target = batch.targets[i]
-    out = []
-    for key, want in sorted(batch.state[i].items()):
-        if not isinstance(want, Tensor):
-            actual = next(scalars)  # type: ignore[call-overload]
-            out.append(_scalar_check(batch, i, key, float(want), actual))
-            continue
-        got = entries.get(key)
-        if got is None:
-            reason = (
-                "is missing after the step (the rule keeps it): was it computed but never "
-                "stored in optimizer.state[p]?"
-            )
-            out.append(StateCheck(key, FAIL, reason=reason))
-            continue
-        gap = numbers[f"diff:{key}"][i]
-        scale = numbers[f"new:{key}"][i] + numbers.get(f"old:{key}", [0.0] * (i + 1))[i]
-        eps = max(batch.eps, torch.finfo(real_dtype(batch.dtype)).eps)
-        tol = bound(batch.dtype, eps, scale)
-        if f"err:{key}" in numbers:
-            tol += bound(batch.dtype, eps, numbers[f"err:{key}"][i])
-        if batch.user_error is not None:
-            tol += bound(batch.dtype, 1.0, batch.user_error[i])
-        if gap <= tol:
-            out.append(StateCheck(key, OK, gap, tol))
-            continue
-        state = {} if optimizer is None else optimizer.state.get(target.tensor, {})
-        if _not_updated(batch, target, key, state):
-            date = -1 if shadow is None else shadow.unchanged_since(target.tensor, key, step)
-            since = f"from step {date}" if date >= 0 else "from before this step"
-            reason = f"was not updated: it still equals the value {since}"
-        elif not bool(got.count_nonzero() > 0) and numbers[f"new:{key}"][i] > 0:
-            reason = (
-                f"is still all zeros after the step (the rule's value reaches "
-                f"{numbers[f'new:{key}'][i]:.3g}): was it computed but never written back to "
-                f"optimizer.state[p]?"
-            )
-        else:
-            reason = "does not match the rule"
-            diff = batch.state[i][key]
-            assert isinstance(diff, Tensor)  # expected - actual, after the in-place subtraction
-            # expected param = actual + (expected - actual); before = expected - update
-            before = after_value(batch, i) + batch.expected[i] - batch.update_of(i)
-            named = explain_state(
-                batch.rule.function, key, batch.hyper, -diff, _grad(batch, i), before
-            )
-            hint = named or state_hint(key, batch.rule.text)
-            if hint:
-                reason += f": {hint}"
-        out.append(StateCheck(key, FAIL, gap, tol, reason))
-    return out
-
-
-def after_value(batch: Batch, i: int) -> Tensor:
-    """The parameter's value now (window, compute dtype): expected minus the difference."""
-    target = batch.targets[i]
-    return _shaped(_in(target.tensor, batch.compute, target.window), batch.expected[i])
-
-
-def _scalar_check(batch: Batch, i: int, key: str, want: float, actual: float) -> StateCheck:
-    old = batch.old_scalars[i].get(key)
-    if math.isnan(actual):
-        reason = (
-            "is missing after the step (the rule keeps it): was it computed but never stored "
-            "in optimizer.state[p]?"
-        )
-        return StateCheck(key, FAIL, reason=reason)
-    gap = abs(actual - want)
-    # torch keeps scalars in float32 (down to subnormals: NAdam's mu_product reaches 1e-40)
-    eps = max(batch.eps, torch.finfo(torch.float32).eps)
-    tol = bound(torch.float32, eps, abs(want) + abs(old or 0))
-    if key == "step":
-        tol = 0.5
-    if gap <= tol:
-        return StateCheck(key, OK, gap, tol)
-    if key == "step" and actual == want - 1:
-        reason = f"was not incremented: it is still {actual:g} (the rule expects {want:g})"
-    else:
-        reason = f"is {actual:.7g}, the rule expects {want:.7g}"
-    return StateCheck(key, FAIL, gap, tol, reason)
 
 
 def _structural(target: Target) -> ParamCheck:

@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import Tensor
 
+from .rules import adam as adam_rules
+from .rules import sgd as sgd_rules
 from .rules.base import num
 
 __all__ = ["explain_state", "explain_update", "guess", "state_hint"]
@@ -70,7 +72,7 @@ _HINTS = {
 }
 
 
-def state_hint(entry: str, rule: str) -> str:
+def state_hint(entry: str) -> str:
     """The rule's formula for a state entry, for a failure message ('' if none is known)."""
     formula = _HINTS.get(entry, "")
     return f"the rule keeps {formula}" if formula else ""
@@ -104,9 +106,6 @@ def explain_state(
     times ``weight_decay * param``, weight decay went in where it should not (or not where it
     should).
     """
-    from .rules import adam as adam_rules
-    from .rules import sgd as sgd_rules
-
     if rule in (adam_rules.adam, adam_rules.adamw, adam_rules.nadam, adam_rules.radam):
         if entry != "exp_avg":
             return ""
@@ -152,9 +151,6 @@ def explain_update(
     Adam without its bias corrections or with eps inside the square root, and SGD whose
     parameter moved with the momentum buffer from before this step.
     """
-    from .rules import adam as adam_rules
-    from .rules import sgd as sgd_rules
-
     variants: dict[str, Tensor] = {}
     lr = num(hyper.get("lr", 0))
     if rule in (adam_rules.adam, adam_rules.adamw) and "exp_avg" in state:

@@ -19,7 +19,7 @@ from .._errors import GradscopeError
 from .._naming import ParamNames, ParamsLike, describe, named_parameters
 from .references import Rule, builtin_names, builtin_reference, user_rule
 
-__all__ = ["Inputs", "outermost", "resolve_inputs"]
+__all__ = ["Inputs", "grads_after_closure", "outermost", "resolve_inputs"]
 
 
 def _step_wrapper_code() -> CodeType | None:
@@ -142,3 +142,35 @@ def _no_reference(name: str, caller: str) -> str:
         f"'Checking any optimizer' has Lion as an example); or pass values=False for "
         f"structural checks only"
     )
+
+
+def grads_after_closure(
+    on_grads: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """For ``step(closure)``: new step arguments whose closure calls ``on_grads()`` once.
+
+    The closure runs backward inside the step, so the gradients the step uses exist only after
+    its first call, and that is when the expected step is computed: after the step they may be
+    gone or changed (torch's foreach SGD with Nesterov adds the momentum to ``p.grad`` in
+    place). ``args`` holds the optimizer first, as a step pre-hook receives it. None when there
+    is no closure.
+    """
+    if len(args) > 1 and args[1] is not None:
+        closure, rest = args[1], None
+    elif kwargs.get("closure") is not None:
+        closure, rest = kwargs["closure"], kwargs
+    else:
+        return None
+    done = False
+
+    def closure_then_expect(*a: Any, **kw: Any) -> Any:
+        nonlocal done
+        result = closure(*a, **kw)
+        if not done:
+            done = True
+            on_grads()
+        return result
+
+    if rest is None:
+        return (args[0], closure_then_expect, *args[2:]), kwargs
+    return args, {**rest, "closure": closure_then_expect}

@@ -16,10 +16,11 @@ from torch.utils.hooks import RemovableHandle
 from .._errors import GradscopeError, GradscopeWarning, StepMismatch
 from .._naming import ParamsLike
 from .arrays import Pool
+from .batch import MIN_WINDOW, Plan
 from .check import merge, shadow_of
 from .compare import judge
-from .hooks import outermost, resolve_inputs
-from .plan import MIN_WINDOW, Plan, expect, grads_after_closure, window_parts
+from .hooks import grads_after_closure, outermost, resolve_inputs
+from .plan import expect, window_parts
 from .shadow import Shadow
 from .step_report import StepReport
 

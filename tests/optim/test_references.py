@@ -16,7 +16,7 @@ from torch import optim
 
 from gradscope._optim import references as _references
 from gradscope._optim.arrays import Many, Pool
-from gradscope._optim.plan import SCALARS
+from gradscope._optim.batch import SCALARS
 from gradscope._optim.references import (
     adadelta,
     adagrad,
