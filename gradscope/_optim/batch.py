@@ -79,6 +79,7 @@ class Batch:
     change_entry: str | None = None  # the state entry ``change`` shares its tensors with
     fused: bool = False  # the optimizer's kernel does not bump version counters
     actual_state: list[dict[str, Tensor | None]] = field(default_factory=list)
+    odd_state: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # non-finite, kept
 
     def state_of(self, i: int) -> dict[str, Tensor | float]:
         """The expected state of target ``i``, recovered after the in-place comparison."""

@@ -99,6 +99,12 @@ def judge(
     return out
 
 
+def mismatch(expected: Tensor, actual: Tensor) -> Tensor:
+    """|expected - actual|, 0 where both are the same Inf or both NaN (the rule predicted it)."""
+    same = (expected == actual) | (expected.isnan() & actual.isnan())
+    return torch.where(same, 0.0, (expected - actual).abs())
+
+
 def _position(optimizer: torch.optim.Optimizer, target: Target) -> int:
     if target.group is None:
         return 0
@@ -120,10 +126,16 @@ def _batch(
         shaped(rule_input(t.tensor, batch.compute, t.window), e)
         for t, e in zip(targets, batch.expected, strict=True)
     ]
-    # expected - actual, in place: no new memory. Where the expected value holds a NaN (seen
-    # in max|update|), keep it: a NaN the rule also predicts is a match.
-    finite = [not math.isnan(u) for u in batch.sums["u"].tolist()]
-    nan_expected = {i: batch.expected[i].clone() for i, ok in enumerate(finite) if not ok}
+    # expected - actual, in place: no new memory. Where an expected value is not finite (seen
+    # in its magnitudes), keep a copy: a NaN or Inf the rule also predicts is a match.
+    magnitudes = {k: v.tolist() for k, v in batch.sums.items()}
+    odd = [not all(map(math.isfinite, row)) for row in zip(*magnitudes.values(), strict=True)]
+    nan_expected = {i: batch.expected[i].clone() for i, bad in enumerate(odd) if bad}
+    batch.odd_state = {
+        i: {k: v.clone() for k, v in batch.state[i].items() if isinstance(v, Tensor)}
+        for i, bad in enumerate(odd)
+        if bad
+    }
     torch._foreach_sub_(batch.expected, after)
     diff = batch.expected
     sums = dict(batch.sums)
@@ -186,11 +198,7 @@ def _value(
     max_abs_diff = numbers["diff"][i]
     diff = batch.expected[i]  # expected - actual, after the in-place subtraction
     if math.isnan(max_abs_diff):
-        if nan_expected is not None:
-            both = nan_expected.isnan() & after[i].isnan()
-            gap = torch.where(both, 0.0, diff.abs())
-        else:
-            gap = diff.abs()
+        gap = diff.abs() if nan_expected is None else mismatch(nan_expected, after[i])
         max_abs_diff = float(gap.max()) if gap.numel() else 0.0
     rel = max_abs_diff / size_u if size_u > 0 else (0.0 if max_abs_diff == 0 else float("inf"))
     reasons: list[str] = []

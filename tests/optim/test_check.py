@@ -502,3 +502,34 @@ def test_the_report_keeps_no_model_or_optimizer_alive() -> None:
 
 def test_docstring_example_runs() -> None:
     assert doctest.testmod(_step_check).failed == 0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: optim.SGD(p, lr=0.1, momentum=0.9),
+        lambda p: optim.Adam(p, lr=0.1),
+        lambda p: optim.RMSprop(p, lr=0.1, centered=True),
+    ],
+)
+def test_a_non_finite_gradient_the_rule_also_follows_is_a_match(
+    make: Callable[[Any], optim.Optimizer],
+) -> None:
+    p = nn.Parameter(torch.ones(4))
+    opt = make([p])
+    shadow = gradscope.Shadow()
+    for grad in ([1.0, 2.0, 3.0, 4.0], [float("inf"), 1.0, float("nan"), -float("inf")]):
+        p.grad = torch.tensor(grad)
+        with gradscope.check_step(opt, shadow=shadow) as report:
+            opt.step()
+        assert report.ok, str(report)
+    assert not bool(torch.isfinite(p).all())  # it did go non-finite, as the rule says
+    with torch.no_grad():
+        p.fill_(1.0)
+    opt = make([p])
+    p.grad = torch.tensor([float("inf"), 1.0, 1.0, 1.0])
+    with gradscope.check_step(opt) as report:
+        opt.step()
+        with torch.no_grad():
+            p[1] = float("nan")  # not what the rule says
+    assert not report.ok
