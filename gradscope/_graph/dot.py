@@ -11,14 +11,19 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .._text import printable
 from .walk import VIEW_OPS, GraphEdge, GraphNode
 
 __all__ = ["DotGraph", "build_dot", "drawn_node_count", "format_bytes", "format_norm"]
 
-# light to dark blue for small to large gradients; red is kept for NaN/Inf
+# light to dark blue for small to large gradients; red is kept for NaN/Inf. Node fills may be
+# light (the node has a border and dark text); edges are lines on white, so their scale starts
+# at a mid blue: every edge colour contrasts at least 3:1 with the background (WCAG 2 ratio).
 _PALETTE = ("#f7fbff", "#c6dbef", "#6baed6", "#2171b5", "#08306b")
+_EDGE_PALETTE = ("#4292c6", "#3182bd", "#2171b5", "#08519c", "#08306b")
 _NONFINITE = "#e31a1c"
 _ZERO = "#d9d9d9"
+_EDGE_ZERO = "#888888"
 
 
 def format_norm(v: float | None) -> str:
@@ -51,7 +56,10 @@ class DotGraph:
 
 
 def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    """A DOT string: quotes and backslashes escaped, control characters and lone surrogates in
+    names shown as escapes (a NUL would end DOT's parse, a surrogate cannot reach ``dot``)."""
+    lines = (printable(line).replace("\\", "\\\\").replace('"', '\\"') for line in text.split("\n"))
+    return '"' + "\\n".join(lines) + '"'
 
 
 def _folding(
@@ -114,6 +122,15 @@ class _Scale:
             return _ZERO
         return _PALETTE[round(self.t(v) * (len(_PALETTE) - 1))]
 
+    def edge_color(self, v: float | None) -> str | None:
+        if v is None:
+            return None
+        if not math.isfinite(v):
+            return _NONFINITE
+        if v == 0:
+            return _EDGE_ZERO
+        return _EDGE_PALETTE[round(self.t(v) * (len(_EDGE_PALETTE) - 1))]
+
 
 def build_dot(
     nodes: Sequence[GraphNode],
@@ -158,7 +175,7 @@ def build_dot(
         if e.src in hidden or e.dst in hidden:
             continue
         attrs = {"id": f"edge-{e.src}-{e.dst}-{e.slot}"}
-        color = scale.color(e.grad_norm)
+        color = scale.edge_color(e.grad_norm)
         if e.grad_norm is not None:
             attrs["tooltip"] = f"|grad| {format_norm(e.grad_norm)} (input {e.slot})"
             if few:

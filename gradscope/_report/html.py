@@ -19,6 +19,7 @@ import torch
 
 from .._errors import GradscopeError
 from .._files import atomic_write
+from .._text import printable
 from .._version import __version__
 from .._watch.records import BackwardRecord, GradRecord, names_in
 from .plots import PLOT_HINT, LayerFlow, NormSeries, flow_svg, norms_svg
@@ -130,6 +131,12 @@ def layer_flow(record: BackwardRecord, order: Sequence[str] = ()) -> tuple[list[
 
 
 # --------------------------------------------------------------------------- html pieces
+def _escape(text: str) -> str:
+    """HTML-escaped, with NUL/control characters and lone surrogates in names made visible
+    (a surrogate cannot be written as UTF-8; see ``gradscope._text``)."""
+    return html.escape(printable(text))
+
+
 _ID = re.compile(r'\bid="([^"]+)"')
 
 
@@ -181,7 +188,7 @@ def _sparkline(series: NormSeries | None) -> str:
     label = f"{series.name}: norm over {n} passes, last {series.norms[-1]:.3e}"
     parts = [
         f'<svg class="spark" width="{width}" height="{height}" role="img" '
-        f'aria-label="{html.escape(label)}"><title>{html.escape(label)}</title>'
+        f'aria-label="{_escape(label)}"><title>{_escape(label)}</title>'
     ]
     if len(points) > 1:
         parts.append(f'<polyline points="{" ".join(points)}"/>')
@@ -261,7 +268,7 @@ _JS = """
 
 def _cell(text: str, sort: Any, cls: str = "") -> str:
     klass = f' class="{cls}"' if cls else ""
-    return f'<td{klass} data-v="{html.escape(str(sort))}">{text}</td>'
+    return f'<td{klass} data-v="{_escape(str(sort))}">{text}</td>'
 
 
 def _table(summary: Summary, series: dict[str, NormSeries], record: BackwardRecord) -> str:
@@ -288,7 +295,7 @@ def _table(summary: Summary, series: dict[str, NormSeries], record: BackwardReco
             flags.append('<span class="flag">frozen</span>')
         for part in row.note.split("; "):
             if part and part not in ("NON-FINITE", "no gradient", "frozen"):
-                flags.append(f'<span class="flag">{html.escape(part)}</span>')
+                flags.append(f'<span class="flag">{_escape(part)}</span>')
         classes = "nonfinite" if nonfinite else ("nograd" if row.norm is None else "")
         shape = "×".join(map(str, row.shape)) or "–"
         numel = math.prod(row.shape) if row.shape else 0
@@ -297,7 +304,7 @@ def _table(summary: Summary, series: dict[str, NormSeries], record: BackwardReco
             return _cell(_fmt(value), "" if value is None else value)
 
         cells = [
-            _cell(html.escape(row.name), row.name, "name"),
+            _cell(_escape(row.name), row.name, "name"),
             _cell(shape, numel),
             num(row.norm),
             num(row.mean),
@@ -342,7 +349,7 @@ def _alerts(
         items.append(("bad", f"{errors} error(s) inside gradscope's hooks: see watch.errors"))
     if not items:
         items.append(("ok", "every parameter received a finite gradient in the last pass"))
-    lis = "".join(f'<li class="{c}">{html.escape(text)}</li>' for c, text in items)
+    lis = "".join(f'<li class="{c}">{_escape(text)}</li>' for c, text in items)
     return f'<ul class="alerts">{lis}</ul>'
 
 
@@ -366,7 +373,7 @@ def _charts(
             raise
         note = (
             '<p class="note-box">Charts need matplotlib, which is not installed: '
-            f"<code>{html.escape(PLOT_HINT)}</code>, then write the report again. "
+            f"<code>{_escape(PLOT_HINT)}</code>, then write the report again. "
             "The table's sparklines show each norm over the passes meanwhile.</p>"
         )
         return note, note
@@ -394,15 +401,15 @@ def render_report(
         except GradscopeError as error:  # no Graphviz renderer here: say so, keep the page
             graph_html = (
                 '<p class="note-box">A backward graph was captured but could not be drawn: '
-                f"{html.escape(str(error))}</p>"
+                f"{_escape(str(error))}</p>"
             )
     else:
         hint = (
             " Call <code>w.graph(loss)</code> before <code>loss.backward()</code> to capture one."
         )
         graph_html = f'<p class="note-box">No backward graph was captured for this watch.{hint}</p>'
-    model = html.escape(watch.model_name)
-    heading = html.escape(title or f"gradscope report: {watch.model_name}")
+    model = _escape(watch.model_name)
+    heading = _escape(title or f"gradscope report: {watch.model_name}")
     first, newest = records[0].index, last.index
     passes = f"pass {newest}" if first == newest else f"passes {first}–{newest}"
     return f"""<!DOCTYPE html>
@@ -425,7 +432,7 @@ def render_report(
 {norms_html}
 <h2>Backward graph</h2>
 {graph_html}
-<footer>gradscope {html.escape(__version__)} · torch {html.escape(torch.__version__)}
+<footer>gradscope {_escape(__version__)} · torch {_escape(torch.__version__)}
 · this page is self-contained: it loads nothing from the network</footer>
 <script>{_JS}</script>
 </body></html>
