@@ -14,13 +14,12 @@ from .data import (
     NonfiniteGradient,
     chain_groups,
     collapsed,
-    node_with_norm,
     span_groups,
 )
 from .dot import DotGraph, build_dot, drawn_node_count, format_norm
-from .grad_flow import GradRecorder
 from .render import find_renderers, render
-from .walk import GraphEdge, GraphNode, WalkResult
+from .skeleton import Walked
+from .walk import GraphEdge, GraphNode
 
 __all__ = ["DEFAULT_MAX_NODES", "Graph"]
 
@@ -38,55 +37,20 @@ class Graph:
     ['SumBackward0', 'AddmmBackward0', 'AccumulateGrad[fc3.bias]']
     """
 
-    def __init__(
-        self,
-        data: GraphData,
-        *,
-        walked: WalkResult | None = None,
-        recorder: GradRecorder | None = None,
-    ) -> None:
-        self._static = data
-        self._walked = walked
-        self._recorder = recorder
+    def __init__(self, data: GraphData | Walked) -> None:
+        if isinstance(data, Walked):
+            self._walked: Walked | None = data
+            self._static: GraphData | None = None
+        else:
+            self._walked = None
+            self._static = data
 
     # -- data ---------------------------------------------------------------------------------
     def _data(self) -> GraphData:
-        rec, walked = self._recorder, self._walked
-        if rec is None or walked is None:
-            return self._static
-        flow = rec.flow(walked)
-        if flow is None:
-            return self._static
-        cached = getattr(self, "_cache", None)
-        if cached is not None and cached[0] is flow:
-            data: GraphData = cached[1]
-            return data
-        norms = flow.node_norms
-        nodes = tuple(
-            node_with_norm(n, norms[n.id] if n.id < len(norms) else None)
-            for n in self._static.nodes
-        )
-        edges = tuple(
-            GraphEdge(e.src, e.dst, e.slot, v)
-            for e, v in zip(self._static.edges, flow.edge_norms, strict=True)
-        )
-        origin = None
-        if flow.origin is not None:
-            node = nodes[flow.origin.node]
-            origin = NonfiniteGradient(
-                node, flow.origin.slot, flow.origin.value, flow.origin.reason
-            )
-        data = GraphData(
-            nodes,
-            edges,
-            self._static.roots,
-            origin,
-            origin.node.id if origin else None,
-            self._static.notes,
-            recorded=True,
-        )
-        self._cache = (flow, data)
-        return data
+        if self._walked is not None:
+            return self._walked.data()
+        assert self._static is not None
+        return self._static
 
     @property
     def nodes(self) -> tuple[GraphNode, ...]:
@@ -104,28 +68,39 @@ class Graph:
 
     @property
     def first_nonfinite(self) -> NonfiniteGradient | None:
-        """Where a NaN/Inf gradient was born in the recorded backward pass; ``None`` if clean."""
-        if self._recorder is None and not self._static.recorded:
+        """Where a NaN/Inf gradient was born in the recorded backward pass; ``None`` if clean.
+
+        With several independent sources, the first one backward ran: see
+        :attr:`nonfinite_origins`.
+        """
+        found = self.nonfinite_origins
+        return found[0] if found else None
+
+    @property
+    def nonfinite_origins(self) -> tuple[NonfiniteGradient, ...]:
+        """Every node whose incoming gradients were finite and whose outgoing gradient (or the
+        sum of its incoming ones) was NaN/Inf, in the order backward ran them.
+
+        torch runs ready nodes with the highest sequence number first, so among independent
+        sources the first is usually the one created last in forward (nearest the loss).
+        Reading it after a clean pass costs a flag check: this can be read every step.
+        """
+        walked = self._walked
+        if walked is not None and walked.recorder is not None:
+            found = walked.origins()
+            if found is None:
+                raise GradscopeError(
+                    "no backward pass was recorded yet: call loss.backward() after "
+                    "gradscope.graph(loss, grads=True), then read first_nonfinite"
+                )
+            return found
+        data = self._data()
+        if not data.recorded:
             raise GradscopeError(
                 "first_nonfinite needs gradients: build the graph with "
                 "gradscope.graph(loss, grads=True) before calling loss.backward()"
             )
-        rec, walked = self._recorder, self._walked
-        if rec is not None and walked is not None:
-            flow = rec.flow(walked)  # without building every node: this is read every step
-            if flow is not None:
-                if flow.origin is None:
-                    return None
-                o = flow.origin
-                node = node_with_norm(self._static.nodes[o.node], flow.node_norms[o.node])
-                return NonfiniteGradient(node, o.slot, o.value, o.reason)
-        data = self._data()
-        if not data.recorded:
-            raise GradscopeError(
-                "no backward pass was recorded yet: call loss.backward() after "
-                "gradscope.graph(loss, grads=True), then read first_nonfinite"
-            )
-        return data.origin
+        return data.origins
 
     def node(self, node_id: int) -> GraphNode:
         return self._data().by_id[node_id]
