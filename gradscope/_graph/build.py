@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -14,7 +14,7 @@ from .._errors import GradscopeError
 from .._naming import describe, named_parameters
 from .grad_flow import GradRecorder
 from .graph import Graph
-from .module_tags import module_paths
+from .module_tags import install_module_tagging, module_paths
 from .saved import SavedReader, probe_freed
 from .skeleton import Walked
 from .walk import GraphFreed, WalkResult, raise_freed, walk
@@ -46,7 +46,7 @@ def _roots(outputs: tuple[Any, ...]) -> list[torch.Tensor]:
 
 
 def graph(
-    *outputs: torch.Tensor | Sequence[torch.Tensor],
+    *outputs: Any,
     params: nn.Module | Mapping[str, torch.Tensor] | None = None,
     grads: bool = False,
     saved: bool = True,
@@ -59,6 +59,11 @@ def graph(
     when backward starts (it frees them) if the graph is still alive. ``saved=False`` skips
     that: a loop that builds a graph every step only to read ``first_nonfinite`` pays less.
 
+    ``graph(model, *inputs)`` runs ``model(*inputs)`` itself, noting which module created each
+    node, and draws the graph behind every tensor it returns: each op lands in the module that
+    ran it (under :func:`gradscope.watch` the watch notes the modules; without either, an op is
+    placed by the parameters it uses).
+
     >>> import gradscope, torch
     >>> x = torch.tensor([-1.0, 4.0], requires_grad=True)
     >>> loss = x.sqrt().sum()
@@ -66,7 +71,12 @@ def graph(
     >>> loss.backward()
     >>> g.first_nonfinite.node.op
     'SqrtBackward0'
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh())
+    >>> sorted({n.module for n in gradscope.graph(net, torch.randn(2, 3)).nodes if n.kind == "op"})
+    ['0', '1']
     """
+    if outputs and isinstance(outputs[0], nn.Module):
+        return _graph_of_module(outputs[0], outputs[1:], params, grads, saved)
     if not isinstance(grads, bool):
         raise GradscopeError(f"grads= takes True or False, not {describe(grads)}")
     if not isinstance(saved, bool):
@@ -113,6 +123,53 @@ def graph(
         if collecting:
             gc.enable()
     return Graph(Walked(result, readers[0], paths, recorder))
+
+
+def _graph_of_module(
+    model: nn.Module,
+    inputs: tuple[Any, ...],
+    params: nn.Module | Mapping[str, torch.Tensor] | None,
+    grads: bool,
+    saved: bool,
+) -> Graph:
+    if grads:
+        raise GradscopeError(
+            "graph(model, *inputs) draws the graph of one forward pass; grads=True needs your "
+            "own backward: compute the loss under gradscope.watch(model) (it notes the modules), "
+            "call gradscope.graph(loss, grads=True), then loss.backward()"
+        )
+    if not inputs:
+        raise GradscopeError(
+            f"graph(model, *inputs) needs the inputs to run {type(model).__name__} on, e.g. "
+            "gradscope.graph(net, torch.randn(1, 3, 32, 32))"
+        )
+    handles = install_module_tagging(model)
+    try:
+        output = model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    found = [t for t in _tensors_in(output) if t.requires_grad]
+    if not found:
+        raise GradscopeError(
+            f"{type(model).__name__} returned {describe(output)}: no tensor that requires grad, "
+            "so there is no backward graph (does the model have trainable parameters?)"
+        )
+    return graph(*found, params=model if params is None else params, saved=saved)
+
+
+def _tensors_in(output: Any) -> list[torch.Tensor]:
+    """Every tensor in a model's output: tensors, tuples, lists and mappings (ModelOutput)."""
+    found, todo = [], [output]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        elif isinstance(item, Mapping):
+            todo.extend(reversed(list(item.values())))
+        elif isinstance(item, (list, tuple)):
+            todo.extend(reversed(item))
+    return found
 
 
 def _at_backward(read: Any) -> Any:

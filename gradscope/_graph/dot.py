@@ -49,6 +49,12 @@ def format_bytes(n: int) -> str:
 class DotGraph:
     attrs: dict[str, str]
     body: list[str] = field(default_factory=list)
+    drawn: list[int] = field(default_factory=list)  # node ids drawn
+    lines: list[tuple[int, int]] = field(default_factory=list)  # edges drawn
+
+    def add_note(self, note: str) -> None:
+        """One more line in the title (what was left out, how it was laid out)."""
+        self.attrs["label"] = f"{self.attrs['label']}\n{note}"
 
     def source(self) -> str:
         head = "".join(f"\t{k}={_q(v)}\n" for k, v in self.attrs.items())
@@ -163,6 +169,7 @@ def build_dot(
     )
     dot.body.append('\tnode [shape=box style="rounded,filled" fontname=Helvetica fontsize=10]\n')
     dot.body.append("\tedge [fontname=Helvetica fontsize=8]\n")
+    dot.drawn = [n.id for n in drawn]
     lines: dict[str, list[str]] = {}
     for n in drawn:
         mod = n.module if (n.module and n.module_source) else ""
@@ -186,6 +193,7 @@ def build_dot(
             finite = g is not None and math.isfinite(g) and g > 0
             attrs["penwidth"] = f"{1 + 2.5 * scale.t(g):.1f}" if g is not None and finite else "3"
         dot.body.append(f"\tn{e.src} -> n{e.dst} [{_attrs(attrs)}]\n")
+        dot.lines.append((e.src, e.dst))
     if norms:
         dot.body.append(_legend(scale))
     return dot

@@ -1,16 +1,14 @@
 """Record the gradient that flows through each backward node (``graph(..., grads=True)``).
 
 Each hooked node keeps the L2 norm of the gradients it produced (and, where several consumers
-feed it, of the sum it received). Views with one consumer and leaves with one consumer are not
-hooked: their norm is the norm on the edge into them.
+feed it, of the sum it received). Views and copies (``NORM_KEEPING``) and leaves with one
+consumer are not hooked: their norm is the norm on the edge into them.
 
 How the norms are taken, and why:
 
-* Small gradients (up to 65,536 elements) are not normed one hook at a time: a hook keeps a
-  reference and one ``torch._foreach_norm`` per (device, dtype) takes them all when the pass
-  ends, or when 32 MiB are waiting. Holding them keeps at most those 32 MiB alive a little
-  longer (and autograd then adds into a copy rather than in place).
-* Larger gradients are normed in their hook, so nothing big is kept.
+* Each gradient is normed in its hook and let go. (Holding small gradients to norm them in one
+  batch at the end of the pass was tried: it is no faster on CPU, where ``_foreach_norm`` loops
+  over its tensors, and holding them stops autograd from accumulating in place.)
 * On CPU a norm is a number as soon as it is computed (no device to wait for), so the pass
   knows at its end whether anything was non-finite; reading ``first_nonfinite`` after a clean
   pass costs nothing. float32 norms are taken in float32 (a float64 norm converts the whole
@@ -41,7 +39,7 @@ from typing import Any
 import torch
 
 from .._errors import GradscopeWarning
-from .walk import ACCUMULATE, VIEW_OPS, WalkResult
+from .walk import ACCUMULATE, NORM_KEEPING, WalkResult
 
 __all__ = ["Flow", "GradRecorder", "Origin"]
 
@@ -64,7 +62,6 @@ class Flow:
 
 
 Norm = float | torch.Tensor  # a float on CPU, a 0-d float64 tensor on other devices
-_Waiting = tuple[list["Norm | None"], int, torch.Tensor]  # (norms list, position, gradient)
 
 
 class GradRecorder:
@@ -79,8 +76,6 @@ class GradRecorder:
         self.errors: list[Exception] = []
         self.bad = False  # a non-finite norm was seen (CPU norms are known by the pass end)
         self.pending = False  # some norms are still tensors on a device
-        self.batch: list[_Waiting] = []
-        self.batch_bytes = 0
         self._warned = False
         self._flow: Flow | None = None
         self._origins: tuple[Origin, ...] | None = None
@@ -96,9 +91,9 @@ class GradRecorder:
                 continue
             op = ops[i]
             leaf = op == ACCUMULATE
-            if indegree[i] == 1 and (leaf or op in VIEW_OPS):
-                # a view (same norm on both sides, cannot create a NaN) or a leaf with a single
-                # consumer: its norm is the norm on the one edge into it, read from the consumer
+            if indegree[i] == 1 and (leaf or op in NORM_KEEPING):
+                # a view or copy (same norm on both sides, cannot create a NaN) or a leaf with a
+                # single consumer: its norm is the norm on the one edge into it
                 continue
             fn.register_hook(_make_hook(ref, i, leaf or indegree[i] != 1))
             self.hooked.add(i)
@@ -110,8 +105,6 @@ class GradRecorder:
         self.values.clear()
         self.order.clear()
         self.bad = self.pending = False
-        self.batch.clear()
-        self.batch_bytes = 0
         self._flow = None
         self._origins = None
         ref = weakref.ref(self)
@@ -121,10 +114,6 @@ class GradRecorder:
             if rec is not None:
                 rec.in_pass = False
                 rec.passes += 1
-                try:
-                    _flush(rec)
-                except Exception as err:  # never break the user's backward: reported when read
-                    rec.errors.append(err)
 
         torch.autograd.Variable._execution_engine.queue_callback(end)
 
@@ -198,29 +187,12 @@ def _make_hook(
 
 
 _LOW = (torch.float16, torch.bfloat16)
-_SMALL = 1 << 16  # elements: normed together at the end of the pass
-_BATCH_BYTES = 32 << 20
 
 
 def _norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm | None]:
-    """L2 norms of ``grads`` (see the module docstring); ``None`` where one waits in the batch."""
-    out: list[Norm | None] = [None] * len(grads)
-    now: list[int] = []
-    for pos, g in enumerate(grads):
-        if g.layout == torch.strided and g.numel() <= _SMALL:
-            rec.batch.append((out, pos, g))
-            rec.batch_bytes += g.nbytes
-        else:
-            now.append(pos)
-    if now:
-        for pos, value in zip(now, _norm_now([grads[p] for p in now], rec), strict=True):
-            out[pos] = value
-    if rec.batch_bytes > _BATCH_BYTES:
-        _flush(rec)
-    return out
-
-
-def _norm_now(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm]:
+    """L2 norms of ``grads`` (see the module docstring)."""
+    if not grads:
+        return []
     if all(g.layout == torch.strided and g.device.type == "cpu" for g in grads):
         return _cpu_norms(grads, rec)
     rec.pending = True
@@ -232,36 +204,19 @@ def _norm_now(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm]:
     ]
 
 
-def _cpu_norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm]:
-    if all(g.dtype == torch.float32 for g in grads):
-        values: list[float] = torch.stack(torch._foreach_norm(grads)).tolist()
-    else:
-        values = [
-            torch.linalg.vector_norm(g, dtype=torch.float32 if g.dtype in _LOW else None).item()
-            for g in grads
-        ]
-    for k, v in enumerate(values):
+def _cpu_norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm | None]:
+    norm = torch.linalg.vector_norm
+    values = [
+        norm(g, dtype=torch.float32 if g.dtype in _LOW else None).item() for g in grads
+    ]  # one call each: _foreach_norm on CPU loops anyway and needs a stack to read
+    out: list[Norm | None] = []
+    for g, v in zip(grads, values, strict=True):
         if v == math.inf:  # a real Inf, or float32 squares that overflowed: look again
-            values[k] = v = torch.linalg.vector_norm(grads[k], dtype=torch.float64).item()
+            v = norm(g, dtype=torch.float64).item()
         if not math.isfinite(v):
             rec.bad = True
-    return list(values)
-
-
-def _flush(rec: GradRecorder) -> None:
-    """Norm every waiting gradient: one call per (device, dtype), then let them go."""
-    if not rec.batch:
-        return
-    groups: dict[tuple[torch.device, torch.dtype], list[_Waiting]] = {}
-    for item in rec.batch:
-        g = item[2]
-        groups.setdefault((g.device, g.dtype), []).append(item)
-    rec.batch = []
-    rec.batch_bytes = 0
-    for items in groups.values():
-        values = _norm_now([g for _, _, g in items], rec)
-        for (out, pos, _), v in zip(items, values, strict=True):
-            out[pos] = v
+        out.append(v)
+    return out
 
 
 def _read(rec: GradRecorder) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from .._errors import GradscopeError
 from .._naming import describe
+from .around import neighbourhood
 from .data import (
     GraphData,
     NonfiniteGradient,
@@ -17,7 +18,8 @@ from .data import (
     span_groups,
 )
 from .dot import DotGraph, build_dot, drawn_node_count, format_norm
-from .render import find_renderers, render
+from .layout import BUDGET_S, estimate
+from .render import RenderResult, find_renderers, render
 from .skeleton import Walked
 from .walk import GraphEdge, GraphNode
 
@@ -192,8 +194,23 @@ class Graph:
         return "\n".join(lines)
 
     # -- smaller graphs -----------------------------------------------------------------------
+    def around(self, target: GraphNode | NonfiniteGradient | int | str, radius: int = 2) -> Graph:
+        """The part of the graph within ``radius`` edges of ``target``, as its own Graph.
+
+        ``target`` is a node, its id, a module path (every node of that module and its
+        submodules is a centre) or ``g.first_nonfinite``. Draw one corner of a huge graph::
+
+            g.around(g.first_nonfinite, radius=3).save("nan.svg")
+            g.around("layers.3.self_attn").save("attention.svg")
+        """
+        return Graph(neighbourhood(self._data(), target, radius))
+
     def collapse(self, depth: int) -> Graph:
-        """Each module at ``depth`` (1 = top-level children) becomes one node."""
+        """Each module at ``depth`` (1 = top-level children) becomes one node.
+
+        Every op that ran inside such a module (or its submodules) goes into that node; ops
+        that ran in a shallower module itself stay single ops, drawn in its cluster.
+        """
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise GradscopeError(
                 f"collapse(depth) takes a positive int (1 = each top-level submodule), "
@@ -203,7 +220,9 @@ class Graph:
         group: dict[int, str] = {}
         for n in data.nodes:
             if n.module:
-                group[n.id] = ".".join(n.module.split(".")[:depth])
+                parts = n.module.split(".")
+                if len(parts) >= depth:  # ops of shallower modules stay ops in their cluster
+                    group[n.id] = ".".join(parts[:depth])
         return Graph(collapsed(data, group, f"modules collapsed at depth {depth}"))
 
     def _collapse_chains(self) -> Graph:
@@ -292,12 +311,47 @@ class Graph:
         max_nodes: int = DEFAULT_MAX_NODES,
         fold: bool = True,
         timeout: float = 30.0,
+        engine: str | None = None,
     ) -> bytes:
-        """Rendered bytes in ``fmt`` ("svg" or "png"), falling back to sfdp on a timeout."""
-        result = render(
-            self.to_dot(depth=depth, max_nodes=max_nodes, fold=fold), fmt, timeout=timeout
-        )
-        return result.data
+        """Rendered bytes in ``fmt`` ("svg" or "png"); see :meth:`render_result`."""
+        return self.render_result(
+            fmt, depth=depth, max_nodes=max_nodes, fold=fold, timeout=timeout, engine=engine
+        ).data
+
+    def render_result(
+        self,
+        fmt: str = "svg",
+        *,
+        depth: int | None = None,
+        max_nodes: int = DEFAULT_MAX_NODES,
+        fold: bool = True,
+        timeout: float = 30.0,
+        engine: str | None = None,
+    ) -> RenderResult:
+        """The rendered bytes, the renderer and engine used, and notes on what was chosen.
+
+        ``engine=None`` estimates how long ``dot`` would take (nodes plus the layers long
+        edges skip, see ``layout.py``) and, above a few seconds, lays the graph out with
+        ``sfdp`` instead and says so in the picture's title; ``engine="dot"`` waits for dot
+        (up to ``timeout``, then sfdp), ``engine="sfdp"`` skips it.
+        """
+        if engine not in (None, "dot", "sfdp"):
+            raise GradscopeError(f"engine= takes None, 'dot' or 'sfdp', not {describe(engine)}")
+        dot = self._dot(depth, max_nodes, fold)
+        engines: tuple[str, ...] = ("dot", "sfdp") if engine != "sfdp" else ("sfdp",)
+        notes: list[str] = []
+        if engine is None:
+            guess = estimate(dot.drawn, dot.lines)
+            if guess.seconds > BUDGET_S:
+                engines = ("sfdp",)
+                note = (
+                    f"{guess}: laid out with sfdp instead (no layers); pass engine='dot' to "
+                    f"wait for it, or depth=N to collapse modules"
+                )
+                dot.add_note(note)
+                notes.append(note)
+        result = render(dot.source(), fmt, timeout=timeout, engines=engines)
+        return replace(result, notes=(*notes, *result.notes))
 
     def to_svg(
         self,
@@ -306,9 +360,10 @@ class Graph:
         max_nodes: int = DEFAULT_MAX_NODES,
         fold: bool = True,
         timeout: float = 30.0,
+        engine: str | None = None,
     ) -> str:
         return self.render(
-            "svg", depth=depth, max_nodes=max_nodes, fold=fold, timeout=timeout
+            "svg", depth=depth, max_nodes=max_nodes, fold=fold, timeout=timeout, engine=engine
         ).decode()
 
     def save(self, path: str | Path, **options: Any) -> Path:
@@ -316,7 +371,8 @@ class Graph:
         target = Path(path)
         suffix = target.suffix.lower()
         if suffix in (".dot", ".gv"):
-            target.write_text(self.to_dot(**{k: v for k, v in options.items() if k != "timeout"}))
+            skip = ("timeout", "engine")
+            target.write_text(self.to_dot(**{k: v for k, v in options.items() if k not in skip}))
         elif suffix in (".svg", ".png"):
             target.write_bytes(self.render(suffix[1:], **options))
         else:

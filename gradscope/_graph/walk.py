@@ -21,6 +21,7 @@ from .safe_free import HELD, SMALL, attach_safe_free
 
 __all__ = [
     "GRAPH_FREED_HINT",
+    "NORM_KEEPING",
     "VIEW_OPS",
     "GraphEdge",
     "GraphFreed",
@@ -55,6 +56,13 @@ VIEW_OPS = frozenset(
         "ViewAsRealBackward0",
         "ViewAsComplexBackward0",
     }
+)
+# Nodes whose backward hands on the gradient with the same L2 norm and cannot make a finite
+# gradient non-finite: views, plus copies and the scatters of select/slice (a zero tensor with
+# the gradient in one place). With a single consumer, grads=True reads their norm from the edge
+# into them instead of hooking them (a transformer layer has ~5 of them).
+NORM_KEEPING = VIEW_OPS | frozenset(
+    {"CloneBackward0", "SelectBackward0", "SliceBackward0", "AliasBackward0"}
 )
 GRAPH_FREED_HINT = (
     "call gradscope.graph() before loss.backward(), or pass retain_graph=True to backward()"

@@ -297,3 +297,60 @@ def test_two_sources_first_is_the_later_created_branch() -> None:
     loss.backward()
     assert [o.node.op for o in g.nonfinite_origins] == ["LogBackward0", "SqrtBackward0"]
     assert g.first_nonfinite is not None and g.first_nonfinite.value == "inf"
+
+
+def _incoming_norms_by_hand(loss: torch.Tensor) -> dict[int, float]:
+    """Sequence number -> norm of the gradient each op node received (the sum over its
+    consumers), from torch's own pre-hooks on every node of a hand walk, in float64."""
+    got: dict[int, float] = {}
+    seen, stack, keep = set(), [loss.grad_fn], []
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        keep.append(fn)
+        if "AccumulateGrad" not in fn.name():
+
+            def pre(grad_outputs: tuple, fn=fn) -> None:  # type: ignore[type-arg, no-untyped-def]
+                parts = [g.double().norm() ** 2 for g in grad_outputs if g is not None]
+                got[fn._sequence_nr()] = float(sum(parts)) ** 0.5
+
+            fn.register_prehook(pre)
+        stack.extend(c for c, _ in fn.next_functions)
+    loss.backward()
+    keep.clear()
+    return got
+
+
+class _Slicer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lin(x).clone()
+        return (h[:, 1:4] * 2).sum(1) + h[0].sum() + h.t()[2, :].mean()
+
+
+@pytest.mark.parametrize("which", ["transformer", "slicer"])
+def test_every_node_norm_matches_torchs_own_pre_hooks(which: str) -> None:
+    from graph_models import transformer
+
+    def build() -> torch.Tensor:
+        torch.manual_seed(3)
+        net = transformer(2) if which == "transformer" else _Slicer()
+        x = torch.randn(2, 5, 32) if which == "transformer" else torch.randn(3, 6)
+        return net(x).pow(2).mean()
+
+    mine, theirs = build(), build()
+    shift = theirs.grad_fn._sequence_nr() - mine.grad_fn._sequence_nr()  # type: ignore[union-attr]
+    expected = _incoming_norms_by_hand(theirs)
+    g = gradscope.graph(mine, grads=True)
+    mine.backward()
+    ops = [n for n in g.nodes if n.kind == "op"]
+    assert {"CloneBackward0"} <= {n.op for n in ops}
+    assert len(ops) == len(expected)
+    for n in ops:
+        assert n.seq is not None
+        assert n.grad_norm == pytest.approx(expected[n.seq + shift], rel=1e-5, abs=1e-12), n.op
