@@ -244,7 +244,8 @@ def test_graph_tags_modules_so_depth_leaves_no_op_outside(
     full = (tmp_path / "full.dot").read_text()
     # attention internals sit in the self_attn cluster, dropout inside its layer
     clusters = re.findall(r'id="cluster-([^"]+)"', full)
-    assert "layers.0.self_attn" in clusters and "layers.1.dropout1" in clusters
+    assert "layers.0.self_attn" in clusters and "layers.1" in clusters
+    assert 'label="dropout1: MulBackward0' in full  # named, in its layer's box
     assert main(["graph", "enc.py:make", "--input", "2,4,16", "--depth", "1", "-o", "d1.dot"]) == 0
     d1 = (tmp_path / "d1.dot").read_text()
     # one node for `layers`; the only ops left outside ran outside every module (the loss)
