@@ -268,6 +268,13 @@ class Graph:
         return Graph(replace(data, notes=(*data.notes, note)))
 
     # -- output -------------------------------------------------------------------------------
+    def drawn(
+        self, *, depth: int | None = None, max_nodes: int = DEFAULT_MAX_NODES, fold: bool = True
+    ) -> Graph:
+        """The graph that :meth:`to_svg` draws with the same options: collapsed when over the
+        node budget (its notes say how), else this graph itself."""
+        return self._plan(depth, max_nodes, fold)
+
     def to_dot(
         self, *, depth: int | None = None, max_nodes: int = DEFAULT_MAX_NODES, fold: bool = True
     ) -> str:

@@ -22,6 +22,7 @@ from .._files import atomic_write
 from .._text import printable
 from .._version import __version__
 from .._watch.records import BackwardRecord, GradRecord, names_in
+from .graph_view import GRAPH_CSS, GRAPH_JS, graph_section
 from .plots import PLOT_HINT, LayerFlow, NormSeries, flow_svg, norms_svg
 from .summary import Summary
 
@@ -396,18 +397,14 @@ def render_report(
     series = norm_series(records, order)
     flow_html, norms_html = _charts(records, series, order)
     if graph is not None:
-        try:
-            graph_html = f'<div class="graph">{inline_svg(graph.to_svg(), "graph")}</div>'
-        except GradscopeError as error:  # no Graphviz renderer here: say so, keep the page
-            graph_html = (
-                '<p class="note-box">A backward graph was captured but could not be drawn: '
-                f"{_escape(str(error))}</p>"
-            )
+        graph_html = graph_section(graph, inline_svg)
+        graph_js = f"<script>{GRAPH_JS}</script>" if "graph-data" in graph_html else ""
     else:
         hint = (
             " Call <code>w.graph(loss)</code> before <code>loss.backward()</code> to capture one."
         )
         graph_html = f'<p class="note-box">No backward graph was captured for this watch.{hint}</p>'
+        graph_js = ""
     model = _escape(watch.model_name)
     heading = _escape(title or f"gradscope report: {watch.model_name}")
     first, newest = records[0].index, last.index
@@ -416,7 +413,7 @@ def render_report(
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
-<title>{heading}</title><style>{_CSS}</style></head>
+<title>{heading}</title><style>{_CSS}{GRAPH_CSS}</style></head>
 <body>
 <h1>{heading}</h1>
 <p class="sub">{model} · {len(records)} recorded backward {
@@ -435,6 +432,7 @@ def render_report(
 <footer>gradscope {_escape(__version__)} · torch {_escape(torch.__version__)}
 · this page is self-contained: it loads nothing from the network</footer>
 <script>{_JS}</script>
+{graph_js}
 </body></html>
 """
 
