@@ -200,8 +200,16 @@ def build_dot(
     dot.body.append('\tnode [shape=box style="rounded,filled" fontname=Helvetica fontsize=10]\n')
     dot.body.append("\tedge [fontname=Helvetica fontsize=8]\n")
     dot.drawn = [n.id for n in drawn]
+    shown: list[tuple[GraphEdge, int, list[str]]] = []
+    for e in edges:
+        dst, via = e.dst, []
+        while dst in through:  # views drawn as part of the edge
+            via.append(by_id[dst].op)
+            dst = through[dst]
+        if e.src not in hidden and dst not in hidden:
+            shown.append((e, dst, via))
     lines: dict[str, list[str]] = {}
-    placed = _placement(drawn)
+    placed = _placement(drawn, [(e.src, dst) for e, dst, _ in shown])
     for n in drawn:
         cluster, name = placed[n.id]
         lines.setdefault(cluster, []).append(
@@ -209,13 +217,7 @@ def build_dot(
         )
     _clusters(dot, lines, module_saved)
     few = len(drawn) <= 60  # more numbers on edges than that is noise (tooltips keep them)
-    for e in edges:
-        dst, via = e.dst, []
-        while dst in through:  # views drawn as part of the edge
-            via.append(by_id[dst].op)
-            dst = through[dst]
-        if e.src in hidden or dst in hidden:
-            continue
+    for e, dst, via in shown:
         attrs = {"id": f"edge-{e.src}-{e.dst}-{e.slot}"}
         color = scale.edge_color(e.grad_norm)
         if via:
@@ -242,16 +244,21 @@ def _attrs(attrs: dict[str, str]) -> str:
 
 
 _CLUSTER_AT = 3
+_MAX_CROSSINGS = 24
 
 
-def _placement(drawn: Sequence[GraphNode]) -> dict[int, tuple[str, str | None]]:
+def _placement(
+    drawn: Sequence[GraphNode], lines: Sequence[tuple[int, int]]
+) -> dict[int, tuple[str, str | None]]:
     """Each node's cluster, and the module name to write on it instead of a cluster.
 
     A cluster per module makes nested boxes around single nodes, and dot spreads clusters
     diagonally. So only modules with drawn submodules or at least three drawn nodes (attention)
     get a cluster; a node of another module (a Linear, a LayerNorm, a ReLU called twice) sits
     in its parent's cluster with the module's name on it, and a collapsed module sits in its
-    parent's cluster too.
+    parent's cluster too. A cluster that edges cross in and out of many times (a ModuleList
+    whose entries the parent calls between its own ops) costs dot minutes and shows nothing:
+    it is dissolved into its parent, its nodes keep their names.
     """
 
     def module_of(n: GraphNode) -> str | None:
@@ -266,18 +273,44 @@ def _placement(drawn: Sequence[GraphNode]) -> dict[int, tuple[str, str | None]]:
     for m in count:
         parts = m.split(".") if m else []
         parents.update(".".join(parts[:k]) for k in range(len(parts)))
-    out: dict[int, tuple[str, str | None]] = {}
+    home: dict[int, tuple[str, str | None]] = {}  # node -> (its cluster, its module)
     for n in drawn:
         m = module_of(n)
         if m is None:
-            out[n.id] = ("", None)
+            home[n.id] = ("", None)
         elif n.kind == "module" or (m not in parents and m):
-            parent = m.rpartition(".")[0]
-            local = m[len(parent) + 1 :] if parent else m
-            out[n.id] = (parent, None if n.kind == "module" else local)
+            home[n.id] = (m.rpartition(".")[0], None if n.kind == "module" else m)
         else:
-            out[n.id] = (m, None)
+            home[n.id] = (m, m)
+    dissolved = _crowded(home, lines)
+    out: dict[int, tuple[str, str | None]] = {}
+    for i, (cluster, m) in home.items():
+        while cluster in dissolved:
+            cluster = cluster.rpartition(".")[0]
+        name = None
+        if m is not None and m != cluster:
+            name = m[len(cluster) + 1 :] if cluster else m
+        out[i] = (cluster, name)
     return out
+
+
+def _crowded(home: dict[int, tuple[str, str | None]], lines: Sequence[tuple[int, int]]) -> set[str]:
+    """Clusters more than ``_MAX_CROSSINGS`` drawn edges enter or leave."""
+    crossings: dict[str, int] = {}
+    for a, b in lines:
+        inside_a = _ancestors(home[a][0])
+        inside_b = _ancestors(home[b][0])
+        for path in inside_a ^ inside_b:
+            crossings[path] = crossings.get(path, 0) + 1
+    return {path for path, k in crossings.items() if k > _MAX_CROSSINGS}
+
+
+def _ancestors(cluster: str) -> set[str]:
+    """The clusters a node in ``cluster`` is drawn inside (``""`` is no cluster)."""
+    if not cluster:
+        return set()
+    parts = cluster.split(".")
+    return {".".join(parts[: k + 1]) for k in range(len(parts))}
 
 
 def _node_stmt(

@@ -240,3 +240,16 @@ def test_layout_estimate_counts_layers_skipped_by_long_edges() -> None:
     skip = estimate(range(4), [(0, 1), (1, 2), (2, 3), (0, 3)])
     assert skip.segments == 2  # 0 -> 3 passes layers 1 and 2
     assert skip.seconds > chain.seconds
+
+
+def test_a_box_that_edges_cross_hundreds_of_times_is_dissolved() -> None:
+    from graph_models import ResidualMLP
+
+    net = ResidualMLP(60)  # blocks.k are called from the parent, between its own ops
+    g = gradscope.graph(net(torch.randn(2, 4)).sum(), params=net)
+    dot = g.to_dot()
+    assert 'id="cluster-blocks"' not in dot  # dot would need minutes for that box
+    assert 'label="blocks.7: AddmmBackward0' in dot  # the module stays on the node
+    block = nn.Sequential(ResBlock(), ResBlock())  # boxes edges enter and leave once stay
+    shown = gradscope.graph(block, torch.randn(2, 8, 6, 6)).to_dot()
+    assert 'id="cluster-0"' in shown and 'id="cluster-1"' in shown
