@@ -354,3 +354,36 @@ def test_every_node_norm_matches_torchs_own_pre_hooks(which: str) -> None:
     for n in ops:
         assert n.seq is not None
         assert n.grad_norm == pytest.approx(expected[n.seq + shift], rel=1e-5, abs=1e-12), n.op
+
+
+@pytest.mark.parametrize("path", ["host", "device"])
+def test_the_device_read_path_gives_the_same_norms_and_origin(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path CUDA takes (float64 norms kept on the device, read once when asked) runs here
+    on CPU tensors, so CI checks it without a GPU."""
+    import gradscope._graph.grad_flow as grad_flow
+
+    if path == "device":
+        monkeypatch.setattr(grad_flow, "HOST", ())
+    net = gradscope.LeNet()
+    x = torch.randn(2, 1, 32, 32)
+    loss = nn.functional.mse_loss(net(x), torch.randn(2, 10))
+    g = gradscope.graph(loss, params=net, grads=True)
+    loss.backward()
+    assert g._walked.recorder.pending == (path == "device")  # type: ignore[union-attr]
+    assert g.first_nonfinite is None
+    for node in g.nodes:
+        if node.kind == "parameter":
+            grad = dict(net.named_parameters())[node.param].grad  # type: ignore[index]
+            assert node.grad_norm == pytest.approx(grad.double().norm().item(), rel=1e-6)  # type: ignore[union-attr]
+    # two independent sources, the huge-but-finite case: same answers on both paths
+    mine = _two_sources()
+    g = gradscope.graph(mine, grads=True)
+    mine.backward()
+    assert [o.node.op for o in g.nonfinite_origins] == ["LogBackward0", "SqrtBackward0"]
+    y = torch.tensor([1.0, 1.5e-37], requires_grad=True)
+    loss = y.log().sum()
+    g = gradscope.graph(loss, grads=True)
+    loss.backward()
+    assert g.first_nonfinite is None
