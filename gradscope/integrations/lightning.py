@@ -17,6 +17,8 @@ from pathlib import Path
 from types import MethodType
 from typing import TYPE_CHECKING, Any
 
+from torch.nn.parallel import DistributedDataParallel
+
 from .._errors import GradscopeError
 from .._watch.watch import Keep, Watch
 from ._common import INSTALL_HINT, CallbackState, MissingFramework, figures, watch_options
@@ -137,7 +139,12 @@ class GradscopeCallback(_Base):
         # than process 0 alone at the end (which would hang).
         self._log_dir = trainer.log_dir
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        self._state.start(pl_module, trainer.optimizers, scaler)
+        # Under strategy="ddp" the trainer runs a DistributedDataParallel wrapper by now: watch
+        # that, so records know ``after`` is the average and ``local`` this process's own.
+        model = trainer.model
+        if not isinstance(model, DistributedDataParallel) or model.module is not pl_module:
+            model = pl_module
+        self._state.start(model, trainer.optimizers, scaler)
 
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: Any
