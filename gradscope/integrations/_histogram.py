@@ -3,11 +3,13 @@
 TensorBoard's own ``add_histogram`` raises "The histogram is empty" on an all-NaN tensor and
 folds Inf into its edge buckets. Here the buckets hold the finite values only; NaN and Inf are
 counted apart (the caller logs that count as a scalar). Two host transfers per call, whatever
-the number of tensors: one for the ranges, one for the bucket counts.
+the number of tensors (one for the ranges, one for the bucket counts; a third when a tensor
+holds NaN or Inf), and four passes over a finite tensor's memory.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,6 +64,31 @@ def _read(parts: list[torch.Tensor]) -> list[list[float]]:
     return out
 
 
+def _finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def _summary(values: torch.Tensor, masked: bool) -> torch.Tensor:
+    """[min, max, count, sum, sum of squares] of the (finite) values, on their device."""
+    exact = _exact_dtype(values.device)
+    if not values.numel():
+        return torch.zeros(5, dtype=exact, device=values.device)
+    if masked:
+        finite = torch.isfinite(values)
+        zero = torch.zeros((), dtype=values.dtype, device=values.device)
+        kept = torch.where(finite, values, zero)
+        low = torch.where(finite, values, torch.inf).amin()
+        high = torch.where(finite, values, -torch.inf).amax()
+        count = finite.sum()
+        kept = kept.to(exact)  # squares of huge finite values overflow float32
+    else:
+        kept = values
+        low, high = torch.aminmax(values)
+        count = torch.full((), values.numel(), device=values.device)
+    parts = [low, high, count, kept.sum(dtype=exact), torch.dot(kept, kept)]
+    return torch.stack([part.to(exact) for part in parts])
+
+
 def histograms(tensors: Sequence[torch.Tensor], bins: int = 64) -> list[Histogram | None]:
     """One :class:`Histogram` per tensor, None where no element is finite.
 
@@ -71,46 +98,34 @@ def histograms(tensors: Sequence[torch.Tensor], bins: int = 64) -> list[Histogra
     """
     if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
         raise ValueError(f"bins={bins!r}: pass a positive int")
-    ranges = []
-    for tensor in tensors:
-        values = _values(tensor)
-        exact = _exact_dtype(values.device)
-        finite = torch.isfinite(values)
-        kept = torch.where(
-            finite, values, torch.zeros((), dtype=values.dtype, device=values.device)
-        )
-        ranges.append(
-            torch.stack(
-                [
-                    torch.where(finite, values, torch.inf).amin().to(exact)
-                    if values.numel()
-                    else torch.zeros((), dtype=exact, device=values.device),
-                    torch.where(finite, values, -torch.inf).amax().to(exact)
-                    if values.numel()
-                    else torch.zeros((), dtype=exact, device=values.device),
-                    finite.sum().to(exact),
-                    kept.sum(dtype=exact),
-                    (kept.to(exact) ** 2).sum(),
-                ]
-            )
-        )
-    summaries = _read(ranges)
+    # Pass 1, on device. min and max propagate NaN and show Inf, so when both come back finite
+    # the whole tensor is finite and three passes give its summary; the (rare) others, and
+    # those whose squares overflowed, are summarised again with NaN and Inf masked out.
+    summaries = _read([_summary(_values(t), masked=False) for t in tensors])
+    redo = [i for i, row in enumerate(summaries) if not _finite(*row)]
+    if redo:
+        again = _read([_summary(_values(tensors[i]), masked=True) for i in redo])
+        for i, row in zip(redo, again, strict=True):
+            summaries[i] = row
     counts: list[torch.Tensor] = []
     for tensor, (low, high, num, _, _) in zip(tensors, summaries, strict=True):
         if num == 0 or low == high:
-            counts.append(torch.zeros(1))  # placeholder: filled in below without the device
+            counts.append(torch.zeros(bins))  # placeholder, stacked with the others
             continue
         values = _values(tensor)
-        finite = torch.isfinite(values)
         if max(abs(low), abs(high)) > _HISTC_SAFE and values.device.type != "mps":
-            # histc computes (x - min) * bins in the input's dtype: it overflows float32 there.
+            # (x - min) * bins / (max - min) overflows float32 there.
             values = values.double()
-        # Non-finite values go to the lowest bucket, then come out again: no boolean indexing,
-        # which would sync the device to learn the result's size.
-        placed = torch.where(
-            finite, values, torch.full((), low, dtype=values.dtype, device=values.device)
-        )
-        counted = torch.histc(placed, bins=bins, min=low, max=high)
+        if num < values.numel():
+            # Non-finite values go to the lowest bucket, then come out again: no boolean
+            # indexing, which would sync the device to learn the result's size.
+            lowest = torch.full((), low, dtype=values.dtype, device=values.device)
+            values = torch.where(torch.isfinite(values), values, lowest)
+        # Bucket indices and one bincount: faster than torch.histc on CPU (7 against 11 ms for
+        # 2**20 floats here); the top edge belongs to the last bucket, as in histc and numpy.
+        # Divide first: bins / (max - min) overflows for a tiny range such as (0, 1e-38).
+        index = ((values - low) / (high - low) * bins).to(torch.int32).clamp_(0, bins - 1)
+        counted = torch.bincount(index, minlength=bins).to(torch.float64)
         counted[0] -= values.numel() - num
         counts.append(counted)
     read_counts = _read(counts)

@@ -16,7 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import gradscope
 from gradscope import GradscopeError
-from gradscope.integrations._histogram import histograms
+from gradscope.integrations._histogram import Histogram, histograms
 from gradscope.integrations.tensorboard import log_record, log_watch, summary_writer
 
 
@@ -132,15 +132,27 @@ finite_or_not = st.floats(allow_nan=True, allow_infinity=True, width=32)
 
 
 @given(
-    values=st.lists(finite_or_not, min_size=1, max_size=60),
+    many=st.lists(st.lists(finite_or_not, min_size=1, max_size=60), min_size=1, max_size=4),
     bins=st.integers(1, 12),
     dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
 )
-def test_histogram_matches_numpy_over_the_finite_values(
-    values: list[float], bins: int, dtype: torch.dtype
+def test_histograms_match_numpy_over_the_finite_values(
+    many: list[list[float]], bins: int, dtype: torch.dtype
 ) -> None:
-    tensor = torch.tensor(values, dtype=torch.float32).to(dtype)
-    (result,) = histograms([tensor], bins=bins)
+    tensors = [torch.tensor(values, dtype=torch.float32).to(dtype) for values in many]
+    # Computed together (one transfer for all), checked one by one.
+    for tensor, result in zip(tensors, histograms(tensors, bins=bins), strict=True):
+        _check_histogram(tensor, result, bins)
+
+
+def test_constant_and_varied_gradients_together() -> None:
+    both = histograms([torch.ones(5), torch.arange(6.0), torch.full((3,), float("nan"))], bins=3)
+    assert both[0] is not None and both[0].bucket_counts == (5.0,)
+    assert both[1] is not None and both[1].bucket_counts == (2.0, 2.0, 2.0)
+    assert both[2] is None
+
+
+def _check_histogram(tensor: torch.Tensor, result: Histogram | None, bins: int) -> None:
     as64 = tensor.double().numpy()
     finite = as64[np.isfinite(as64)]
     if finite.size == 0:
@@ -150,6 +162,7 @@ def test_histogram_matches_numpy_over_the_finite_values(
     assert result.nonfinite == tensor.numel() - finite.size
     assert (result.num, result.min, result.max) == (finite.size, finite.min(), finite.max())
     assert result.sum == pytest.approx(finite.sum(), rel=1e-6, abs=1e-30)
+    assert result.sum_squares == pytest.approx((finite**2).sum(), rel=1e-5, abs=1e-30)
     assert sum(result.bucket_counts) == finite.size
     if finite.min() == finite.max():
         assert result.bucket_counts == (finite.size,)
