@@ -2,11 +2,12 @@
 without GradscopeCallback, and a plain loop with and without TensorBoard logging.
 
 A step's time is the interval between two successive batch starts (everything the trainer does
-per step, logging included). Configurations run one after the other within each round and
-rounds repeat, so drifts in machine speed hit them alike; each round gives each configuration a
-median step time and a ratio to that round's baseline; printed: the median over rounds.
+per step, logging included). Each configuration is its own short fit; the fits run one after
+the other within a round and rounds repeat, so drifts in machine speed hit them alike; each
+round gives each configuration a median step time and a ratio to that round's baseline;
+printed: the median over rounds. The plain loops are interleaved step by step in one process.
 
-    python benchmarks/bench_integrations.py [--rounds 5] [--steps 40]
+    python benchmarks/bench_integrations.py [--rounds 12] [--steps 20]
 """
 
 from __future__ import annotations
@@ -150,29 +151,37 @@ def transformers_run(steps: int) -> Any:
 
 
 # ----------------------------------------------------------------------------- TensorBoard
-def tensorboard_run(make: Callable[[], tuple[nn.Module, torch.Tensor]], steps: int) -> Any:
+def tensorboard_plain(
+    make: Callable[[], tuple[nn.Module, torch.Tensor]], configs: dict[str, Any], steps: int
+) -> dict[str, list[float]]:
+    """A plain loop per configuration, interleaved step by step: {label: step times}."""
     from gradscope.integrations.tensorboard import log_watch, summary_writer
 
-    def run(options: dict[str, Any] | None) -> float:
+    loops = {}
+    folder = tempfile.mkdtemp()
+    for label, options in configs.items():
         net, x = make()
         target = torch.randn(x.shape[0], 10)
         opt = torch.optim.SGD(net.parameters(), lr=1e-3)
         w = gradscope.watch(net) if options is not None else None
-        times = []
-        with tempfile.TemporaryDirectory() as folder, summary_writer(folder) as writer:
-            for _ in range(steps + WARMUP):
-                start = time.perf_counter()
-                opt.zero_grad()
-                nn.functional.mse_loss(net(x), target).backward()
-                opt.step()
-                if w is not None and options.get("log"):
-                    log_watch(w, writer, histograms=bool(options.get("histograms")))
-                times.append(time.perf_counter() - start)
+        writer = summary_writer(f"{folder}/{len(loops)}") if options else None
+        loops[label] = (net, x, target, opt, w, writer, options or {})
+    times: dict[str, list[float]] = {label: [] for label in configs}
+    for _ in range(steps + WARMUP):
+        for label, (net, x, target, opt, w, writer, options) in loops.items():
+            start = time.perf_counter()
+            opt.zero_grad()
+            nn.functional.mse_loss(net(x), target).backward()
+            opt.step()
+            if w is not None and options.get("log"):
+                log_watch(w, writer, histograms=bool(options.get("histograms")))
+            times[label].append(time.perf_counter() - start)
+    for _, _, _, _, w, writer, _ in loops.values():
         if w is not None:
             w.close()
-        return statistics.median(times[WARMUP:])
-
-    return run
+        if writer is not None:
+            writer.close()
+    return {label: t[WARMUP:] for label, t in times.items()}
 
 
 def measure(name: str, run: Any, configs: dict[str, Any], rounds: int) -> None:
@@ -191,8 +200,8 @@ def measure(name: str, run: Any, configs: dict[str, Any], rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -222,7 +231,13 @@ def main() -> None:
         "+ histograms": {"log": True, "histograms": True},
     }
     for label, make in (("LeNet b8", lenet), ("MLP 4x1024 b64", mlp)):
-        measure(f"plain loop {label}", tensorboard_run(make, args.steps), tb_configs, args.rounds)
+        times = tensorboard_plain(make, tb_configs, args.steps * args.rounds)
+        base = times.pop("baseline")
+        cells = "  ".join(
+            f"{name}: {statistics.median(t) / statistics.median(base):.2f}x"
+            for name, t in times.items()
+        )
+        print(f"plain loop {label}: baseline step {statistics.median(base) * 1e3:.2f} ms  {cells}")
 
 
 if __name__ == "__main__":

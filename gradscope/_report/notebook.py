@@ -3,6 +3,9 @@
 Notebook front ends strip or scope ``<style>`` blocks differently (GitHub drops them), so every
 table here carries inline styles only and no script. The pillar classes keep thin
 ``_repr_html_`` methods that import this module when a notebook asks for them.
+
+Not yet here: ``Diagnosis`` (issue 13) does not exist yet; when it lands, its table belongs in
+this module too, behind the same kind of thin ``_repr_html_``.
 """
 
 from __future__ import annotations
