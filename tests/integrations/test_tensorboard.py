@@ -197,3 +197,23 @@ def test_errors_say_what_was_passed(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="no add_histogram_raw"):
         log_record(w.last, type("OnlyScalars", (), {"add_scalar": print})(), 0, histograms=True)
     w.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_histograms_on_cuda_match_the_cpu() -> None:
+    values = torch.randn(3, 1000)
+    values[1, :10] = float("nan")
+    values[2] = float("inf")
+    on_gpu = histograms([v.cuda() for v in values], bins=16)
+    on_cpu = histograms(list(values), bins=16)
+    assert on_gpu[2] is None and on_cpu[2] is None
+    for gpu, cpu in zip(on_gpu[:2], on_cpu[:2], strict=True):
+        assert gpu is not None and cpu is not None
+        assert (gpu.num, gpu.nonfinite, gpu.min, gpu.max) == (
+            cpu.num,
+            cpu.nonfinite,
+            cpu.min,
+            cpu.max,
+        )
+        assert gpu.sum == pytest.approx(cpu.sum, rel=1e-6)
+        assert sum(gpu.bucket_counts) == sum(cpu.bucket_counts)
