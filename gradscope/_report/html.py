@@ -24,6 +24,7 @@ from .._version import __version__
 from .._watch.records import BackwardRecord, GradRecord, names_in
 from .graph_view import GRAPH_CSS, GRAPH_JS, graph_section
 from .plots import PLOT_HINT, LayerFlow, NormSeries, flow_svg, norms_svg
+from .sparkline import fmt_number, sparkline
 from .summary import Summary
 
 __all__ = ["Reportable", "layer_flow", "norm_series", "render_report", "write_report"]
@@ -163,44 +164,6 @@ def inline_svg(svg: str, prefix: str) -> str:
     return re.sub(r"(#)([A-Za-z_][\w.:-]*)", rename, body)
 
 
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3e}"
-
-
-def _sparkline(series: NormSeries | None) -> str:
-    if series is None or not series.norms:
-        return ""
-    width, height, pad = 120, 24, 2
-    finite = [v for v in series.norms if math.isfinite(v) and v > 0]
-    if not finite:
-        low = high = 1.0
-    else:
-        low, high = math.log10(min(finite)), math.log10(max(finite))
-    span = high - low or 1.0
-    n = len(series.norms)
-    points, bad = [], []
-    for i, value in enumerate(series.norms):
-        x = pad + (width - 2 * pad) * (i / (n - 1) if n > 1 else 0.5)
-        if not math.isfinite(value):
-            bad.append(x)
-            continue
-        level = (math.log10(value) - low) / span if value > 0 else 0.0
-        points.append(f"{x:.1f},{height - pad - (height - 2 * pad) * level:.1f}")
-    label = f"{series.name}: norm over {n} passes, last {series.norms[-1]:.3e}"
-    parts = [
-        f'<svg class="spark" width="{width}" height="{height}" role="img" '
-        f'aria-label="{_escape(label)}"><title>{_escape(label)}</title>'
-    ]
-    if len(points) > 1:
-        parts.append(f'<polyline points="{" ".join(points)}"/>')
-    elif points:
-        cx, cy = points[0].split(",")
-        parts.append(f'<circle cx="{cx}" cy="{cy}" r="2"/>')
-    parts += [f'<circle class="bad" cx="{bx:.1f}" cy="{pad + 2}" r="2.5"/>' for bx in bad]
-    parts.append("</svg>")
-    return "".join(parts)
-
-
 _CSS = """
 :root{--fg:#1b1f24;--muted:#57606a;--line:#d0d7de;--bg:#fff;--soft:#f6f8fa;--bad:#cb181d;
 --warn:#9a6700;--accent:#08519c}
@@ -302,7 +265,7 @@ def _table(summary: Summary, series: dict[str, NormSeries], record: BackwardReco
         numel = math.prod(row.shape) if row.shape else 0
 
         def num(value: float | None) -> str:
-            return _cell(_fmt(value), "" if value is None else value)
+            return _cell(fmt_number(value), "" if value is None else value)
 
         cells = [
             _cell(_escape(row.name), row.name, "name"),
@@ -315,7 +278,7 @@ def _table(summary: Summary, series: dict[str, NormSeries], record: BackwardReco
                 "–" if nonfinite is None else str(nonfinite), -1 if nonfinite is None else nonfinite
             ),
             _cell(" ".join(flags), len(flags), "note"),
-            _cell(_sparkline(series.get(row.name)), 0),
+            _cell(sparkline(series.get(row.name)), 0),
         ]
         rows.append(f'<tr class="{classes}">' + "".join(cells) + "</tr>")
     header = "".join(
