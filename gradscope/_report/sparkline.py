@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import math
 
+from .._text import printable
 from .plots import NormSeries
 
 __all__ = ["fmt_number", "sparkline"]
@@ -46,7 +47,7 @@ def sparkline(series: NormSeries | None) -> str:
     label = f"{series.name}: norm over {n} passes, last {series.norms[-1]:.3e}"
     parts = [
         f'<svg class="spark" width="{width}" height="{height}" role="img" '
-        f'aria-label="{html.escape(label)}"><title>{html.escape(label)}</title>'
+        f'aria-label="{html.escape(printable(label))}"><title>{html.escape(printable(label))}</title>'
     ]
     if len(points) > 1:
         parts.append(
