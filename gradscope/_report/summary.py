@@ -89,6 +89,12 @@ class Summary:
             )
         return cls(record.index, tuple(rows), record.loss_scale, len(record.errors))
 
+    def _repr_html_(self) -> str:
+        """Jupyter/VS Code: the same table in HTML."""
+        from .notebook import summary_html
+
+        return summary_html(self)
+
     def __str__(self) -> str:
         cells = [
             (

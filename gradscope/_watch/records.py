@@ -237,6 +237,12 @@ class BackwardRecord(Mapping[str, GradRecord]):
         """Forget every tensor; return, by name, the ones never handed out to the user."""
         return {name: record.drop_tensors() for name, record in self.grads.items()}
 
+    def _repr_html_(self) -> str:
+        """Jupyter/VS Code: this pass's per-parameter table."""
+        from .._report.notebook import record_html
+
+        return record_html(self)
+
     def __repr__(self) -> str:
         return (
             f"BackwardRecord(pass {self.index}: {len(self.grads)} gradients, "
