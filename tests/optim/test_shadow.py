@@ -88,3 +88,11 @@ def _step_big(net: nn.Module, opt: optim.Optimizer, shadow: gradscope.Shadow) ->
 
 def test_docstring_example_runs() -> None:
     assert doctest.testmod(_shadow).failed == 0
+
+
+def test_the_notebook_table_shows_the_state_column() -> None:
+    net = nn.Linear(4, 2)
+    opt = optim.Adam(net.parameters(), lr=1e-2)
+    report = _step(net, opt, gradscope.Shadow())
+    shown = report._repr_html_()
+    assert ">state<" in shown and shown.count(">ok<") >= 2
