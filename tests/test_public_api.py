@@ -27,6 +27,8 @@ EXPECTED = {
     "SavedTensor",
     "graph",
     "ParamCheck",
+    "Shadow",
+    "StateCheck",
     "StepMismatch",
     "StepReport",
     "UnknownParameterError",

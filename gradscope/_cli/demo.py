@@ -169,8 +169,8 @@ def _manual_update(n: _Narrator, net: nn.Module) -> None:
             f.data.sub_(f.grad.data * lr)  # type: ignore[union-attr]
     n.say(report.headline(), 2)
     n.say(
-        f"check_step copied every parameter and gradient before the block and compared the "
-        f"result with what SGD(lr={lr}).step() does: all {len(report.params)} parameters match.",
+        f"check_step computed what SGD(lr={lr}).step() would do before the block and compared "
+        f"the result with it: all {len(report.params)} parameters match.",
         2,
     )
     n.say()

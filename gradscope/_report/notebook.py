@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 
-from .._optim.step_report import FAIL, StepReport
+from .._optim.step_report import FAIL, StateCheck, StepReport
 from .._watch.records import BackwardRecord
 from .html import Reportable, norm_series
 from .plots import NormSeries
@@ -128,12 +128,19 @@ def watch_html(watch: Reportable, heading: str, no_record: str | None = None) ->
     return "".join(parts)
 
 
+def _state_cell(state: tuple[StateCheck, ...]) -> str:
+    """The optimizer state entries checked for a parameter (shadow mode): ok, FAIL or –."""
+    if not state:
+        return "–"
+    return "<b>FAIL</b>" if any(s.failed for s in state) else "ok"
+
+
 def step_report_html(report: StepReport) -> str:
     """A :class:`~gradscope.StepReport`: headline, one row per parameter, problems and notes."""
     if not report._ready:
         return f"<p>{html.escape(str(report))}</p>"
     headers = ["parameter", "group", "max abs diff", "max rel diff", "tolerance", "changed"]
-    headers.append("verdict")
+    headers += ["state", "verdict"]
     rows, styles = [], []
     for p in report.params:
         rows.append(
@@ -144,6 +151,7 @@ def step_report_html(report: StepReport) -> str:
                 fmt_number(p.max_rel_diff),
                 fmt_number(p.tolerance),
                 "yes" if p.changed else "no",
+                _state_cell(p.state),
                 f"<b>{p.verdict}</b>" if p.verdict == FAIL else html.escape(p.verdict),
             ]
         )
