@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from .._errors import GradscopeError
-from .demo import DEFAULT_STEPS, run_demo
+from .demo import DEFAULT_STEPS, FILES, run_demo
 from .progress import Progress
 from .target import DTYPES as DTYPE_NAMES
 from .target import LOSSES
@@ -59,6 +60,8 @@ def _shape(text: str) -> tuple[int, ...]:
 def _cmd_graph(args: argparse.Namespace) -> int:
     from .._files import atomic_write
     from .._graph.build import graph
+    from .._graph.dot import drawn_node_count
+    from .._graph.graph import DEFAULT_MAX_NODES
     from .target import DTYPES, build_model, make_inputs, to_loss
 
     out = Path(args.output)
@@ -90,6 +93,12 @@ def _cmd_graph(args: argparse.Namespace) -> int:
         data = g.render(out.suffix[1:].lower(), depth=args.depth)
     atomic_write(out, data)
     extra = ", gradient norms on the edges" if args.grads else ""
+    # say what the picture holds, not only what was walked (the same count as its title)
+    # (the plan to_dot/render followed: --depth, or the automatic collapse of huge graphs)
+    shown = g._plan(args.depth, DEFAULT_MAX_NODES, fold=True)
+    drawn = drawn_node_count(shown.nodes, shown.edges, fold=True)
+    how = "" if args.depth is None else f": modules collapsed at depth {args.depth}"
+    extra = f" ({drawn} drawn{how})" + extra
     print(f"wrote {out}: backward graph of {type(model).__name__}, {len(g)} nodes{extra}")
     return 0
 
@@ -116,11 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run PyTorch's LeNet tutorial step by step and write a report",
-        description=(
+        description=textwrap.fill(
             "Runs the 'Neural Networks' part of PyTorch's 60-minute introduction on its LeNet, "
-            "explaining what each step shows about the gradients, then writes report.html and "
-            "summary.txt into --out."
+            "explaining what each step shows about the gradients, then writes these files into "
+            "--out:",
+            78,
+        )
+        + "".join(
+            "\n"
+            + textwrap.fill(what, 78, initial_indent=f"  {name:<19} ", subsequent_indent=" " * 22)
+            for name, what in FILES.items()
         ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
         "--out",
@@ -164,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_shape,
         metavar="SHAPE",
-        help="shape of one input, e.g. 1,1,32,32; repeat for several inputs",
+        help="shape of one input, e.g. 1,1,32,32 (or 1x1x32x32); repeat for several inputs",
     )
     draw.add_argument(
         "--dtype",
