@@ -95,10 +95,12 @@ class Graph:
 
     @property
     def edges(self) -> tuple[GraphEdge, ...]:
+        """Every edge, as plain data: from a node to the node that receives its gradient."""
         return self._data().edges
 
     @property
     def roots(self) -> tuple[GraphNode, ...]:
+        """The nodes backward starts from (the loss's ``grad_fn``)."""
         data = self._data()
         return tuple(data.by_id[i] for i in data.roots)
 
@@ -128,6 +130,7 @@ class Graph:
         return data.origin
 
     def node(self, node_id: int) -> GraphNode:
+        """The node with this id."""
         return self._data().by_id[node_id]
 
     def children(self, node: GraphNode | int) -> list[tuple[int, GraphNode]]:
@@ -332,6 +335,7 @@ class Graph:
         fold: bool = True,
         timeout: float = 30.0,
     ) -> str:
+        """The picture as SVG text (see :meth:`render` for the options)."""
         return self.render(
             "svg", depth=depth, max_nodes=max_nodes, fold=fold, timeout=timeout
         ).decode()

@@ -34,6 +34,7 @@ class ParamCheck:
 
     @property
     def failed(self) -> bool:
+        """True when this parameter's step did not match the reference."""
         return self.verdict == FAIL
 
 
