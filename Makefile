@@ -1,4 +1,4 @@
-# Two entry points for a newcomer: `make demo` and `make test`. Both create .venv on first use.
+# Entry points for a newcomer: `make demo`, `make test`, `make docs`. Each creates .venv on first use.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

@@ -25,6 +25,8 @@ extensions = [
 # gallery/ holds the examples' sources; sphinx-gallery writes their pages into generated/.
 exclude_patterns = ["_build", "gallery", "generated/gallery/*.ipynb", "generated/gallery/*.py"]
 templates_path: list[str] = []
+# Command lines are quoted in prose: "--input" must not become an en dash.
+smartquotes = False
 html_theme = "furo"
 html_title = f"gradscope {release}"
 html_static_path = ["_static"]

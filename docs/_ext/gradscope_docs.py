@@ -69,7 +69,8 @@ def _parser_rst(parser: argparse.ArgumentParser, title: str, underline: str) -> 
     raw = parser.formatter_class is argparse.RawDescriptionHelpFormatter
     if parser.description:
         if raw:
-            lines += ["::", "", *[f"   {line}" for line in parser.description.splitlines()], ""]
+            block = [f"   {line}" for line in parser.description.splitlines()]
+            lines += [".. code-block:: text", "", *block, ""]
         else:
             lines += [_rst_text(parser.description), ""]
     usage = parser.format_usage().strip()
