@@ -54,7 +54,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(GradScaler|_?[A-Z]\w*Protocol|T|P|R|Self|optional)"),
     # Type aliases and private classes named in signatures: shown as text, not linked (a
     # user never imports them). A reference to anything else in gradscope must resolve.
-    (r"py:.*", r"(Keep|ParamsLike|Params|Reference|GraphData|WalkResult|GradRecorder)"),
+    (r"py:.*", r"(Keep|ParamsLike|Params|Reference|GraphData|WalkResult|GradRecorder|Walked)"),
     (r"py:.*", r"gradscope(\.\w+)*\._\w+(\.\w+)*"),
 ]
 

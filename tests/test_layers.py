@@ -20,6 +20,7 @@ LAYERS = {
     "gradscope._naming": 1,
     "gradscope._files": 1,
     "gradscope._lenet": 1,
+    "gradscope._text": 1,
     "gradscope._graph": 2,
     "gradscope._watch": 3,
     "gradscope._optim": 3,

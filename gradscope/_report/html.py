@@ -19,8 +19,10 @@ import torch
 
 from .._errors import GradscopeError
 from .._files import atomic_write
+from .._text import printable
 from .._version import __version__
 from .._watch.records import BackwardRecord, GradRecord, names_in
+from .graph_view import GRAPH_CSS, GRAPH_JS, graph_section
 from .plots import PLOT_HINT, LayerFlow, NormSeries, flow_svg, norms_svg
 from .sparkline import SparkScale, fmt_number, sparkline
 from .summary import Summary
@@ -142,6 +144,12 @@ def layer_flow(record: BackwardRecord, order: Sequence[str] = ()) -> tuple[list[
 
 
 # --------------------------------------------------------------------------- html pieces
+def _escape(text: str) -> str:
+    """HTML-escaped, with NUL/control characters and lone surrogates in names made visible
+    (a surrogate cannot be written as UTF-8; see ``gradscope._text``)."""
+    return html.escape(printable(text))
+
+
 _ID = re.compile(r'\bid="([^"]+)"')
 
 
@@ -236,7 +244,7 @@ _JS = """
 
 def _cell(text: str, sort: Any, cls: str = "") -> str:
     klass = f' class="{cls}"' if cls else ""
-    return f'<td{klass} data-v="{html.escape(str(sort))}">{text}</td>'
+    return f'<td{klass} data-v="{_escape(str(sort))}">{text}</td>'
 
 
 def _table(summary: Summary, series: dict[str, NormSeries], record: BackwardRecord) -> str:
@@ -264,7 +272,7 @@ def _table(summary: Summary, series: dict[str, NormSeries], record: BackwardReco
             flags.append('<span class="flag">frozen</span>')
         for part in row.note.split("; "):
             if part and part not in ("NON-FINITE", "no gradient", "frozen"):
-                flags.append(f'<span class="flag">{html.escape(part)}</span>')
+                flags.append(f'<span class="flag">{_escape(part)}</span>')
         classes = "nonfinite" if nonfinite else ("nograd" if row.norm is None else "")
         shape = "×".join(map(str, row.shape)) or "–"
         numel = math.prod(row.shape) if row.shape else 0
@@ -273,7 +281,7 @@ def _table(summary: Summary, series: dict[str, NormSeries], record: BackwardReco
             return _cell(fmt_number(value), "" if value is None else value)
 
         cells = [
-            _cell(html.escape(row.name), row.name, "name"),
+            _cell(_escape(row.name), row.name, "name"),
             _cell(shape, numel),
             num(row.norm),
             num(row.mean),
@@ -323,7 +331,7 @@ def _alerts(
         items.append(("bad", f"{errors} error(s) inside gradscope's hooks: see watch.errors"))
     if not items:
         items.append(("ok", "every parameter received a finite gradient in the last pass"))
-    lis = "".join(f'<li class="{c}">{html.escape(text)}</li>' for c, text in items)
+    lis = "".join(f'<li class="{c}">{_escape(text)}</li>' for c, text in items)
     return f'<ul class="alerts">{lis}</ul>'
 
 
@@ -347,7 +355,7 @@ def _charts(
             raise
         note = (
             '<p class="note-box">Charts need matplotlib, which is not installed: '
-            f"<code>{html.escape(PLOT_HINT)}</code>, then write the report again. "
+            f"<code>{_escape(PLOT_HINT)}</code>, then write the report again. "
             "The table's sparklines show each norm over the passes meanwhile.</p>"
         )
         return note, note
@@ -370,27 +378,23 @@ def render_report(
     series = norm_series(records, order)
     flow_html, norms_html = _charts(records, series, order)
     if graph is not None:
-        try:
-            graph_html = f'<div class="graph">{inline_svg(graph.to_svg(), "graph")}</div>'
-        except GradscopeError as error:  # no Graphviz renderer here: say so, keep the page
-            graph_html = (
-                '<p class="note-box">A backward graph was captured but could not be drawn: '
-                f"{html.escape(str(error))}</p>"
-            )
+        graph_html = graph_section(graph, inline_svg)
+        graph_js = f"<script>{GRAPH_JS}</script>" if "graph-data" in graph_html else ""
     else:
         hint = (
             " Call <code>w.graph(loss)</code> before <code>loss.backward()</code> to capture one."
         )
         graph_html = f'<p class="note-box">No backward graph was captured for this watch.{hint}</p>'
-    model = html.escape(watch.model_name)
-    heading = html.escape(title or f"gradscope report: {watch.model_name}")
+        graph_js = ""
+    model = _escape(watch.model_name)
+    heading = _escape(title or f"gradscope report: {watch.model_name}")
     first, newest = records[0].index, last.index
     passes = f"pass {newest}" if first == newest else f"passes {first}–{newest}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
-<title>{heading}</title><style>{_CSS}</style></head>
+<title>{heading}</title><style>{_CSS}{GRAPH_CSS}</style></head>
 <body>
 <h1>{heading}</h1>
 <p class="sub">{model} · {len(records)} recorded backward {
@@ -406,9 +410,10 @@ def render_report(
 {norms_html}
 <h2>Backward graph</h2>
 {graph_html}
-<footer>gradscope {html.escape(__version__)} · torch {html.escape(torch.__version__)}
+<footer>gradscope {_escape(__version__)} · torch {_escape(torch.__version__)}
 · this page is self-contained: it loads nothing from the network</footer>
 <script>{_JS}</script>
+{graph_js}
 </body></html>
 """
 

@@ -6,6 +6,7 @@ import html
 import math
 from collections.abc import Sequence
 
+from .._text import printable
 from .plots import NormSeries
 
 __all__ = ["SparkScale", "fmt_number", "sparkline"]
@@ -86,7 +87,8 @@ def sparkline(series: NormSeries | None, scale: SparkScale | None = None) -> str
     label = f"{series.name}: norm over {n} passes, last {series.norms[-1]:.3e}{span}"
     parts = [
         f'<svg class="spark" width="{_WIDTH}" height="{_HEIGHT}" role="img" '
-        f'aria-label="{html.escape(label)}"><title>{html.escape(label)}</title>',
+        f'aria-label="{html.escape(printable(label))}"><title>{html.escape(printable(label))}'
+        "</title>",
         *grid,
     ]
     if len(points) > 1:
