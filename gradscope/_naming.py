@@ -176,13 +176,13 @@ def _pairs(items: Iterable[object], argument: str) -> list[tuple[str, torch.Tens
     return pairs
 
 
-def reject_meta(params: Mapping[str, torch.Tensor], caller: str) -> None:
-    """Raise when any parameter is on the meta device: it has a shape but no values."""
-    meta = [name for name, tensor in params.items() if tensor.is_meta]
+def reject_meta(tensors: Mapping[str, torch.Tensor], caller: str, what: str = "parameters") -> None:
+    """Raise when any tensor is on the meta device: it has a shape but no values."""
+    meta = [name for name, tensor in tensors.items() if tensor.is_meta]
     if meta:
         shown = ", ".join(meta[:3]) + (f" and {len(meta) - 3} more" if len(meta) > 3 else "")
         raise GradscopeError(
-            f"{caller}: {len(meta)} of {len(params)} parameters are on the meta device "
+            f"{caller}: {len(meta)} of {len(tensors)} {what} are on the meta device "
             f"({shown}): they have shapes but no values, so there are no gradients to look at; "
             "materialize the model first (model.to_empty(device='cpu') and initialise it, or "
             "load a checkpoint), or build it outside torch.device('meta')"

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import torch
-from torch import nn
 
 from .._errors import GradscopeError
-from .._naming import describe, named_parameters
+from .._naming import ParamsLike, describe, named_parameters, reject_meta
 from .data import GraphData
 from .grad_flow import GradRecorder
 from .graph import Graph
@@ -46,12 +45,13 @@ def _roots(outputs: tuple[Any, ...]) -> list[torch.Tensor]:
 
 def graph(
     *outputs: torch.Tensor | Sequence[torch.Tensor],
-    params: nn.Module | Mapping[str, torch.Tensor] | None = None,
+    params: ParamsLike | None = None,
     grads: bool = False,
 ) -> Graph:
     """Walk the backward graph behind ``outputs`` (usually the loss).
 
-    ``params`` (a module or a name -> tensor mapping) names the ``AccumulateGrad`` leaves.
+    ``params`` (a module, a name -> tensor mapping, or an iterable of tensors or (name, tensor)
+    pairs such as ``net.parameters()``) names the ``AccumulateGrad`` leaves.
     ``grads=True``, called before ``backward()``, records the gradient through every node.
 
     >>> import gradscope, torch
@@ -65,6 +65,8 @@ def graph(
     if not isinstance(grads, bool):
         raise GradscopeError(f"grads= takes True or False, not {describe(grads)}")
     roots = _roots(outputs)
+    if grads:  # gradients on the meta device have no values to record
+        reject_meta({f"output {k}": t for k, t in enumerate(roots)}, "graph(grads=True)", "outputs")
     names: dict[int, str] = {}
     ptrs: set[int] = set()
     if params is not None:

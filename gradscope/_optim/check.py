@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .._errors import GradscopeError
-from .._naming import ParamNames, ParamsLike, describe, named_parameters
+from .._naming import ParamNames, ParamsLike, describe, named_parameters, reject_meta
 from .compare import Snapshot, compare, grads_after_closure, take_snapshot
 from .references import Reference, builtin_reference
 from .step_report import StepReport
@@ -49,6 +49,11 @@ def resolve_inputs(
             f"e.g. torch.optim.SGD(net.parameters(), lr=0.01)"
         )
     names = None if params is None else named_parameters(params)
+    groups = optimizer.param_groups
+    tensors = {
+        f"group{g}.param{i}": t for g, gr in enumerate(groups) for i, t in enumerate(gr["params"])
+    }
+    reject_meta(tensors, f"{caller}()")
     if reference is None:
         return optimizer, names, builtin_reference(optimizer)
     if not callable(reference):
@@ -154,9 +159,10 @@ def check_step(
     ``reference=rule`` takes ``rule(param, grad, state, group) -> new param`` for any other.
     Without a reference only the structural checks run (parameters in no group, unchanged
     parameters with a gradient, lr == 0, every grad None), and the report says so.
-    ``params=`` (a module or a name -> tensor mapping) names the parameters and finds those
-    missing from the optimizer. ``manual=True`` checks a block that updates the parameters by
-    hand against the update the optimizer would make (the tutorial's loop against SGD).
+    ``params=`` (a module, a name -> tensor mapping, or tensors or (name, tensor) pairs) names
+    the parameters and finds those missing from the optimizer. ``manual=True`` checks a block
+    that updates the parameters by hand against the update the optimizer would make (the
+    tutorial's loop against SGD).
 
     >>> import torch, gradscope
     >>> net = torch.nn.Linear(3, 1)
