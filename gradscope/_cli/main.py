@@ -10,13 +10,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .._errors import GradscopeError
 from .demo import DEFAULT_STEPS, run_demo
 from .progress import Progress
 from .target import DTYPES as DTYPE_NAMES
+from .target import INPUT_DTYPES as INPUT_DTYPE_NAMES
 from .target import LOSSES
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["build_parser", "main"]
 
@@ -59,7 +63,7 @@ def _shape(text: str) -> tuple[int, ...]:
 def _cmd_graph(args: argparse.Namespace) -> int:
     from .._files import atomic_write
     from .._graph.build import graph
-    from .target import DTYPES, build_model, make_inputs, to_loss
+    from .target import DTYPES, build_model, check_memory, make_inputs, to_loss, vocab_of
 
     out = Path(args.output)
     if out.suffix.lower() not in _GRAPH_FORMATS:
@@ -78,7 +82,10 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     model = build_model(args.target)
     dtype = DTYPES[args.dtype]
     model.to(dtype)
-    loss = to_loss(model, make_inputs(args.input, dtype), args.loss)
+    kinds = _input_dtypes(args, dtype)
+    vocab = args.vocab if args.vocab is not None else vocab_of(model)
+    check_memory(args.input, kinds)
+    loss = to_loss(model, make_inputs(args.input, kinds, vocab=vocab), args.loss)
     g = graph(loss, params=model, grads=args.grads)
     if args.grads:
         loss.backward()  # type: ignore[no-untyped-call]
@@ -92,6 +99,33 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     extra = ", gradient norms on the edges" if args.grads else ""
     print(f"wrote {out}: backward graph of {type(model).__name__}, {len(g)} nodes{extra}")
     return 0
+
+
+def _input_dtypes(args: argparse.Namespace, dtype: torch.dtype) -> list[torch.dtype]:
+    """One dtype per --input: --input-dtype once for all, once per input, or --dtype."""
+    from .target import INPUT_DTYPES
+
+    given = args.input_dtype or []
+    if len(given) > 1 and len(given) != len(args.input):
+        raise GradscopeError(
+            f"--input-dtype was given {len(given)} times for {len(args.input)} --input shapes: "
+            "give it once (for every input) or once per --input, in the same order"
+        )
+    if not given:
+        return [dtype] * len(args.input)
+    if len(given) == 1:
+        given = given * len(args.input)
+    return [INPUT_DTYPES[name] for name in given]
+
+
+def _vocab(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of token ids")
+    return value
 
 
 def _add_debug(parser: argparse.ArgumentParser, default: object) -> None:
@@ -171,6 +205,22 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(DTYPE_NAMES),
         default="float32",
         help="dtype of the inputs and the model (default: float32)",
+    )
+    draw.add_argument(
+        "--input-dtype",
+        action="append",
+        choices=sorted(INPUT_DTYPE_NAMES),
+        metavar="DTYPE",
+        help="dtype of the inputs (default: --dtype): once for all inputs or once per --input; "
+        "int64/int32 give token ids for embedding models",
+    )
+    draw.add_argument(
+        "--vocab",
+        type=_vocab,
+        default=None,
+        metavar="N",
+        help="integer inputs are drawn from 0 to N-1 (default: the smallest nn.Embedding size "
+        "in the model)",
     )
     draw.add_argument(
         "--loss",
