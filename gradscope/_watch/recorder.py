@@ -454,11 +454,13 @@ class Recorder:
         hot = None if known.count(None) == len(known) else known
         reading = Reading(sources, hot, copy_for=self._host_copy)
         self._in_flight = reading if reading.pending else None
-        rescaled = self._rescaled_check() if scale is not None else None
         for slot, record in enumerate(records):
             record._reading, record._slot = reading, slot
-            if record.accumulated and record._source_version is not None:
-                record._rescaled = rescaled
+        if scale is not None:
+            rescaled = self._rescaled_check()
+            for record in records:
+                if record.accumulated and record._source_version is not None:
+                    record._rescaled = rescaled
 
     def _host_copy(self, device: torch.device) -> HostCopy:
         copy = self._copies.get(device)

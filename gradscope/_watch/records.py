@@ -202,15 +202,12 @@ class GradRecord:
 
         Each tensor is returned once, even where ``after`` and ``delta`` are the same one.
         """
-        held = [t for t in (self._before, self._after, self._delta, self._local) if t is not None]
-        reusable = not self._handed_out and self._source_version is None
-        self._before = self._after = self._delta = self._local = None
-        self._intact = True
-        if not reusable:
-            return []
         unique: dict[int, torch.Tensor] = {}
-        for tensor in held:
-            unique.setdefault(id(tensor), tensor)
+        if not self._handed_out and self._source_version is None:
+            for tensor in (self._before, self._after, self._delta, self._local):
+                if tensor is not None:
+                    unique.setdefault(id(tensor), tensor)
+        self._before = self._after = self._delta = self._local = None
         return list(unique.values())
 
     def nbytes(self) -> int:
