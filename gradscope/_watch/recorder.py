@@ -374,6 +374,18 @@ class Recorder:
         if current is not None and current.end() is None:
             self._end_pass(current, True)
         self._sync()
+        # A hook registered since the last pass runs after ours: move ours last now, so even
+        # torch.autograd.grad (which runs no accumulator pre-hook) sees the final gradient.
+        params = self.names.params
+        moved = [
+            name
+            for name, handle in self._param_handles.items()
+            if len(hooks := params[name]._backward_hooks or ()) > 1
+            and next(reversed(hooks)) != handle.id
+            and params[name].requires_grad  # torch refuses hooks on frozen tensors
+        ]
+        for name in moved:
+            self._rehook_last(name, params[name])
         if self.keep == "last" and not self.copy and self.records:
             self._keeper.release_orphans(self.records[-1], self.names.params)
 

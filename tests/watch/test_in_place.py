@@ -126,8 +126,25 @@ def test_autograd_grad_delta_follows_hooks_registered_after_the_watch() -> None:
     net = _net()
     with gradscope.watch(net) as w:
         handle = net[0].bias.register_hook(lambda g: g * 0)
-        torch.autograd.grad(net(torch.randn(5, 4)).sum(), [net[0].bias])  # the pass it moved
         (g,) = torch.autograd.grad(net(torch.randn(5, 4)).sum(), [net[0].bias])
+        first = w.last["0.bias"].delta
+        loss = net(torch.randn(5, 4)).sum()
+        late = net[2].bias.register_hook(lambda g: g * 2)  # between forward and autograd.grad
+        torch.autograd.grad(loss, [net[2].bias])  # seen from the next pass on: documented
+        (g2,) = torch.autograd.grad(net(torch.randn(5, 4)).sum(), [net[2].bias])
         handle.remove()
+        late.remove()
     assert torch.count_nonzero(g) == 0
-    torch.testing.assert_close(w.last["0.bias"].delta, g)
+    torch.testing.assert_close(first, g)
+    torch.testing.assert_close(w.last["2.bias"].delta, g2)
+
+
+def test_a_frozen_parameter_with_a_later_hook_is_left_alone() -> None:
+    """Found by the state machine: moving our hook last must skip frozen parameters."""
+    net = _net()
+    with gradscope.watch(net) as w:
+        handle = net[0].weight.register_hook(lambda g: g * 2)
+        net[0].weight.requires_grad_(False)
+        net(torch.randn(5, 4)).sum().backward()
+        handle.remove()
+    assert w.errors == [] and w.last.frozen == ["0.weight"]

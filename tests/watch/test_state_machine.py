@@ -39,7 +39,7 @@ from torch import nn
 import gradscope
 import gradscope._watch.recorder as recorder_module
 from gradscope import GradscopeError, GradscopeWarning
-from gradscope._hooks import InertHook
+from gradscope._hooks import CopySafe
 from gradscope._watch.reading import host_copy_for
 
 
@@ -96,12 +96,13 @@ def same(actual: torch.Tensor, expected: torch.Tensor, exact: bool, size: float 
 
 
 def live_hooks(net: nn.Module) -> list[object]:
+    """gradscope's working hooks on ``net`` (the user's own are not counted)."""
     hooks: list[object] = []
     for module in net.modules():
         for table in (module._forward_pre_hooks, module._forward_hooks):
-            hooks += [h for h in table.values() if not isinstance(h, InertHook)]
+            hooks += [h for h in table.values() if isinstance(h, CopySafe)]
     for param in net.parameters():
-        hooks += list((param._backward_hooks or {}).values())
+        hooks += [h for h in (param._backward_hooks or {}).values() if isinstance(h, CopySafe)]
     return hooks
 
 
@@ -117,12 +118,16 @@ class WatchMachine(RuleBasedStateMachine):
         self.watch: gradscope.Watch | None = None
         self.passes: list[Pass] = []
         self.scaled_once = False
+        self.clamped: set[int] = set()
+        self.handles: list[Any] = []
         self.keep, self.copy, self.uses_scaler = "last", False, False
 
     def _optimizers(self) -> None:
         self.opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (self.net, self.twin)]
 
     def teardown(self) -> None:
+        for handle in self.handles:
+            handle.remove()
         if self.watch is not None:
             self.watch.close()
         recorder_module.host_copy_for = host_copy_for  # type: ignore[assignment]
@@ -164,7 +169,11 @@ class WatchMachine(RuleBasedStateMachine):
 
     def _probe(self, run: Any) -> dict[str, torch.Tensor]:
         """What one pass adds, from a copy of the twin that starts with no gradient."""
-        probe = copy.deepcopy(self.twin)
+        probe = copy.deepcopy(self.twin)  # a copy drops tensor hooks: register them again
+        for index in self.clamped:
+            param = list(probe.parameters())[index]
+            if param.requires_grad:
+                param.register_hook(_clamp)
         probe.zero_grad(set_to_none=True)
         try:
             run(probe, 1)
@@ -337,6 +346,17 @@ class WatchMachine(RuleBasedStateMachine):
     def freeze(self, index: int, trainable: bool) -> None:
         self._both(lambda m, i: list(m.parameters())[index].requires_grad_(trainable))
 
+    @rule(index=st.integers(0, 3))
+    def clamp_hook(self, index: int) -> None:
+        """A hook registered after the watch that changes the gradient: delta must follow it."""
+        if index in self.clamped:
+            return
+        params = [list(model.parameters())[index] for model in (self.net, self.twin)]
+        if not params[0].requires_grad:
+            return  # torch refuses hooks on a frozen tensor
+        self.clamped.add(index)
+        self.handles += [param.register_hook(_clamp) for param in params]
+
     @rule(which=st.sampled_from(["a", "b"]))
     def replace_weight(self, which: str) -> None:
         def replace(model: nn.Module, i: int) -> None:
@@ -345,6 +365,7 @@ class WatchMachine(RuleBasedStateMachine):
 
         self._both(replace)
         self._optimizers()
+        self.clamped.discard(0 if which == "a" else 2)  # the new parameter has no hook
 
     @rule()
     def deepcopy_and_pickle(self) -> None:
@@ -377,9 +398,19 @@ class WatchMachine(RuleBasedStateMachine):
 
     @invariant()
     def records_match_the_clones(self) -> None:
+        """Count, lists and statistics; tensors are read by the read_tensors rule only, since
+        reading hands a tensor to the user, which keeps it from being recycled."""
+        self._compare(read_tensors=False)
+
+    @rule()
+    def read_tensors(self) -> None:
+        self._compare(read_tensors=True)
+
+    def _compare(self, read_tensors: bool) -> None:
         if self.watch is None:
             return
         records, _ = self._records()
+        assert self.watch.errors == []  # nothing failed inside gradscope's hooks
         assert len(records) == len(self.passes)
         for record, expected in zip(records, self.passes, strict=True):
             assert record.failed == expected.failed
@@ -387,11 +418,11 @@ class WatchMachine(RuleBasedStateMachine):
             assert sorted(record.missing) == sorted(expected.missing)
             assert set(record) == set(expected.delta)
             for name, grad in record.grads.items():
-                self._check_grad(record, grad, expected, name)
+                self._check_stats(grad, expected, name)
+                if read_tensors:
+                    self._check_tensors(grad, expected, name)
 
-    def _check_grad(
-        self, record: gradscope.BackwardRecord, grad: gradscope.GradRecord, e: Pass, name: str
-    ) -> None:
+    def _check_stats(self, grad: gradscope.GradRecord, e: Pass, name: str) -> None:
         assert grad.accumulated == e.accumulated
         assert grad.loss_scale == e.scale
         source = e.after[name] if e.accumulated else e.delta[name]
@@ -409,6 +440,8 @@ class WatchMachine(RuleBasedStateMachine):
         if stats.mean is not None:
             spread = float(finite.abs().max()) / divide if finite.numel() else 0.0
             assert math.isclose(stats.mean, float(finite.mean()) / divide, abs_tol=1e-5 * spread)
+
+    def _check_tensors(self, grad: gradscope.GradRecord, e: Pass, name: str) -> None:
         if self.keep == "none":
             assert grad.after is None and grad.before is None and grad.delta is None
             return
@@ -441,13 +474,17 @@ class WatchMachine(RuleBasedStateMachine):
         same(value, wanted, exact=exact, size=size)
 
 
+def _clamp(grad: torch.Tensor) -> torch.Tensor:
+    return grad.clamp(-0.1, 0.1)
+
+
 def _dropped(watch: gradscope.Watch | None, grad: gradscope.GradRecord) -> bool:
     assert watch is not None
     return any(r.dropped == "max_bytes" and grad in r.grads.values() for r in watch.records)
 
 
 WatchMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("GRADSCOPE_MACHINE_EXAMPLES", "25")),
+    max_examples=int(os.environ.get("GRADSCOPE_MACHINE_EXAMPLES", "30")),
     stateful_step_count=int(os.environ.get("GRADSCOPE_MACHINE_STEPS", "12")),
     deadline=None,
 )
