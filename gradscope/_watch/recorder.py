@@ -23,8 +23,9 @@ from torch.utils.hooks import RemovableHandle
 from .._graph.module_tags import install_module_tagging
 from .._hooks import CopySafe
 from .._naming import ParamNames, named_parameters, unwrap_module
+from .assembly import arrived, make_grad_record, scaler_moved
 from .keeping import Keep, Keeper, default_max_bytes
-from .passes import Entry, Pass
+from .passes import Entry, Pass, accumulate_node, will_accumulate
 from .reading import HostCopy, Reading, host_copy_for
 from .records import BackwardRecord, GradRecord
 from .stats import reduction_dtype
@@ -34,18 +35,6 @@ __all__ = ["Keep", "Recorder"]
 # Gradients at least this large get their norm taken inside the hook, while still in cache;
 # smaller ones are cheaper in one fused kernel at the end of the pass.
 _HOT_NORM_NUMEL = 1 << 16
-
-
-def _accumulate_node(param: torch.Tensor) -> Any:
-    return param.view_as(param).grad_fn.next_functions[0][0]  # type: ignore[union-attr]
-
-
-def _will_accumulate(node: Any) -> bool:
-    """Whether this backward pass writes ``.grad`` (False under ``torch.autograd.grad``)."""
-    try:
-        return bool(torch._C._will_engine_execute_node(node))
-    except RuntimeError:  # torch refuses the question for leaves during autograd.grad
-        return False
 
 
 def _remove_handles(handles: dict[str, RemovableHandle], extra: list[RemovableHandle]) -> None:
@@ -69,11 +58,6 @@ def _on_grad(
     recorder = ref()
     if recorder is not None:
         recorder._guard(recorder._on_grad, name, param, grad)
-
-
-def _scaler_token(scaler: Any) -> Any:
-    """What tells whether a GradScaler unscaled or stepped since: its per-optimizer state."""
-    return getattr(scaler, "_per_optimizer_states", None)
 
 
 class Recorder:
@@ -258,7 +242,7 @@ class Recorder:
         # It does not fire for FSDP2/DTensor parameters (post-accumulate hooks do): not
         # supported yet. Parameters drop their hooks when copied or pickled.
         self._register(name, param)
-        self._nodes[name] = _accumulate_node(param)
+        self._nodes[name] = accumulate_node(param)
 
     def _register(self, name: str, param: torch.Tensor) -> None:
         hook = CopySafe(_on_grad, weakref.ref(self), name, param)
@@ -318,7 +302,7 @@ class Recorder:
             hooks is None or len(hooks) < 2 or next(reversed(hooks)) == self._param_handles[name].id
         )
         old = param.grad
-        accumulates = _will_accumulate(self._nodes[name])
+        accumulates = will_accumulate(self._nodes[name])
         incoming = norm = None
         if grad.requires_grad:  # create_graph=True: a plain copy, not the double-backward graph
             held: torch.Tensor | None = grad.detach().clone()
@@ -405,9 +389,21 @@ class Recorder:
         known: list[torch.Tensor | None] = []
         for name, entry in current.entries.items():
             param = self.names.params.get(name)
-            if param is None or (failed and not _arrived(entry, param)):
+            if param is None or (failed and not arrived(entry, param)):
                 continue
-            grad_record, source, norm = self._make_record(name, param, entry, current.index, scale)
+            grad_record, source, norm = make_grad_record(
+                name,
+                param,
+                entry,
+                current.index,
+                scale,
+                self._aliases[name],
+                keep=self.keep,
+                copy=self._keeper.copy if self.copy else None,
+                ddp=self._ddp,
+            )
+            if grad_record.accumulated and self.keep != "none" and param.grad is not None:
+                self._last_record[name] = grad_record  # its after may be .grad itself
             records[name] = grad_record
             sources.append(source if source is not None else torch.zeros(0))
             known.append(norm)
@@ -469,7 +465,7 @@ class Recorder:
         for slot, record in enumerate(records):
             record._reading, record._slot = reading, slot
         if scale is not None:
-            rescaled = self._rescaled_check()
+            rescaled = scaler_moved(self.scaler)
             for record in records:
                 if record.accumulated and record._source_version is not None:
                     record._rescaled = rescaled
@@ -480,65 +476,7 @@ class Recorder:
             copy = self._copies[device] = host_copy_for(device)
         return copy
 
-    def _rescaled_check(self) -> Callable[[], bool]:
-        """True once the scaler unscaled ``.grad`` in place or stepped since this pass ended."""
-        scaler, token = self.scaler, _scaler_token(self.scaler)
-
-        def rescaled() -> bool:
-            states = _scaler_token(scaler)
-            if states is not token:  # update() ran: a new per-optimizer state dict
-                return True
-            return any(getattr(s.get("stage"), "name", "READY") != "READY" for s in states.values())
-
-        return rescaled
-
-    def _make_record(
-        self, name: str, param: torch.Tensor, entry: Entry, index: int, scale: float | None
-    ) -> tuple[GradRecord, torch.Tensor | None, torch.Tensor | None]:
-        """One parameter's record, the tensor its statistics describe, and its norm if known."""
-        live = param.grad
-        record = GradRecord(
-            name,
-            index,
-            param.shape,
-            accumulated=entry.accumulated,
-            loss_scale=scale,
-            aliases=self._aliases[name],
-        )
-        if not entry.accumulated or live is None:  # torch.autograd.grad: .grad is untouched
-            if self.keep != "none":
-                record._before = record._after = entry.before
-                record._delta = entry.grad
-                if entry.grad is not None:  # autograd.grad returned this very tensor
-                    record._source_version = entry.grad._version
-            return record, entry.grad, None
-        norm = entry.norm
-        if norm is not None and entry.incoming != (live.data_ptr(), live._version):
-            norm = None  # .grad is not the very gradient the hook measured (another hook?)
-        if self.keep == "none":
-            return record, live, norm
-        if self.copy:
-            after = self._keeper.copy(name, live)
-        else:
-            after, record._source_version = live, live._version
-        self._last_record[name] = record
-        record._before, record._after = entry.before, after
-        if self._ddp:  # .grad now holds the average over processes; entry.grad is the local one
-            record._local = entry.grad
-            record._delta = after if entry.before is None else after - entry.before
-        else:  # with no .grad before the pass, .grad is exactly what the pass added
-            record._delta = after if entry.before is None else entry.grad
-        return record, after, norm
-
     def _loss_scale(self) -> float | None:
         if self.scaler is None or not getattr(self.scaler, "is_enabled", lambda: True)():
             return None
         return float(self.scaler.get_scale())
-
-
-def _arrived(entry: Entry, param: torch.Tensor) -> bool:
-    """Whether a failed pass got as far as writing this parameter's ``.grad``."""
-    if not entry.accumulated:
-        return True
-    live = param.grad
-    return not (live is entry.old and (live is None or live._version == entry.old_version))
