@@ -98,35 +98,31 @@ def host_copy_for(device: torch.device) -> HostCopy:
     return CopyAsync() if device.type == "cuda" else CopyNow()
 
 
-def _count_finite(zeroed: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Given ``x * 0`` of each tensor (0 where x is finite, NaN elsewhere), count the zeros."""
-    torch._foreach_reciprocal_(zeroed)  # +-inf where finite, NaN elsewhere
-    torch._foreach_sign_(zeroed)  # +-1 where finite; torch's sign maps NaN to 0
-    return torch.stack(torch._foreach_norm(zeroed, 1, dtype=torch.float64))
-
-
 def device_counts(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """NaN and Inf counts of real tensors (one device, one dtype), as float64 vectors there.
+    """Finite and Inf element counts of real tensors (one device, one dtype), as float64
+    vectors there; the NaN count is what is left of ``numel``.
 
-    A handful of fused kernels whatever the number of tensors, and no host sync: ``x * 0`` is 0
-    for a finite x and NaN otherwise, and ``|sign(1 / (x * 0))|`` summed counts the finite
-    elements. Clamping +-Inf to the largest finite value first counts the elements that are not
-    NaN. Temporaries are bounded by working through the tensors in chunks.
+    Nine fused kernels whatever the number of tensors, and no host sync. ``x * 0`` is 0 for a
+    finite x and NaN otherwise; its reciprocal is +-inf or NaN, whose sign is +-1 or 0 (torch's
+    sign maps NaN to 0): summing ``|sign(1 / (x * 0))|`` counts the finite elements.
+    ``clamp(x, -max, max) - x`` is 0 for a finite x, +-inf for an infinite one and NaN for a
+    NaN: summing the ``|sign|`` of that counts the infinite ones. Temporaries are bounded by
+    working through the tensors in chunks.
     """
     big = torch.finfo(tensors[0].dtype).max
     finite: list[torch.Tensor] = []
-    not_nan: list[torch.Tensor] = []
+    infinite: list[torch.Tensor] = []
     for chunk in _chunks(tensors):
-        finite.append(_count_finite(torch._foreach_mul(chunk, 0.0)))
-        clamped = torch._foreach_clamp_min(chunk, -big)
-        torch._foreach_clamp_max_(clamped, big)
-        torch._foreach_mul_(clamped, 0.0)
-        not_nan.append(_count_finite(clamped))
-    numel = torch.tensor(
-        [t.numel() for t in tensors], dtype=torch.float64, device=tensors[0].device
-    )
-    finite_all, not_nan_all = torch.cat(finite), torch.cat(not_nan)
-    return numel - not_nan_all, not_nan_all - finite_all
+        work = torch._foreach_mul(chunk, 0.0)
+        torch._foreach_reciprocal_(work)
+        torch._foreach_sign_(work)
+        finite.append(torch.stack(torch._foreach_norm(work, 1, dtype=torch.float64)))
+        work = torch._foreach_clamp_min(chunk, -big)
+        torch._foreach_clamp_max_(work, big)
+        torch._foreach_sub_(work, chunk)
+        torch._foreach_sign_(work)
+        infinite.append(torch.stack(torch._foreach_norm(work, 1, dtype=torch.float64)))
+    return torch.cat(finite), torch.cat(infinite)
 
 
 def _chunks(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -142,17 +138,17 @@ def _chunks(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
 
 
 def _deferred_stats(views: list[torch.Tensor], sources: list[torch.Tensor]) -> torch.Tensor:
-    """(3, n) float64 on the device: norms, NaN counts, Inf counts; nothing read back."""
+    """(3, n) float64 on the device: norms, finite counts, Inf counts; nothing read back."""
     if sources[0].dtype == torch.float64:
         norms = robust_norms64(sources)
     else:  # float64 accumulation cannot over- or underflow for float32 and narrower values
         norms = torch.stack(torch._foreach_norm(sources, 2, dtype=torch.float64))
     if any(v.is_complex() for v in views):  # rare: count per complex element, tensor by tensor
-        nan = torch.stack([torch.isnan(v).sum() for v in views]).double()
+        finite = torch.stack([torch.isfinite(v).sum() for v in views]).double()
         inf = torch.stack([(torch.isinf(v) & ~torch.isnan(v)).sum() for v in views]).double()
     else:
-        nan, inf = device_counts(sources)
-    return torch.stack([norms, nan, inf])
+        finite, inf = device_counts(sources)
+    return torch.stack([norms, finite, inf])
 
 
 class Reading:
@@ -235,9 +231,12 @@ class Reading:
         for indices, host, event in self._pending:
             if event is not None:
                 event.synchronize()
-            norms, nans, infs = host.tolist()
+            norms, finite, infs = host.tolist()
+            numel = self._numel
+            assert numel is not None
             for k, i in enumerate(indices):
-                self._stats[i] = (norms[k], round(nans[k]), round(infs[k]))
+                inf = round(infs[k])
+                self._stats[i] = (norms[k], numel[i] - round(finite[k]) - inf, inf)
         self._pending = []
 
     def get(self, i: int) -> Stats:

@@ -47,10 +47,11 @@ def test_device_counts_match_numpy(group: list[torch.Tensor]) -> None:
     for tensor in group:
         by_dtype.setdefault(tensor.dtype, []).append(tensor)
     for same in by_dtype.values():
-        nan, inf = device_counts(same)
-        assert [(int(a), int(b)) for a, b in zip(nan, inf, strict=True)] == [
-            numpy_counts(t) for t in same
+        finite, inf = device_counts(same)
+        counts = [
+            (t.numel() - int(f) - int(i), int(i)) for t, f, i in zip(same, finite, inf, strict=True)
         ]
+        assert counts == [numpy_counts(t) for t in same]
 
 
 @settings(max_examples=60, deadline=None)
@@ -69,3 +70,17 @@ def test_both_read_paths_give_the_same_statistics(group: list[torch.Tensor]) -> 
                 assert math.isnan(norm)
             else:
                 assert norm == pytest.approx(exact, rel=1e-6)
+
+
+def test_device_counts_in_chunks_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gradscope._watch.reading as reading
+
+    torch.manual_seed(0)
+    group = [torch.randn(n) for n in (3, 7, 1, 12, 5)]
+    for i, t in enumerate(group):
+        t[i % t.numel()] = [math.nan, math.inf, -math.inf][i % 3]
+    whole = device_counts(group)
+    monkeypatch.setattr(reading, "_CHUNK", 8)  # several chunks, one tensor larger than a chunk
+    assert len(reading._chunks(group)) > 2
+    for a, b in zip(device_counts(group), whole, strict=True):
+        assert torch.equal(a, b)
