@@ -3,14 +3,19 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.gradscope-installed
+TORCH  := 2.13.0
 
 .PHONY: install demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch is pinned here (not in pyproject) so pip takes the CPU build instead of a multi-GB CUDA one.
-	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,plot]'
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==$(TORCH)
+	# torch==$(TORCH) again in the same resolve, so no extra (lightning, transformers...) can
+	# move it to another (CUDA) build.
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==$(TORCH) \
+		-e '.[dev,plot,integrations]'
+	$(PY) .ci/check_env.py $(TORCH)
 	touch $(STAMP)
 
 install: $(STAMP)

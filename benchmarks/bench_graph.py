@@ -6,6 +6,7 @@ torchviz is installed in the same environment; it is never a gradscope dependenc
 
 from __future__ import annotations
 
+import gc
 import os
 import statistics
 import subprocess
@@ -133,14 +134,57 @@ def rendering_table() -> None:
         )
 
 
-def walk_50k() -> None:
-    x = torch.randn(2, requires_grad=True)
-    z = x
-    for _ in range(50_000):
+def _bare_walk(root: torch.Tensor) -> int:
+    """The floor: an iterative next_functions walk that only names each node."""
+    seen: dict[int, object] = {}
+    names = []
+    stack = [root.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen[id(fn)] = fn
+        names.append(fn.name())
+        stack.extend(child for child, _ in fn.next_functions)
+    return len(names)
+
+
+def _chain(n: int) -> torch.Tensor:
+    z = torch.randn(2, requires_grad=True)
+    for _ in range(n):
         z = z * 1.0001
-    walk_s, g = _time(lambda: gradscope.graph(z), 3)
-    assert isinstance(g, gradscope.Graph)
-    print(f"\nwalk of {len(g.nodes)} nodes (gradscope.graph): {walk_s:.3f} s median of 3")
+    return z
+
+
+def walk_50k() -> None:
+    print("\n## 50,000-node chain: gradscope.graph() / a bare next_functions walk (interleaved)")
+    times: dict[str, list[float]] = {"bare": [], "graph": []}
+
+    def bare(z: torch.Tensor) -> None:
+        gc.disable()  # as graph() does: the cyclic collector would sweep the walk's objects
+        try:
+            _bare_walk(z)
+        finally:
+            gc.enable()
+
+    # each walk gets a fresh chain: the first look at a node creates its Python wrapper, which
+    # both pay; a second graph() of the same loss would find its nodes already held (cheaper)
+    for k in range(9):
+        order = [("bare", bare), ("graph", gradscope.graph)]
+        for name, fn in order if k % 2 else order[::-1]:
+            z = _chain(50_000)
+            t = time.perf_counter()
+            fn(z)
+            times[name].append(time.perf_counter() - t)
+            if name == "bare":  # a chain this long, once seen from Python, frees recursively
+                gradscope.graph(z)  # and overflows the C stack: let gradscope's holder free it
+            del z
+    ratios = [g / b for g, b in zip(times["graph"], times["bare"], strict=True)]
+    print(
+        f"bare {statistics.median(times['bare']):.3f} s, graph() "
+        f"{statistics.median(times['graph']):.3f} s: median ratio {statistics.median(ratios):.2f}x"
+        " (target <= 3x)"
+    )
 
 
 def _interleaved(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
@@ -187,9 +231,9 @@ def _tagging_case(name: str, plain: nn.Module, tagged: nn.Module, x: torch.Tenso
 def grads_overhead() -> None:
     print("\n## grads=True (NaN origin) per training step vs plain and vs detect_anomaly")
     cases = [
-        ("LeNet", lambda: (gradscope.LeNet(), torch.randn(8, 1, 32, 32)), 60),
-        ("MLP 4x1024", lambda: (_mlp(), torch.randn(32, 1024)), 30),
-        ("TransformerEncoder x12", lambda: (transformer(12), torch.randn(4, 16, 32)), 15),
+        ("LeNet", lambda: (gradscope.LeNet(), torch.randn(8, 1, 32, 32)), 80),
+        ("MLP 4x1024", lambda: (_mlp(), torch.randn(32, 1024)), 40),
+        ("TransformerEncoder x12", lambda: (transformer(12), torch.randn(4, 16, 32)), 40),
     ]
     for name, make, rounds in cases:
         torch.manual_seed(0)
@@ -205,10 +249,10 @@ def _grads_case(name: str, net: nn.Module, x: torch.Tensor, rounds: int) -> None
         net(x).pow(2).mean().backward()
         opt.step()
 
-    def grads() -> None:
+    def grads(saved: bool) -> None:
         opt.zero_grad()
         loss = net(x).pow(2).mean()
-        g = gradscope.graph(loss, grads=True)
+        g = gradscope.graph(loss, grads=True, saved=saved)
         loss.backward()
         assert g.first_nonfinite is None
         opt.step()
@@ -219,12 +263,48 @@ def _grads_case(name: str, net: nn.Module, x: torch.Tensor, rounds: int) -> None
             net(x).pow(2).mean().backward()
         opt.step()
 
-    med = _interleaved({"plain": plain, "grads": grads, "anomaly": anomaly}, rounds)
+    med = _interleaved(
+        {
+            "plain": plain,
+            "grads": lambda: grads(True),
+            "lean": lambda: grads(False),
+            "anomaly": anomaly,
+        },
+        rounds,
+    )
     base = med["plain"]
     print(
         f"{name}: plain {base * 1e3:.2f} ms; grads=True {med['grads'] / base:.2f}x; "
+        f"grads=True, saved=False {med['lean'] / base:.2f}x; "
         f"detect_anomaly {med['anomaly'] / base:.2f}x"
     )
+
+
+def layout_choice() -> None:
+    print("\n## full layouts: estimated dot time and what was chosen (render once each)")
+    print("| graph | drawn nodes | long-edge segments | estimated dot s | engine | render s |")
+    print("|---|---|---|---|---|---|")
+    from gradscope._graph.layout import estimate
+
+    cases = [
+        ("TransformerEncoder x12, full", lambda: (transformer(12), torch.randn(2, 10, 32)), True),
+        ("residual MLP 400 blocks, full", lambda: (ResidualMLP(400), torch.randn(2, 4)), True),
+        ("residual MLP 1000 blocks, full", lambda: (ResidualMLP(1000), torch.randn(2, 4)), True),
+        ("Linear reused 100x, unfolded", lambda: (Reused(100), torch.randn(2, 8)), False),
+    ]
+    for name, make, fold in cases:
+        torch.manual_seed(0)
+        net, x = make()
+        g = gradscope.graph(net(x).sum(), params=net)
+        dot = g._dot(None, 10**6, fold)
+        guess = estimate(dot.drawn, dot.lines)
+        t = time.perf_counter()
+        result = g.render_result(max_nodes=10**6, fold=fold, timeout=120)
+        took = time.perf_counter() - t
+        print(
+            f"| {name} | {guess.nodes} | {guess.segments} | {guess.seconds:.1f} "
+            f"| {result.engine} | {took:.2f} |"
+        )
 
 
 def _mlp() -> nn.Module:
@@ -239,6 +319,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, renderer: {[r.name for r in find_renderers()]}")
     rendering_table()
     walk_50k()
+    layout_choice()
     tagging_overhead()
     grads_overhead()
 

@@ -87,3 +87,69 @@ def transformer(layers: int = 12, d_model: int = 32) -> nn.TransformerEncoder:
         d_model, 4, dim_feedforward=64, dropout=0.0, batch_first=True
     )
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block: two 3x3 convs with batch norm, a shortcut (1x1 conv on stride)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(out + shortcut)
+        return out
+
+
+class ResNet18(nn.Module):
+    """torchvision's resnet18 layout (same module names), written here: no torchvision."""
+
+    def __init__(self, classes: int = 10, width: int = 64) -> None:
+        super().__init__()
+        w = width
+        self.conv1 = nn.Conv2d(3, w, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(BasicBlock(w, w), BasicBlock(w, w))
+        self.layer2 = nn.Sequential(BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 2 * w))
+        self.layer3 = nn.Sequential(BasicBlock(2 * w, 4 * w, 2), BasicBlock(4 * w, 4 * w))
+        self.layer4 = nn.Sequential(BasicBlock(4 * w, 8 * w, 2), BasicBlock(8 * w, 8 * w))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8 * w, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        out: torch.Tensor = self.fc(torch.flatten(self.avgpool(x), 1))
+        return out
+
+
+def gpt2(layers: int = 2) -> nn.Module:
+    """A GPT-2 language model built from a transformers config (needs transformers)."""
+    import transformers
+
+    config = transformers.GPT2Config(
+        n_layer=layers,
+        n_head=4,
+        n_embd=64,
+        vocab_size=500,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        use_cache=False,
+    )
+    model: nn.Module = transformers.GPT2LMHeadModel(config)
+    return model

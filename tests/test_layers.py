@@ -21,6 +21,7 @@ LAYERS = {
     "gradscope._files": 1,
     "gradscope._hooks": 1,
     "gradscope._lenet": 1,
+    "gradscope._text": 1,
     "gradscope._graph": 2,
     "gradscope._watch": 3,
     "gradscope._optim": 3,
@@ -28,6 +29,7 @@ LAYERS = {
     "gradscope.testing": 4,
     "gradscope.strategies": 4,
     "gradscope._cli": 5,
+    "gradscope.integrations": 5,  # Lightning, Hugging Face, TensorBoard: frameworks imported lazily
     "gradscope.__main__": 6,
     "gradscope": 6,  # the flat public API imports from every layer
 }
@@ -39,6 +41,11 @@ LAZY_UPWARD = {
     # reads a watch through the Reportable protocol and never imports it.
     ("gradscope._watch.watch", "gradscope._report.summary"),
     ("gradscope._watch.watch", "gradscope._report.html"),
+    # _repr_html_ (what Jupyter and VS Code show): the classes keep a thin method and the HTML
+    # tables live in the report layer, imported only when a notebook asks for them.
+    ("gradscope._watch.watch", "gradscope._report.notebook"),
+    ("gradscope._watch.records", "gradscope._report.notebook"),
+    ("gradscope._optim.step_report", "gradscope._report.notebook"),
 }
 
 

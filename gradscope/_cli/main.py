@@ -22,6 +22,8 @@ from .target import LOSSES
 if TYPE_CHECKING:
     import torch
 
+    from .._graph.graph import Graph
+
 __all__ = ["build_parser", "main"]
 
 
@@ -63,6 +65,7 @@ def _shape(text: str) -> tuple[int, ...]:
 def _cmd_graph(args: argparse.Namespace) -> int:
     from .._files import atomic_write
     from .._graph.build import graph
+    from .._graph.module_tags import install_module_tagging
     from .target import DTYPES, build_model, check_memory, make_inputs, to_loss, vocab_of
 
     out = Path(args.output)
@@ -79,25 +82,47 @@ def _cmd_graph(args: argparse.Namespace) -> int:
             "--input is required: the shape of each input the model's forward takes, "
             "e.g. --input 1,1,32,32"
         )
+    if args.radius < 0:
+        raise GradscopeError(f"--radius {args.radius}: pass 0 or more (edges around --focus)")
+    if args.focus == "nan" and not args.grads:
+        raise GradscopeError("--focus nan needs --grads (the NaN/Inf origin of a backward pass)")
     model = build_model(args.target)
     dtype = DTYPES[args.dtype]
     model.to(dtype)
     kinds = _input_dtypes(args, dtype)
     vocab = args.vocab if args.vocab is not None else vocab_of(model)
     check_memory(args.input, kinds)
-    loss = to_loss(model, make_inputs(args.input, kinds, vocab=vocab), args.loss)
+    inputs = make_inputs(args.input, kinds, vocab=vocab)
+    # note which module runs each op, so every op lands in its module's cluster
+    handles = install_module_tagging(model)
+    try:
+        loss = to_loss(model, inputs, args.loss)
+    finally:
+        for handle in handles:
+            handle.remove()
     g = graph(loss, params=model, grads=args.grads)
     if args.grads:
         loss.backward()  # type: ignore[no-untyped-call]
+    whole = len(g)
+    focus = ""
+    if args.focus is not None:
+        g, focus = _focused(g, args.focus, args.radius)
     progress = Progress(sys.stderr)
+    notes: tuple[str, ...] = ()
     if out.suffix.lower() in (".dot", ".gv"):
         data: str | bytes = g.to_dot(depth=args.depth)
     else:
         progress.note(f"laying out {len(g)} backward nodes with Graphviz...")
-        data = g.render(out.suffix[1:].lower(), depth=args.depth)
+        drawn = g.render_result(out.suffix[1:].lower(), depth=args.depth)
+        data, notes = drawn.data, drawn.notes
     atomic_write(out, data)
     extra = ", gradient norms on the edges" if args.grads else ""
-    print(f"wrote {out}: backward graph of {type(model).__name__}, {len(g)} nodes{extra}")
+    print(f"wrote {out}: backward graph of {type(model).__name__}, {whole} nodes{focus}{extra}")
+    for note in notes:
+        print(f"  note: {note}")
+    origin = g.first_nonfinite if args.grads else None
+    if origin is not None:
+        print(f"  first non-finite gradient: {origin}")
     return 0
 
 
@@ -126,6 +151,20 @@ def _vocab(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of token ids")
     return value
+
+
+def _focused(g: Graph, focus: str, radius: int) -> tuple[Graph, str]:
+    """``--focus``: the part of ``g`` around a module, or around the NaN/Inf origin."""
+    if focus == "nan":
+        origin = g.first_nonfinite
+        if origin is None:
+            raise GradscopeError(
+                "--focus nan: the backward pass had no NaN/Inf gradient; drop --focus"
+            )
+        part = g.around(origin, radius=radius)
+        return part, f" (drawn: {len(part)} around {origin.node.label})"
+    part = g.around(focus, radius=radius)
+    return part, f" (drawn: {len(part)} around module {focus!r})"
 
 
 def _add_debug(parser: argparse.ArgumentParser, default: object) -> None:
@@ -240,6 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="collapse each module at depth N into one node (1 = top-level)",
+    )
+    draw.add_argument(
+        "--focus",
+        metavar="MODULE",
+        default=None,
+        help="draw only the part around one module (e.g. layers.3.self_attn), or around the "
+        "first NaN/Inf gradient with --focus nan (needs --grads)",
+    )
+    draw.add_argument(
+        "--radius",
+        type=int,
+        default=2,
+        metavar="K",
+        help="with --focus: how many edges around it to draw (default: 2)",
     )
     _add_debug(draw, argparse.SUPPRESS)
     draw.set_defaults(run=_cmd_graph)

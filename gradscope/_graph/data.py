@@ -42,6 +42,7 @@ class GraphData:
     origin_id: int | None = None
     notes: tuple[str, ...] = ()
     recorded: bool = False
+    origins: tuple[NonfiniteGradient, ...] = ()  # every independent source, backward order
     by_id: dict[int, GraphNode] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,6 +116,7 @@ def collapsed(data: GraphData, group: Mapping[int, str], note: str) -> GraphData
         origin_id,
         (*data.notes, note),
         data.recorded,
+        data.origins,
     )
 
 
@@ -134,6 +136,7 @@ def node_with_norm(n: GraphNode, norm: float | None) -> GraphNode:
         n.ops,
         n.params,
         n.saved_total,
+        n.seq,
     )
 
 
@@ -175,7 +178,7 @@ def span_groups(data: GraphData, max_nodes: int) -> tuple[dict[int, str], int]:
     """Consecutive ops in topological order as groups ``#span<k>``, and the span size."""
     index = {n.id: k for k, n in enumerate(data.nodes)}
     order = topological(
-        len(data.nodes), [GraphEdge(index[e.src], index[e.dst], 0) for e in data.edges]
+        len(data.nodes), [index[e.src] for e in data.edges], [index[e.dst] for e in data.edges]
     )
     ops = [data.nodes[k] for k in order if data.nodes[k].kind != "parameter"]
     size = max(2, -(-len(ops) // max(1, (max_nodes * 4) // 5)))

@@ -3,6 +3,8 @@
 Folding (on by default) draws no ``AccumulateGrad`` node: a parameter becomes a line in the label
 of each op that uses it (through a ``TBackward0``-style view too). That halves the node count
 and removes the fan-out edges of a parameter used many times, which is what makes Graphviz slow.
+A view between two ops (one consumer, one input) becomes part of the edge (its tooltip names
+it): views keep the gradient's norm, and a transformer has one for every two ops that compute.
 """
 
 from __future__ import annotations
@@ -11,14 +13,19 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .._text import printable
 from .walk import VIEW_OPS, GraphEdge, GraphNode
 
 __all__ = ["DotGraph", "build_dot", "drawn_node_count", "format_bytes", "format_norm"]
 
-# light to dark blue for small to large gradients; red is kept for NaN/Inf
+# light to dark blue for small to large gradients; red is kept for NaN/Inf. Node fills may be
+# light (the node has a border and dark text); edges are lines on white, so their scale starts
+# at a mid blue: every edge colour contrasts at least 3:1 with the background (WCAG 2 ratio).
 _PALETTE = ("#f7fbff", "#c6dbef", "#6baed6", "#2171b5", "#08306b")
+_EDGE_PALETTE = ("#4292c6", "#3182bd", "#2171b5", "#08519c", "#08306b")
 _NONFINITE = "#e31a1c"
 _ZERO = "#d9d9d9"
+_EDGE_ZERO = "#888888"
 
 
 def format_norm(v: float | None) -> str:
@@ -44,6 +51,12 @@ def format_bytes(n: int) -> str:
 class DotGraph:
     attrs: dict[str, str]
     body: list[str] = field(default_factory=list)
+    drawn: list[int] = field(default_factory=list)  # node ids drawn
+    lines: list[tuple[int, int]] = field(default_factory=list)  # edges drawn
+
+    def add_note(self, note: str) -> None:
+        """One more line in the title (what was left out, how it was laid out)."""
+        self.attrs["label"] = f"{self.attrs['label']}\n{note}"
 
     def source(self) -> str:
         head = "".join(f"\t{k}={_q(v)}\n" for k, v in self.attrs.items())
@@ -51,7 +64,10 @@ class DotGraph:
 
 
 def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    """A DOT string: quotes and backslashes escaped, control characters and lone surrogates in
+    names shown as escapes (a NUL would end DOT's parse, a surrogate cannot reach ``dot``)."""
+    lines = (printable(line).replace("\\", "\\\\").replace('"', '\\"') for line in text.split("\n"))
+    return '"' + "\\n".join(lines) + '"'
 
 
 def _folding(
@@ -87,11 +103,37 @@ def _folding(
     return hidden, shown_in
 
 
+def _pass_through(
+    nodes: Sequence[GraphNode], edges: Sequence[GraphEdge], hidden: set[int]
+) -> dict[int, int]:
+    """Views with one consumer and one input, drawn as part of an edge: view -> its input.
+
+    A transformer layer has a dozen view/transpose nodes between the ops that compute; they
+    keep the gradient's norm, so the edge carries the same number without them.
+    """
+    consumers: dict[int, int] = {}
+    children: dict[int, list[int]] = {}
+    for e in edges:
+        consumers[e.dst] = consumers.get(e.dst, 0) + 1
+        children.setdefault(e.src, []).append(e.dst)
+    kinds = {n.id: n.kind for n in nodes}
+    return {
+        n.id: children[n.id][0]
+        for n in nodes
+        if n.kind == "op"
+        and n.op in VIEW_OPS
+        and n.id not in hidden
+        and consumers.get(n.id) == 1
+        and len(children.get(n.id, ())) == 1
+        and kinds[children[n.id][0]] == "op"
+    }
+
+
 def drawn_node_count(nodes: Sequence[GraphNode], edges: Sequence[GraphEdge], fold: bool) -> int:
     if not fold:
         return len(nodes)
     hidden, _ = _folding(nodes, edges)
-    return len(nodes) - len(hidden)
+    return len(nodes) - len(hidden) - len(_pass_through(nodes, edges, hidden))
 
 
 class _Scale:
@@ -114,6 +156,15 @@ class _Scale:
             return _ZERO
         return _PALETTE[round(self.t(v) * (len(_PALETTE) - 1))]
 
+    def edge_color(self, v: float | None) -> str | None:
+        if v is None:
+            return None
+        if not math.isfinite(v):
+            return _NONFINITE
+        if v == 0:
+            return _EDGE_ZERO
+        return _EDGE_PALETTE[round(self.t(v) * (len(_EDGE_PALETTE) - 1))]
+
 
 def build_dot(
     nodes: Sequence[GraphNode],
@@ -127,6 +178,8 @@ def build_dot(
 ) -> DotGraph:
     """The DOT statements; gradient colours appear only where nodes carry ``grad_norm``."""
     hidden, shown_in = _folding(nodes, edges) if fold else (set(), {})
+    through = _pass_through(nodes, edges, hidden) if fold else {}
+    hidden = hidden | set(through)
     by_id = {n.id: n for n in nodes}
     norms = [n.grad_norm for n in nodes if n.grad_norm is not None]
     norms += [e.grad_norm for e in edges if e.grad_norm is not None]
@@ -146,21 +199,32 @@ def build_dot(
     )
     dot.body.append('\tnode [shape=box style="rounded,filled" fontname=Helvetica fontsize=10]\n')
     dot.body.append("\tedge [fontname=Helvetica fontsize=8]\n")
+    dot.drawn = [n.id for n in drawn]
+    shown: list[tuple[GraphEdge, int, list[str]]] = []
+    for e in edges:
+        dst, via = e.dst, []
+        while dst in through:  # views drawn as part of the edge
+            via.append(by_id[dst].op)
+            dst = through[dst]
+        if e.src not in hidden and dst not in hidden:
+            shown.append((e, dst, via))
     lines: dict[str, list[str]] = {}
+    placed = _placement(drawn, [(e.src, dst) for e, dst, _ in shown])
     for n in drawn:
-        mod = n.module if (n.module and n.module_source) else ""
-        lines.setdefault(mod, []).append(
-            _node_stmt(n, by_id, shown_in.get(n.id, ()), scale, n.id == origin)
+        cluster, name = placed[n.id]
+        lines.setdefault(cluster, []).append(
+            _node_stmt(n, by_id, shown_in.get(n.id, ()), scale, n.id == origin, name)
         )
     _clusters(dot, lines, module_saved)
-    few = len(drawn) <= 200
-    for e in edges:
-        if e.src in hidden or e.dst in hidden:
-            continue
+    few = len(drawn) <= 60  # more numbers on edges than that is noise (tooltips keep them)
+    for e, dst, via in shown:
         attrs = {"id": f"edge-{e.src}-{e.dst}-{e.slot}"}
-        color = scale.color(e.grad_norm)
+        color = scale.edge_color(e.grad_norm)
+        if via:
+            attrs["tooltip"] = f"through {', '.join(via)}"
         if e.grad_norm is not None:
-            attrs["tooltip"] = f"|grad| {format_norm(e.grad_norm)} (input {e.slot})"
+            where = f"; through {', '.join(via)}" if via else ""
+            attrs["tooltip"] = f"|grad| {format_norm(e.grad_norm)} (input {e.slot}{where})"
             if few:
                 attrs["label"] = format_norm(e.grad_norm)
         if color is not None:
@@ -168,7 +232,8 @@ def build_dot(
             g = e.grad_norm
             finite = g is not None and math.isfinite(g) and g > 0
             attrs["penwidth"] = f"{1 + 2.5 * scale.t(g):.1f}" if g is not None and finite else "3"
-        dot.body.append(f"\tn{e.src} -> n{e.dst} [{_attrs(attrs)}]\n")
+        dot.body.append(f"\tn{e.src} -> n{dst} [{_attrs(attrs)}]\n")
+        dot.lines.append((e.src, dst))
     if norms:
         dot.body.append(_legend(scale))
     return dot
@@ -178,14 +243,86 @@ def _attrs(attrs: dict[str, str]) -> str:
     return " ".join(f"{k}={_q(v)}" for k, v in attrs.items())
 
 
+_CLUSTER_AT = 3
+_MAX_CROSSINGS = 24
+
+
+def _placement(
+    drawn: Sequence[GraphNode], lines: Sequence[tuple[int, int]]
+) -> dict[int, tuple[str, str | None]]:
+    """Each node's cluster, and the module name to write on it instead of a cluster.
+
+    A cluster per module makes nested boxes around single nodes, and dot spreads clusters
+    diagonally. So only modules with drawn submodules or at least three drawn nodes (attention)
+    get a cluster; a node of another module (a Linear, a LayerNorm, a ReLU called twice) sits
+    in its parent's cluster with the module's name on it, and a collapsed module sits in its
+    parent's cluster too. A cluster that edges cross in and out of many times (a ModuleList
+    whose entries the parent calls between its own ops) costs dot minutes and shows nothing:
+    it is dissolved into its parent, its nodes keep their names.
+    """
+
+    def module_of(n: GraphNode) -> str | None:
+        return n.module if (n.module is not None and n.module_source) else None
+
+    count: dict[str, int] = {}
+    for n in drawn:
+        m = module_of(n)
+        if m is not None:
+            count[m] = count.get(m, 0) + 1
+    parents = {m for m, k in count.items() if k >= _CLUSTER_AT}  # many ops: a box of its own
+    for m in count:
+        parts = m.split(".") if m else []
+        parents.update(".".join(parts[:k]) for k in range(len(parts)))
+    home: dict[int, tuple[str, str | None]] = {}  # node -> (its cluster, its module)
+    for n in drawn:
+        m = module_of(n)
+        if m is None:
+            home[n.id] = ("", None)
+        elif n.kind == "module" or (m not in parents and m):
+            home[n.id] = (m.rpartition(".")[0], None if n.kind == "module" else m)
+        else:
+            home[n.id] = (m, m)
+    dissolved = _crowded(home, lines)
+    out: dict[int, tuple[str, str | None]] = {}
+    for i, (cluster, m) in home.items():
+        while cluster in dissolved:
+            cluster = cluster.rpartition(".")[0]
+        name = None
+        if m is not None and m != cluster:
+            name = m[len(cluster) + 1 :] if cluster else m
+        out[i] = (cluster, name)
+    return out
+
+
+def _crowded(home: dict[int, tuple[str, str | None]], lines: Sequence[tuple[int, int]]) -> set[str]:
+    """Clusters more than ``_MAX_CROSSINGS`` drawn edges enter or leave."""
+    crossings: dict[str, int] = {}
+    for a, b in lines:
+        inside_a = _ancestors(home[a][0])
+        inside_b = _ancestors(home[b][0])
+        for path in inside_a ^ inside_b:
+            crossings[path] = crossings.get(path, 0) + 1
+    return {path for path, k in crossings.items() if k > _MAX_CROSSINGS}
+
+
+def _ancestors(cluster: str) -> set[str]:
+    """The clusters a node in ``cluster`` is drawn inside (``""`` is no cluster)."""
+    if not cluster:
+        return set()
+    parts = cluster.split(".")
+    return {".".join(parts[: k + 1]) for k in range(len(parts))}
+
+
 def _node_stmt(
     n: GraphNode,
     by_id: dict[int, GraphNode],
     folded: Sequence[int],
     scale: _Scale,
     is_origin: bool,
+    module_name: str | None = None,
 ) -> str:
-    text = [n.label if n.kind != "module" else f"{n.module or n.op} ({n.ops} ops)"]
+    first = n.label if n.kind != "module" else f"{n.module or n.op} ({n.ops} ops)"
+    text = [f"{module_name}: {first}" if module_name else first]
     if n.grad_norm is not None or n.grad_norm_out is not None:
         g = f"|g| {format_norm(n.grad_norm)}"
         if n.kind == "module":
@@ -279,7 +416,8 @@ def _legend(scale: _Scale) -> str:
     cells.append(f'<TD BGCOLOR="{_ZERO}">0</TD>')
     table = (
         '<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="4">'
-        f'<TR><TD COLSPAN="{len(cells)}">gradient L2 norm (log colour scale)</TD></TR>'
+        f'<TR><TD COLSPAN="{len(cells)}">gradient L2 norm (log colour scale; '
+        "edges: darker and thicker = larger)</TD></TR>"
         f"<TR>{''.join(cells)}</TR></TABLE>>"
     )
     return f'\tlegend [id="legend" class="legend" shape=plaintext style="" label={table}]\n'

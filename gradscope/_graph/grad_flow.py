@@ -1,12 +1,30 @@
 """Record the gradient that flows through each backward node (``graph(..., grads=True)``).
 
-Each hooked node keeps one on-device ``torch._foreach_norm`` of the gradients it produced (and,
-where several consumers feed it, of the sum it received). Nothing is copied to the host during
-backward: the norms are stacked and read with one ``.tolist()`` per device when first asked for.
-On CPU the cost is the extra pass over each gradient, not a host sync (BRIEF: 1.17x-1.34x).
+Each hooked node keeps the L2 norm of the gradients it produced (and, where several consumers
+feed it, of the sum it received). Views and copies (``NORM_KEEPING``) and leaves with one
+consumer are not hooked: their norm is the norm on the edge into them.
 
-A norm of NaN or Inf marks a non-finite gradient. Like ``clip_grad_norm_``, the norm is taken
-in the gradient's dtype, so a finite float32 gradient whose L2 norm exceeds ~3e38 reads as Inf.
+How the norms are taken, and why:
+
+* Each gradient is normed in its hook and let go. (Holding small gradients to norm them in one
+  batch at the end of the pass was tried: it is no faster on CPU, where ``_foreach_norm`` loops
+  over its tensors, and holding them stops autograd from accumulating in place.)
+* On CPU a norm is a number as soon as it is computed (no device to wait for), so the pass
+  knows at its end whether anything was non-finite; reading ``first_nonfinite`` after a clean
+  pass costs nothing. float32 norms are taken in float32 (a float64 norm converts the whole
+  gradient first: ~10x the time, 20 ms a step on an MLP 4x1024); a float32 norm that reads
+  Inf is taken again in float64, so that a huge but finite gradient (elements above ~1.8e19
+  square to Inf) is never called Inf.
+* On other devices nothing is copied to the host during backward: norms stay on the device,
+  accumulated in float64 (no overflow, no second look needed), and are read with one
+  ``.tolist()`` per device when first asked for.
+
+A norm of NaN or Inf marks a non-finite gradient. **Which node is "first"**: among all nodes
+whose incoming gradients were finite and whose outgoing gradient (or the sum of its incoming
+ones) was not, the one backward ran first. That is the order autograd executed the nodes, as
+the hooks saw it; torch runs ready nodes with the highest sequence number first, so among
+independent sources this is usually the one created last in forward (nearest the loss). Every
+such node is an independent source (``Graph.nonfinite_origins``, in that same order).
 """
 
 from __future__ import annotations
@@ -21,7 +39,7 @@ from typing import Any
 import torch
 
 from .._errors import GradscopeWarning
-from .walk import VIEW_OPS, WalkResult
+from .walk import ACCUMULATE, NORM_KEEPING, WalkResult
 
 __all__ = ["Flow", "GradRecorder", "Origin"]
 
@@ -40,38 +58,45 @@ class Origin:
 class Flow:
     node_norms: list[float | None]
     edge_norms: list[float | None]
-    origin: Origin | None
-    executed: int
+    origins: tuple[Origin, ...]  # independent sources, in backward execution order
+
+
+Norm = float | torch.Tensor  # a float on CPU, a 0-d float64 tensor on other devices
 
 
 class GradRecorder:
     """Hooks on the walked nodes; the hooks hold only a weak reference to the recorder."""
 
     def __init__(self) -> None:
-        self.values: dict[int, tuple[tuple[int, ...], list[torch.Tensor]]] = {}
+        self.values: dict[int, tuple[tuple[int, ...], list[Norm | None]]] = {}
         self.order: list[int] = []
         self.in_pass = False
         self.passes = 0
         self.hooked: set[int] = set()
         self.errors: list[Exception] = []
+        self.bad = False  # a non-finite norm was seen (CPU norms are known by the pass end)
+        self.pending = False  # some norms are still tensors on a device
+        self._warned = False
         self._flow: Flow | None = None
+        self._origins: tuple[Origin, ...] | None = None
 
     def attach(self, result: WalkResult, fns: list[Any]) -> None:
         indegree = [0] * len(fns)
-        for e in result.edges:
-            indegree[e.dst] += 1
+        for d in result.dst:
+            indegree[d] += 1
         ref = weakref.ref(self)
-        for node in result.nodes:
-            fn = fns[node.id]
+        ops = result.ops
+        for i, fn in enumerate(fns):
             if fn is None:
                 continue
-            if indegree[node.id] == 1 and (node.kind != "op" or node.op in VIEW_OPS):
-                # a view (same norm on both sides, cannot create a NaN) or a leaf with a single
-                # consumer: its norm is the norm on the one edge into it, read from the consumer
+            op = ops[i]
+            leaf = op == ACCUMULATE
+            if indegree[i] == 1 and (leaf or op in NORM_KEEPING):
+                # a view or copy (same norm on both sides, cannot create a NaN) or a leaf with a
+                # single consumer: its norm is the norm on the one edge into it
                 continue
-            want_in = node.kind != "op" or indegree[node.id] != 1
-            fn.register_hook(_make_hook(ref, node.id, want_in))
-            self.hooked.add(node.id)
+            fn.register_hook(_make_hook(ref, i, leaf or indegree[i] != 1))
+            self.hooked.add(i)
 
     def _start_pass(self) -> None:
         if self.in_pass:
@@ -79,7 +104,9 @@ class GradRecorder:
         self.in_pass = True
         self.values.clear()
         self.order.clear()
+        self.bad = self.pending = False
         self._flow = None
+        self._origins = None
         ref = weakref.ref(self)
 
         def end() -> None:
@@ -90,19 +117,40 @@ class GradRecorder:
 
         torch.autograd.Variable._execution_engine.queue_callback(end)
 
-    def flow(self, result: WalkResult) -> Flow | None:
-        """Norms per node and edge, and the first non-finite origin; ``None`` before backward."""
+    def ready(self) -> bool:
+        """A backward pass was recorded and has ended."""
         if self.passes == 0 or self.in_pass:
+            return False
+        if self.errors and not self._warned:
+            self._warned = True  # a warning raised inside a hook (under -W error) breaks backward
+            warnings.warn(
+                GradscopeWarning(
+                    f"gradscope.graph(grads=True) could not record {len(self.errors)} "
+                    f"gradient(s); norms there are missing. First: {self.errors[0]!r}"
+                ),
+                stacklevel=4,
+            )
+        if self.pending:
+            _read(self)
+        return True
+
+    def origins(self, result: WalkResult) -> tuple[Origin, ...] | None:
+        """Independent non-finite sources in execution order; ``None`` before backward.
+
+        After a clean pass this is a flag check: nothing is resolved.
+        """
+        if not self.ready():
+            return None
+        if self._origins is None:
+            flow = self.flow(result) if self.bad else None
+            self._origins = flow.origins if flow is not None else ()
+        return self._origins
+
+    def flow(self, result: WalkResult) -> Flow | None:
+        """Norms per node and edge, and the non-finite origins; ``None`` before backward."""
+        if not self.ready():
             return None
         if self._flow is None:
-            if self.errors:  # a warning raised inside a hook (under -W error) would break backward
-                warnings.warn(
-                    GradscopeWarning(
-                        f"gradscope.graph(grads=True) could not record {len(self.errors)} "
-                        f"gradient(s); norms there are missing. First: {self.errors[0]!r}"
-                    ),
-                    stacklevel=3,
-                )
             self._flow = _resolve(self, result)
         return self._flow
 
@@ -117,7 +165,8 @@ def _make_hook(
         if rec is None:
             return
         try:
-            rec._start_pass()
+            if not rec.in_pass:
+                rec._start_pass()
             slots: list[int] = []
             grads: list[torch.Tensor] = []
             for slot, g in enumerate(grad_inputs):
@@ -129,7 +178,7 @@ def _make_hook(
                     if g is not None:
                         slots.append(-1 - k)
                         grads.append(g)
-            rec.values[i] = (tuple(slots), _norms(grads))
+            rec.values[i] = (tuple(slots), _norms(grads, rec))
             rec.order.append(i)
         except Exception as err:  # never break the user's backward: reported when read
             rec.errors.append(err)
@@ -137,15 +186,18 @@ def _make_hook(
     return hook
 
 
-def _norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
-    """L2 norms of ``grads`` on device, accumulated in float64.
+_LOW = (torch.float16, torch.bfloat16)
+# devices whose norms are read at once; tests empty it to run the device path on CPU
+HOST: tuple[str, ...] = ("cpu",)
 
-    In float32 the sum of squares overflows to Inf once an element passes ~1.8e19, which would
-    name a huge but finite gradient as the birthplace of an Inf; float64 cannot overflow on any
-    float32 value. It costs ~4x the float32 kernel, small next to the hooks themselves.
-    """
+
+def _norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm | None]:
+    """L2 norms of ``grads`` (see the module docstring)."""
     if not grads:
         return []
+    if all(g.layout == torch.strided and g.device.type in HOST for g in grads):
+        return _cpu_norms(grads, rec)
+    rec.pending = True
     if all(g.layout == torch.strided for g in grads):
         return list(torch._foreach_norm(grads, 2, dtype=torch.float64))
     return [
@@ -154,88 +206,99 @@ def _norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
     ]
 
 
-def _read(rec: GradRecorder) -> dict[tuple[int, int], float]:
-    """Every recorded norm, with one stack and one ``.tolist()`` per (device, dtype)."""
-    groups: dict[tuple[torch.device, torch.dtype], tuple[list[tuple[int, int]], list[Any]]] = {}
-    for i, (slots, norms) in rec.values.items():
-        for slot, norm in zip(slots, norms, strict=True):
-            keys, tensors = groups.setdefault((norm.device, norm.dtype), ([], []))
-            keys.append((i, slot))
-            tensors.append(norm)
-    read: dict[tuple[int, int], float] = {}
-    for keys, tensors in groups.values():
-        read.update(zip(keys, torch.stack(tensors).tolist(), strict=True))
-    return read
+def _cpu_norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm | None]:
+    norm = torch.linalg.vector_norm
+    values = [
+        norm(g, dtype=torch.float32 if g.dtype in _LOW else None).item() for g in grads
+    ]  # one call each: _foreach_norm on CPU loops anyway and needs a stack to read
+    out: list[Norm | None] = []
+    for g, v in zip(grads, values, strict=True):
+        if v == math.inf:  # a real Inf, or float32 squares that overflowed: look again
+            v = norm(g, dtype=torch.float64).item()
+        if not math.isfinite(v):
+            rec.bad = True
+        out.append(v)
+    return out
 
 
-def _combine(values: list[float]) -> float:
-    return math.sqrt(sum(v * v for v in values))
+def _read(rec: GradRecorder) -> None:
+    """Device norms to floats, with one stack and one ``.tolist()`` per (device, dtype)."""
+    groups: dict[tuple[torch.device, torch.dtype], list[tuple[list[Norm | None], int, Any]]] = {}
+    for _, norms in rec.values.values():
+        for k, v in enumerate(norms):
+            if isinstance(v, torch.Tensor):
+                groups.setdefault((v.device, v.dtype), []).append((norms, k, v))
+    for items in groups.values():
+        read = torch.stack([v for _, _, v in items]).tolist()
+        for (norms, k, _), value in zip(items, read, strict=True):
+            norms[k] = value
+            if not math.isfinite(value):
+                rec.bad = True
+    rec.pending = False
+
+
+def _value(v: Norm | None) -> float | None:
+    return v if v is None or isinstance(v, float) else float(v)
 
 
 def _resolve(rec: GradRecorder, result: WalkResult) -> Flow:
-    read = _read(rec)
-    n = max(len(result.topo), max((node.id for node in result.nodes), default=-1) + 1)
+    n = len(result.ops)
     incoming: dict[int, float] = {}
     out: dict[tuple[int, int], float] = {}
-    for (i, slot), v in read.items():
-        if slot < 0:
-            incoming.setdefault(i, 0.0)
-            incoming[i] = math.hypot(incoming[i], v) if math.isfinite(v) else v
-        else:
-            out[(i, slot)] = v
+    for i, (slots, norms) in rec.values.items():
+        for slot, norm in zip(slots, norms, strict=True):
+            v = _value(norm)
+            if v is None:  # its norm failed (the error is in rec.errors)
+                continue
+            if slot < 0:
+                incoming[i] = math.hypot(incoming.get(i, 0.0), v) if math.isfinite(v) else v
+            else:
+                out[(i, slot)] = v
     into: list[list[int]] = [[] for _ in range(n)]
     by_src: list[list[int]] = [[] for _ in range(n)]
-    for k, e in enumerate(result.edges):
-        into[e.dst].append(k)
-        by_src[e.src].append(k)
-    edge_norms: list[float | None] = [None] * len(result.edges)
+    for k, (s, d) in enumerate(zip(result.src, result.dst, strict=True)):
+        into[d].append(k)
+        by_src[s].append(k)
+    edge_norms: list[float | None] = [None] * len(result.src)
     node_norms: list[float | None] = [None] * n
+    hooked, slots_of = rec.hooked, result.slot
     for i in result.topo:
         if i in incoming:
             node_norms[i] = incoming[i]
         elif len(into[i]) == 1:
             node_norms[i] = edge_norms[into[i][0]]
         for k in by_src[i]:
-            e = result.edges[k]
-            if i in rec.hooked:
-                edge_norms[k] = out.get((i, e.slot))
+            if i in hooked:
+                edge_norms[k] = out.get((i, slots_of[k]))
             else:  # a view read through: what left it is what came in
                 edge_norms[k] = node_norms[i]
-    return Flow(
-        node_norms,
-        edge_norms,
-        _origin(rec, result, incoming, out, into, edge_norms),
-        len(rec.order),
-    )
-
-
-def _bad(v: float | None) -> bool:
-    return v is not None and not math.isfinite(v)
+    return Flow(node_norms, edge_norms, _origins(rec, incoming, out, into, edge_norms))
 
 
 def _kind(v: float) -> str:
     return "nan" if math.isnan(v) else "inf"
 
 
-def _origin(
+def _origins(
     rec: GradRecorder,
-    result: WalkResult,
     incoming: dict[int, float],
     out: dict[tuple[int, int], float],
     into: list[list[int]],
     edge_norms: list[float | None],
-) -> Origin | None:
+) -> tuple[Origin, ...]:
+    """Every node (execution order) with finite gradients in and a non-finite one out."""
+    found = []
     for i in rec.order:
-        edges_in_ok = not any(_bad(edge_norms[k]) for k in into[i])
-        if not edges_in_ok:
-            continue
+        if any(v is not None and not math.isfinite(v) for v in (edge_norms[k] for k in into[i])):
+            continue  # it only passed on what it was given
         got = incoming.get(i)
         if got is not None and not math.isfinite(got):
             if not into[i]:
                 reason = f"the gradient passed to backward() is already {_kind(got)}"
             else:
                 reason = f"the sum of its {len(into[i])} incoming finite gradients is {_kind(got)}"
-            return Origin(i, None, _kind(got), reason)
+            found.append(Origin(i, None, _kind(got), reason))
+            continue
         slots, _ = rec.values[i]
         bad = [
             (slot, v)
@@ -245,5 +308,5 @@ def _origin(
         if bad:
             said = " and ".join(f"{_kind(v)} for input {slot}" for slot, v in bad)
             slot, v = bad[0]
-            return Origin(i, slot, _kind(v), f"it produced a gradient with {said}")
-    return None
+            found.append(Origin(i, slot, _kind(v), f"it produced a gradient with {said}"))
+    return tuple(found)

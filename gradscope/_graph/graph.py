@@ -9,18 +9,19 @@ from typing import Any
 
 from .._errors import GradscopeError
 from .._naming import describe
+from .around import neighbourhood
 from .data import (
     GraphData,
     NonfiniteGradient,
     chain_groups,
     collapsed,
-    node_with_norm,
     span_groups,
 )
 from .dot import DotGraph, build_dot, drawn_node_count, format_norm
-from .grad_flow import GradRecorder
-from .render import find_renderers, render
-from .walk import GraphEdge, GraphNode, WalkResult
+from .layout import BUDGET_S, estimate
+from .render import RenderResult, find_renderers, render
+from .skeleton import Walked
+from .walk import GraphEdge, GraphNode
 
 __all__ = ["DEFAULT_MAX_NODES", "Graph"]
 
@@ -38,55 +39,20 @@ class Graph:
     ['SumBackward0', 'AddmmBackward0', 'AccumulateGrad[fc3.bias]']
     """
 
-    def __init__(
-        self,
-        data: GraphData,
-        *,
-        walked: WalkResult | None = None,
-        recorder: GradRecorder | None = None,
-    ) -> None:
-        self._static = data
-        self._walked = walked
-        self._recorder = recorder
+    def __init__(self, data: GraphData | Walked) -> None:
+        if isinstance(data, Walked):
+            self._walked: Walked | None = data
+            self._static: GraphData | None = None
+        else:
+            self._walked = None
+            self._static = data
 
     # -- data ---------------------------------------------------------------------------------
     def _data(self) -> GraphData:
-        rec, walked = self._recorder, self._walked
-        if rec is None or walked is None:
-            return self._static
-        flow = rec.flow(walked)
-        if flow is None:
-            return self._static
-        cached = getattr(self, "_cache", None)
-        if cached is not None and cached[0] is flow:
-            data: GraphData = cached[1]
-            return data
-        norms = flow.node_norms
-        nodes = tuple(
-            node_with_norm(n, norms[n.id] if n.id < len(norms) else None)
-            for n in self._static.nodes
-        )
-        edges = tuple(
-            GraphEdge(e.src, e.dst, e.slot, v)
-            for e, v in zip(self._static.edges, flow.edge_norms, strict=True)
-        )
-        origin = None
-        if flow.origin is not None:
-            node = nodes[flow.origin.node]
-            origin = NonfiniteGradient(
-                node, flow.origin.slot, flow.origin.value, flow.origin.reason
-            )
-        data = GraphData(
-            nodes,
-            edges,
-            self._static.roots,
-            origin,
-            origin.node.id if origin else None,
-            self._static.notes,
-            recorded=True,
-        )
-        self._cache = (flow, data)
-        return data
+        if self._walked is not None:
+            return self._walked.data()
+        assert self._static is not None
+        return self._static
 
     @property
     def nodes(self) -> tuple[GraphNode, ...]:
@@ -104,28 +70,39 @@ class Graph:
 
     @property
     def first_nonfinite(self) -> NonfiniteGradient | None:
-        """Where a NaN/Inf gradient was born in the recorded backward pass; ``None`` if clean."""
-        if self._recorder is None and not self._static.recorded:
+        """Where a NaN/Inf gradient was born in the recorded backward pass; ``None`` if clean.
+
+        With several independent sources, the first one backward ran: see
+        :attr:`nonfinite_origins`.
+        """
+        found = self.nonfinite_origins
+        return found[0] if found else None
+
+    @property
+    def nonfinite_origins(self) -> tuple[NonfiniteGradient, ...]:
+        """Every node whose incoming gradients were finite and whose outgoing gradient (or the
+        sum of its incoming ones) was NaN/Inf, in the order backward ran them.
+
+        torch runs ready nodes with the highest sequence number first, so among independent
+        sources the first is usually the one created last in forward (nearest the loss).
+        Reading it after a clean pass costs a flag check: this can be read every step.
+        """
+        walked = self._walked
+        if walked is not None and walked.recorder is not None:
+            found = walked.origins()
+            if found is None:
+                raise GradscopeError(
+                    "no backward pass was recorded yet: call loss.backward() after "
+                    "gradscope.graph(loss, grads=True), then read first_nonfinite"
+                )
+            return found
+        data = self._data()
+        if not data.recorded:
             raise GradscopeError(
                 "first_nonfinite needs gradients: build the graph with "
                 "gradscope.graph(loss, grads=True) before calling loss.backward()"
             )
-        rec, walked = self._recorder, self._walked
-        if rec is not None and walked is not None:
-            flow = rec.flow(walked)  # without building every node: this is read every step
-            if flow is not None:
-                if flow.origin is None:
-                    return None
-                o = flow.origin
-                node = node_with_norm(self._static.nodes[o.node], flow.node_norms[o.node])
-                return NonfiniteGradient(node, o.slot, o.value, o.reason)
-        data = self._data()
-        if not data.recorded:
-            raise GradscopeError(
-                "no backward pass was recorded yet: call loss.backward() after "
-                "gradscope.graph(loss, grads=True), then read first_nonfinite"
-            )
-        return data.origin
+        return data.origins
 
     def node(self, node_id: int) -> GraphNode:
         return self._data().by_id[node_id]
@@ -217,8 +194,23 @@ class Graph:
         return "\n".join(lines)
 
     # -- smaller graphs -----------------------------------------------------------------------
+    def around(self, target: GraphNode | NonfiniteGradient | int | str, radius: int = 2) -> Graph:
+        """The part of the graph within ``radius`` edges of ``target``, as its own Graph.
+
+        ``target`` is a node, its id, a module path (every node of that module and its
+        submodules is a centre) or ``g.first_nonfinite``. Draw one corner of a huge graph::
+
+            g.around(g.first_nonfinite, radius=3).save("nan.svg")
+            g.around("layers.3.self_attn").save("attention.svg")
+        """
+        return Graph(neighbourhood(self._data(), target, radius))
+
     def collapse(self, depth: int) -> Graph:
-        """Each module at ``depth`` (1 = top-level children) becomes one node."""
+        """Each module at ``depth`` (1 = top-level children) becomes one node.
+
+        Every op that ran inside such a module (or its submodules) goes into that node; ops
+        that ran in a shallower module itself stay single ops, drawn in its cluster.
+        """
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise GradscopeError(
                 f"collapse(depth) takes a positive int (1 = each top-level submodule), "
@@ -228,7 +220,9 @@ class Graph:
         group: dict[int, str] = {}
         for n in data.nodes:
             if n.module:
-                group[n.id] = ".".join(n.module.split(".")[:depth])
+                parts = n.module.split(".")
+                if len(parts) >= depth:  # ops of shallower modules stay ops in their cluster
+                    group[n.id] = ".".join(parts[:depth])
         return Graph(collapsed(data, group, f"modules collapsed at depth {depth}"))
 
     def _collapse_chains(self) -> Graph:
@@ -274,6 +268,13 @@ class Graph:
         return Graph(replace(data, notes=(*data.notes, note)))
 
     # -- output -------------------------------------------------------------------------------
+    def drawn(
+        self, *, depth: int | None = None, max_nodes: int = DEFAULT_MAX_NODES, fold: bool = True
+    ) -> Graph:
+        """The graph that :meth:`to_svg` draws with the same options: collapsed when over the
+        node budget (its notes say how), else this graph itself."""
+        return self._plan(depth, max_nodes, fold)
+
     def to_dot(
         self, *, depth: int | None = None, max_nodes: int = DEFAULT_MAX_NODES, fold: bool = True
     ) -> str:
@@ -317,12 +318,47 @@ class Graph:
         max_nodes: int = DEFAULT_MAX_NODES,
         fold: bool = True,
         timeout: float = 30.0,
+        engine: str | None = None,
     ) -> bytes:
-        """Rendered bytes in ``fmt`` ("svg" or "png"), falling back to sfdp on a timeout."""
-        result = render(
-            self.to_dot(depth=depth, max_nodes=max_nodes, fold=fold), fmt, timeout=timeout
-        )
-        return result.data
+        """Rendered bytes in ``fmt`` ("svg" or "png"); see :meth:`render_result`."""
+        return self.render_result(
+            fmt, depth=depth, max_nodes=max_nodes, fold=fold, timeout=timeout, engine=engine
+        ).data
+
+    def render_result(
+        self,
+        fmt: str = "svg",
+        *,
+        depth: int | None = None,
+        max_nodes: int = DEFAULT_MAX_NODES,
+        fold: bool = True,
+        timeout: float = 30.0,
+        engine: str | None = None,
+    ) -> RenderResult:
+        """The rendered bytes, the renderer and engine used, and notes on what was chosen.
+
+        ``engine=None`` estimates how long ``dot`` would take (nodes plus the layers long
+        edges skip, see ``layout.py``) and, above a few seconds, lays the graph out with
+        ``sfdp`` instead and says so in the picture's title; ``engine="dot"`` waits for dot
+        (up to ``timeout``, then sfdp), ``engine="sfdp"`` skips it.
+        """
+        if engine not in (None, "dot", "sfdp"):
+            raise GradscopeError(f"engine= takes None, 'dot' or 'sfdp', not {describe(engine)}")
+        dot = self._dot(depth, max_nodes, fold)
+        engines: tuple[str, ...] = ("dot", "sfdp") if engine != "sfdp" else ("sfdp",)
+        notes: list[str] = []
+        if engine is None:
+            guess = estimate(dot.drawn, dot.lines)
+            if guess.seconds > BUDGET_S:
+                engines = ("sfdp",)
+                note = (
+                    f"{guess}: laid out with sfdp instead (no layers); pass engine='dot' to "
+                    f"wait for it, or depth=N to collapse modules"
+                )
+                dot.add_note(note)
+                notes.append(note)
+        result = render(dot.source(), fmt, timeout=timeout, engines=engines)
+        return replace(result, notes=(*notes, *result.notes))
 
     def to_svg(
         self,
@@ -331,9 +367,10 @@ class Graph:
         max_nodes: int = DEFAULT_MAX_NODES,
         fold: bool = True,
         timeout: float = 30.0,
+        engine: str | None = None,
     ) -> str:
         return self.render(
-            "svg", depth=depth, max_nodes=max_nodes, fold=fold, timeout=timeout
+            "svg", depth=depth, max_nodes=max_nodes, fold=fold, timeout=timeout, engine=engine
         ).decode()
 
     def save(self, path: str | Path, **options: Any) -> Path:
@@ -341,7 +378,8 @@ class Graph:
         target = Path(path)
         suffix = target.suffix.lower()
         if suffix in (".dot", ".gv"):
-            target.write_text(self.to_dot(**{k: v for k, v in options.items() if k != "timeout"}))
+            skip = ("timeout", "engine")
+            target.write_text(self.to_dot(**{k: v for k, v in options.items() if k not in skip}))
         elif suffix in (".svg", ".png"):
             target.write_bytes(self.render(suffix[1:], **options))
         else:

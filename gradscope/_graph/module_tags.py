@@ -32,7 +32,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .._hooks import CopySafe
 
-__all__ = ["install_module_tagging", "module_path_of"]
+__all__ = ["ModulePaths", "install_module_tagging", "module_path_of", "module_paths"]
 
 _peek = torch._C._autograd._get_sequence_nr
 # Outermost calls remembered per thread: graph() of an output from an older forward pass falls
@@ -95,6 +95,32 @@ def module_path_of(fn: Any) -> str | None:
         return None
     call = history[k]
     return call.owner(nr) if nr < call.end else None
+
+
+class ModulePaths:
+    """The module calls remembered when a graph was walked, to name nodes by sequence number
+    later (the walk notes each node's number; history moves on with the next forward)."""
+
+    __slots__ = ("_calls", "_starts")
+
+    def __init__(self, calls: list[_Call], starts: list[int]) -> None:
+        self._calls, self._starts = calls, starts
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)
+
+    def path_of(self, nr: int) -> str | None:
+        """The innermost module whose forward created the node numbered ``nr``."""
+        k = bisect.bisect_right(self._starts, nr) - 1
+        if k < 0:
+            return None
+        call = self._calls[k]
+        return call.owner(nr) if nr < call.end else None
+
+
+def module_paths() -> ModulePaths:
+    """This thread's remembered module calls, as of now."""
+    return ModulePaths(list(_CALLS.history), list(_CALLS.starts))
 
 
 def _pre(path: str, module: nn.Module, args: Any) -> None:

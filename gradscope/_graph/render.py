@@ -80,8 +80,15 @@ def _run(renderer: Renderer, source: str, fmt: str, engine: str, timeout: float)
     return done.stdout
 
 
-def render(source: str, fmt: str = "svg", *, timeout: float = 30.0) -> RenderResult:
-    """Render DOT ``source``: ``dot`` layout first; on timeout ``sfdp`` (fast, no layers).
+def render(
+    source: str,
+    fmt: str = "svg",
+    *,
+    timeout: float = 30.0,
+    engines: tuple[str, ...] = ("dot", "sfdp"),
+) -> RenderResult:
+    """Render DOT ``source`` with the first of ``engines`` that finishes within ``timeout``
+    (by default ``dot``, then ``sfdp``: fast, no layers).
 
     A renderer that fails outright (bad exit status) hands over to the next one found.
     """
@@ -95,7 +102,7 @@ def render(source: str, fmt: str = "svg", *, timeout: float = 30.0) -> RenderRes
     notes: list[str] = []
     errors: list[str] = []
     for renderer in renderers:
-        for engine in ("dot", "sfdp"):
+        for engine in engines:
             try:
                 data = _run(renderer, source, fmt, engine, timeout)
             except RenderTimeout as err:

@@ -1,11 +1,15 @@
-"""Walk a tensor's ``grad_fn`` graph into plain nodes and edges, iteratively.
+"""Walk a tensor's ``grad_fn`` graph into compact lists, iteratively and doing little per node.
 
-The walk hands the node objects it touched to :mod:`gradscope._graph.safe_free` (see there why) and
-keeps none itself; gradscope's :class:`Graph` holds no autograd node at all.
+The walk records what it cannot get later (op names, edges, sequence numbers, which parameter
+each leaf is) and nothing else: saved tensors are read when someone asks (``saved.py``), module
+paths are resolved from the sequence numbers when nodes are built (``module_tags.py``). It hands
+the node objects it touched to :mod:`gradscope._graph.safe_free` (see there why) and keeps none
+itself; gradscope's :class:`Graph` holds no autograd node at all.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -13,14 +17,16 @@ from typing import Any, NoReturn
 import torch
 
 from .._errors import GradscopeError
-from .safe_free import HELD_KEY, attach_safe_free
+from .safe_free import HELD, SMALL, attach_safe_free
 
 __all__ = [
     "GRAPH_FREED_HINT",
+    "NORM_KEEPING",
     "VIEW_OPS",
     "GraphEdge",
     "GraphFreed",
     "GraphNode",
+    "Leaf",
     "SavedTensor",
     "WalkResult",
     "op_name",
@@ -51,9 +57,17 @@ VIEW_OPS = frozenset(
         "ViewAsComplexBackward0",
     }
 )
+# Nodes whose backward hands on the gradient with the same L2 norm and cannot make a finite
+# gradient non-finite: views, plus copies and the scatters of select/slice (a zero tensor with
+# the gradient in one place). With a single consumer, grads=True reads their norm from the edge
+# into them instead of hooking them (a transformer layer has ~5 of them).
+NORM_KEEPING = VIEW_OPS | frozenset(
+    {"CloneBackward0", "SelectBackward0", "SliceBackward0", "AliasBackward0"}
+)
 GRAPH_FREED_HINT = (
     "call gradscope.graph() before loss.backward(), or pass retain_graph=True to backward()"
 )
+ACCUMULATE = "AccumulateGrad"
 
 
 @dataclass(slots=True)
@@ -74,7 +88,8 @@ class GraphNode:
 
     ``grad_norm`` is the L2 norm of the gradient that flowed into the node during the recorded
     backward pass (``grads=True`` only); for a collapsed module it is the gradient entering the
-    module and ``grad_norm_out`` the gradient leaving it.
+    module and ``grad_norm_out`` the gradient leaving it. ``seq`` is autograd's sequence number
+    (the order nodes were created in forward; backward runs ready nodes highest first).
     """
 
     id: int
@@ -84,12 +99,13 @@ class GraphNode:
     shape: tuple[int, ...] | None = None
     saved: tuple[SavedTensor, ...] = ()
     module: str | None = None
-    module_source: str | None = None  # "forward" (tagged under watch) | "parameters" (a hint)
+    module_source: str | None = None  # "forward" (tagged) | "parameters" (a hint)
     grad_norm: float | None = None
     grad_norm_out: float | None = None
     ops: int = 1
     params: tuple[str, ...] = ()
     saved_total: int | None = None  # collapsed modules: activation bytes, shared storage once
+    seq: int | None = None
 
     @property
     def saved_bytes(self) -> int:
@@ -122,12 +138,33 @@ class GraphEdge:
     grad_norm: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """An ``AccumulateGrad`` node's tensor: its name (when known), shape, and kind."""
+
+    name: str | None
+    shape: tuple[int, ...]
+    is_param: bool
+
+
 @dataclass
 class WalkResult:
-    nodes: list[GraphNode] = field(default_factory=list)
-    edges: list[GraphEdge] = field(default_factory=list)
+    """The graph as parallel lists, indexed by node id (the order the walk first reached it)."""
+
+    ops: list[str] = field(default_factory=list)
+    seq: list[int] = field(default_factory=list)  # -1 for leaves
+    src: list[int] = field(default_factory=list)  # edge k: src[k] -> dst[k] as input slot[k]
+    dst: list[int] = field(default_factory=list)
+    slot: list[int] = field(default_factory=list)
     roots: list[int] = field(default_factory=list)
+    leaves: dict[int, Leaf] = field(default_factory=dict)
     topo: list[int] = field(default_factory=list)  # every node after all nodes that feed it
+    keys: list[int] = field(default_factory=list)  # id() of each node while it lives
+    holders: list[Any] = field(default_factory=list)  # safe-free holder (weakref) per node
+    own_holders: list[Any] = field(default_factory=list)  # weakrefs to holders this walk made
+
+    def __len__(self) -> int:
+        return len(self.ops)
 
 
 _OP_NAMES: dict[type, str] = {}
@@ -145,63 +182,8 @@ def op_name(fn: Any) -> str:
     return name
 
 
-_SAVED_NAMES: dict[type, tuple[tuple[str, str], ...]] = {}
-_DTYPES: dict[torch.dtype, str] = {}
-
-
-def _saved_names(fn: Any) -> tuple[tuple[str, str], ...]:
-    """``(name, attribute)`` of the tensors this node type saves; ``dir()`` once per type."""
-    cls = type(fn)
-    names = _SAVED_NAMES.get(cls)
-    if names is None:
-        names = tuple(
-            (name, "saved_tensors" if name == "tensors" else "_saved_" + name)
-            for name in (
-                attr[len("_raw_saved_") :] for attr in dir(fn) if attr.startswith("_raw_saved_")
-            )
-        )  # a custom autograd.Function keeps ctx.save_for_backward's tensors as saved_tensors
-        _SAVED_NAMES[cls] = names
-    return names
-
-
-def _saved(fn: Any, param_ptrs: set[int]) -> tuple[SavedTensor, ...]:
-    names = _saved_names(fn)
-    if not names:
-        return ()
-    out = []
-    for name, attr in names:
-        try:
-            value = getattr(fn, attr)
-        except RuntimeError as err:
-            if "freed" in str(err):
-                raise GraphFreed(op_name(fn)) from None
-            raise
-        if value is None:
-            continue
-        if isinstance(value, torch.Tensor):
-            out.append(_describe(name, value, param_ptrs))
-        elif isinstance(value, (list, tuple)):
-            out.extend(
-                _describe(f"{name}[{k}]", t, param_ptrs)
-                for k, t in enumerate(value)
-                if isinstance(t, torch.Tensor)
-            )
-    return tuple(out)
-
-
-def _describe(name: str, t: torch.Tensor, param_ptrs: set[int]) -> SavedTensor:
-    try:
-        ptr = t.data_ptr()
-    except RuntimeError:  # sparse and other storage-less layouts
-        ptr = 0
-    dtype = _DTYPES.get(t.dtype)
-    if dtype is None:
-        dtype = _DTYPES[t.dtype] = str(t.dtype).removeprefix("torch.")
-    return SavedTensor(name, tuple(t.shape), dtype, t.nbytes, ptr in param_ptrs, ptr)
-
-
 class GraphFreed(Exception):
-    """Raised by the walk when a node's saved tensors were already freed by backward()."""
+    """Raised when a node's saved tensors were already freed by backward()."""
 
     def __init__(self, op: str) -> None:
         super().__init__(op)
@@ -211,121 +193,154 @@ class GraphFreed(Exception):
 def walk(
     roots: Sequence[torch.Tensor],
     param_names: dict[int, str],
-    param_ptrs: set[int],
     *,
-    module_of: Callable[[Any], str | None],
     on_walked: Callable[[WalkResult, list[Any]], None] | None = None,
 ) -> WalkResult:
     """Visit every node reachable from ``roots`` once, without recursion.
 
-    ``param_names`` maps ``id(parameter)`` to its name, ``param_ptrs`` holds the parameters'
-    data pointers (to tell saved weights from saved activations). ``on_walked`` sees the result
-    and the node objects (index-aligned, ``None`` for leaf roots) before the walk lets go of them.
+    ``param_names`` maps ``id(parameter)`` to its name. ``on_walked`` sees the result and the
+    node objects (index-aligned, ``None`` for leaf roots) before the walk lets go of them.
     """
     result = WalkResult()
+    ops, seqs, keys = result.ops, result.seq, result.keys
+    src, dst, slots = result.src, result.dst, result.slot
+    leaves = result.leaves
     index: dict[int, int] = {}
     fns: list[Any] = []
-    stack: list[int] = []
-
-    def visit(fn: Any) -> int:
-        key = id(fn)
-        i = index.get(key)
-        if i is None:
-            i = len(fns)
-            index[key] = i
-            fns.append(fn)
-            nodes.append(None)
-            stack.append(i)
-        return i
-
-    nodes: list[GraphNode | None] = []
+    names = _OP_NAMES
+    held_by = HELD.get
     parts: list[tuple[int, int]] = []  # index range first reached from each root
-    held: set[int] = set()  # nodes an earlier walk's holder already keeps
+    held: dict[int, Any] = {}  # node -> the earlier walk's holder that keeps it
     try:
         for tensor in roots:
             first = len(fns)
-            if tensor.grad_fn is None:
+            fn = tensor.grad_fn
+            if fn is None:
                 index[-first - 1] = first  # a key no id() can take
                 fns.append(None)
-                nodes.append(_leaf_node(first, tensor, param_names))
+                ops.append(ACCUMULATE)
+                seqs.append(-1)
+                keys.append(0)
+                leaves[first] = _leaf(tensor, param_names)
                 result.roots.append(first)
                 continue
-            result.roots.append(visit(tensor.grad_fn))
+            key = id(fn)
+            if key in index:
+                result.roots.append(index[key])
+                continue
+            index[key] = first
+            fns.append(fn)
+            ops.append("")
+            seqs.append(-1)
+            keys.append(key)
+            result.roots.append(first)
+            stack = [first]
             while stack:
                 i = stack.pop()
                 fn = fns[i]
-                name = op_name(fn)
-                if name == "AccumulateGrad":
-                    node = _leaf_node(i, fn.variable, param_names)
-                else:
-                    meta = fn.metadata
-                    module = module_of(fn)
-                    if HELD_KEY in meta:
-                        held.add(i)
-                    node = GraphNode(
-                        i,
-                        name,
-                        "op",
-                        None,
-                        None,
-                        _saved(fn, param_ptrs),
-                        module,
-                        None if module is None else "forward",
-                    )
-                    for slot, (child, _) in enumerate(fn.next_functions):
-                        if child is not None:
-                            result.edges.append(GraphEdge(i, visit(child), slot))
-                nodes[i] = node
+                name = names.get(type(fn)) or op_name(fn)
+                ops[i] = name
+                if name == ACCUMULATE:
+                    leaves[i] = _leaf(fn.variable, param_names)
+                    continue
+                seqs[i] = fn._sequence_nr()
+                mark = held_by(keys[i])
+                if mark is not None:
+                    held[i] = mark
+                k = 0
+                for child, _ in fn.next_functions:
+                    if child is not None:
+                        key = id(child)
+                        j = index.get(key)
+                        if j is None:
+                            j = len(fns)
+                            index[key] = j
+                            fns.append(child)
+                            ops.append("")
+                            seqs.append(-1)
+                            keys.append(key)
+                            stack.append(j)
+                        src.append(i)
+                        dst.append(j)
+                        slots.append(k)
+                    k += 1  # noqa: SIM113 (cheaper than enumerate in the hot loop)
             parts.append((first, len(fns)))
-        result.nodes = [n for n in nodes if n is not None]
-        result.topo = topological(len(fns), result.edges)
+        result.topo = _order(result)
+        _hand_over(result, fns, parts, held)
+        parts = []
         if on_walked is not None:
             on_walked(result, fns)
     finally:
-        stack.clear()
-        fn = None
-        order = result.topo or list(range(len(fns)))
-        kids: dict[int, list[int]] = {}
-        for e in result.edges:
-            kids.setdefault(e.src, []).append(e.dst)
-        for first, stop in parts:
-            # leaves (AccumulateGrad) never free recursively: they need no holder
-            part = [
-                i
-                for i in order
-                if first <= i < stop and kids.get(i) and (i == first or i not in held)
-            ]
-            pos = {i: k for k, i in enumerate(part)}
-            attach_safe_free(
-                [fns[i] for i in part], [[pos[c] for c in kids[i] if c in pos] for i in part]
-            )
+        if parts:  # the walk failed midway: the nodes it touched still need a holder
+            _hand_over(result, fns, parts, held)
         fns.clear()
         index.clear()
     return result
 
 
-def _leaf_node(i: int, var: torch.Tensor, param_names: dict[int, str]) -> GraphNode:
+def _leaf(var: torch.Tensor, param_names: dict[int, str]) -> Leaf:
     name = param_names.get(id(var))
-    is_param = name is not None or isinstance(var, torch.nn.Parameter)
-    module = name.rpartition(".")[0] if name is not None else None
-    return GraphNode(
-        id=i,
-        op="AccumulateGrad",
-        kind="parameter" if is_param else "leaf",
-        param=name,
-        shape=tuple(var.shape),
-        module=module,
-        module_source="parameters" if module is not None else None,
-    )
+    return Leaf(name, tuple(var.shape), name is not None or isinstance(var, torch.nn.Parameter))
 
 
-def topological(n: int, edges: list[GraphEdge]) -> list[int]:
+def _order(result: WalkResult) -> list[int]:
+    """Consumers before the nodes they feed.
+
+    Autograd numbers nodes as forward creates them, and an op is created after its inputs, so
+    decreasing sequence numbers are such an order (leaves last). Checked edge by edge: nodes
+    made in other threads count separately, and then Kahn's algorithm decides.
+    """
+    seq = result.seq
+    order = sorted(range(len(seq)), key=seq.__getitem__, reverse=True)
+    at = seq.__getitem__
+    if all(map(operator.gt, map(at, result.src), map(at, result.dst))):
+        return order
+    return topological(len(seq), result.src, result.dst)
+
+
+def _hand_over(
+    result: WalkResult, fns: list[Any], parts: list[tuple[int, int]], held: dict[int, Any]
+) -> None:
+    """Give each root's nodes to a safe-free holder on that root (leaves need none)."""
+    if not fns:
+        return
+    order = result.topo or list(range(len(fns)))
+    has_kids = [False] * len(fns)
+    for s in result.src:
+        has_kids[s] = True
+    result.holders = [None] * len(fns)
+    for i, mark in held.items():
+        result.holders[i] = mark
+    for first, stop in parts:
+        part = [
+            i for i in order if first <= i < stop and has_kids[i] and (i == first or i not in held)
+        ]
+        if len(part) < 2:
+            continue
+        children: list[list[int]] | None = None
+        if len(part) > SMALL:
+            pos = {i: k for k, i in enumerate(part)}
+            children = [[] for _ in part]
+            for s, d in zip(result.src, result.dst, strict=True):
+                ps = pos.get(s)
+                if ps is not None:
+                    pd = pos.get(d)
+                    if pd is not None:
+                        children[ps].append(pd)
+        holder = attach_safe_free([fns[i] for i in part], children)
+        if holder is not None:
+            result.own_holders.append(holder)
+            for i in part:
+                result.holders[i] = holder
+
+
+def topological(n: int, src: list[int], dst: list[int]) -> list[int]:
     """Kahn's algorithm: consumers (nearer the loss) before the nodes they feed."""
     indegree = [0] * n
     children: list[list[int]] = [[] for _ in range(n)]
-    for e in edges:
-        indegree[e.dst] += 1
-        children[e.src].append(e.dst)
+    for s, d in zip(src, dst, strict=True):
+        indegree[d] += 1
+        children[s].append(d)
     ready = [i for i in range(n) if indegree[i] == 0]
     order: list[int] = []
     while ready:

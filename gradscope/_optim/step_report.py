@@ -157,6 +157,12 @@ class StepReport:
         parts += [f"note: {text}" for text in self.notes]
         return "\n".join(parts)
 
+    def _repr_html_(self) -> str:
+        """Jupyter/VS Code: the headline, one table row per parameter, problems and notes."""
+        from .._report.notebook import step_report_html
+
+        return step_report_html(self)
+
     def failure_message(self) -> str:
         """Every failure at once: step-wide problems, then each reason with its parameters."""
         self._require_ready()

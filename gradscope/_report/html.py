@@ -19,9 +19,12 @@ import torch
 
 from .._errors import GradscopeError
 from .._files import atomic_write
+from .._text import printable
 from .._version import __version__
 from .._watch.records import BackwardRecord, GradRecord, names_in
+from .graph_view import GRAPH_CSS, GRAPH_JS, graph_section
 from .plots import PLOT_HINT, LayerFlow, NormSeries, flow_svg, norms_svg
+from .sparkline import fmt_number, sparkline
 from .summary import Summary
 
 __all__ = ["Reportable", "layer_flow", "norm_series", "render_report", "write_report"]
@@ -130,6 +133,12 @@ def layer_flow(record: BackwardRecord, order: Sequence[str] = ()) -> tuple[list[
 
 
 # --------------------------------------------------------------------------- html pieces
+def _escape(text: str) -> str:
+    """HTML-escaped, with NUL/control characters and lone surrogates in names made visible
+    (a surrogate cannot be written as UTF-8; see ``gradscope._text``)."""
+    return html.escape(printable(text))
+
+
 _ID = re.compile(r'\bid="([^"]+)"')
 
 
@@ -153,44 +162,6 @@ def inline_svg(svg: str, prefix: str) -> str:
 
     body = re.sub(r'(\bid=")([^"]+)', rename, body)
     return re.sub(r"(#)([A-Za-z_][\w.:-]*)", rename, body)
-
-
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3e}"
-
-
-def _sparkline(series: NormSeries | None) -> str:
-    if series is None or not series.norms:
-        return ""
-    width, height, pad = 120, 24, 2
-    finite = [v for v in series.norms if math.isfinite(v) and v > 0]
-    if not finite:
-        low = high = 1.0
-    else:
-        low, high = math.log10(min(finite)), math.log10(max(finite))
-    span = high - low or 1.0
-    n = len(series.norms)
-    points, bad = [], []
-    for i, value in enumerate(series.norms):
-        x = pad + (width - 2 * pad) * (i / (n - 1) if n > 1 else 0.5)
-        if not math.isfinite(value):
-            bad.append(x)
-            continue
-        level = (math.log10(value) - low) / span if value > 0 else 0.0
-        points.append(f"{x:.1f},{height - pad - (height - 2 * pad) * level:.1f}")
-    label = f"{series.name}: norm over {n} passes, last {series.norms[-1]:.3e}"
-    parts = [
-        f'<svg class="spark" width="{width}" height="{height}" role="img" '
-        f'aria-label="{html.escape(label)}"><title>{html.escape(label)}</title>'
-    ]
-    if len(points) > 1:
-        parts.append(f'<polyline points="{" ".join(points)}"/>')
-    elif points:
-        cx, cy = points[0].split(",")
-        parts.append(f'<circle cx="{cx}" cy="{cy}" r="2"/>')
-    parts += [f'<circle class="bad" cx="{bx:.1f}" cy="{pad + 2}" r="2.5"/>' for bx in bad]
-    parts.append("</svg>")
-    return "".join(parts)
 
 
 _CSS = """
@@ -261,7 +232,7 @@ _JS = """
 
 def _cell(text: str, sort: Any, cls: str = "") -> str:
     klass = f' class="{cls}"' if cls else ""
-    return f'<td{klass} data-v="{html.escape(str(sort))}">{text}</td>'
+    return f'<td{klass} data-v="{_escape(str(sort))}">{text}</td>'
 
 
 def _table(summary: Summary, series: dict[str, NormSeries], record: BackwardRecord) -> str:
@@ -288,16 +259,16 @@ def _table(summary: Summary, series: dict[str, NormSeries], record: BackwardReco
             flags.append('<span class="flag">frozen</span>')
         for part in row.note.split("; "):
             if part and part not in ("NON-FINITE", "no gradient", "frozen"):
-                flags.append(f'<span class="flag">{html.escape(part)}</span>')
+                flags.append(f'<span class="flag">{_escape(part)}</span>')
         classes = "nonfinite" if nonfinite else ("nograd" if row.norm is None else "")
         shape = "×".join(map(str, row.shape)) or "–"
         numel = math.prod(row.shape) if row.shape else 0
 
         def num(value: float | None) -> str:
-            return _cell(_fmt(value), "" if value is None else value)
+            return _cell(fmt_number(value), "" if value is None else value)
 
         cells = [
-            _cell(html.escape(row.name), row.name, "name"),
+            _cell(_escape(row.name), row.name, "name"),
             _cell(shape, numel),
             num(row.norm),
             num(row.mean),
@@ -307,7 +278,7 @@ def _table(summary: Summary, series: dict[str, NormSeries], record: BackwardReco
                 "–" if nonfinite is None else str(nonfinite), -1 if nonfinite is None else nonfinite
             ),
             _cell(" ".join(flags), len(flags), "note"),
-            _cell(_sparkline(series.get(row.name)), 0),
+            _cell(sparkline(series.get(row.name)), 0),
         ]
         rows.append(f'<tr class="{classes}">' + "".join(cells) + "</tr>")
     header = "".join(
@@ -342,7 +313,7 @@ def _alerts(
         items.append(("bad", f"{errors} error(s) inside gradscope's hooks: see watch.errors"))
     if not items:
         items.append(("ok", "every parameter received a finite gradient in the last pass"))
-    lis = "".join(f'<li class="{c}">{html.escape(text)}</li>' for c, text in items)
+    lis = "".join(f'<li class="{c}">{_escape(text)}</li>' for c, text in items)
     return f'<ul class="alerts">{lis}</ul>'
 
 
@@ -366,7 +337,7 @@ def _charts(
             raise
         note = (
             '<p class="note-box">Charts need matplotlib, which is not installed: '
-            f"<code>{html.escape(PLOT_HINT)}</code>, then write the report again. "
+            f"<code>{_escape(PLOT_HINT)}</code>, then write the report again. "
             "The table's sparklines show each norm over the passes meanwhile.</p>"
         )
         return note, note
@@ -389,27 +360,23 @@ def render_report(
     series = norm_series(records, order)
     flow_html, norms_html = _charts(records, series, order)
     if graph is not None:
-        try:
-            graph_html = f'<div class="graph">{inline_svg(graph.to_svg(), "graph")}</div>'
-        except GradscopeError as error:  # no Graphviz renderer here: say so, keep the page
-            graph_html = (
-                '<p class="note-box">A backward graph was captured but could not be drawn: '
-                f"{html.escape(str(error))}</p>"
-            )
+        graph_html = graph_section(graph, inline_svg)
+        graph_js = f"<script>{GRAPH_JS}</script>" if "graph-data" in graph_html else ""
     else:
         hint = (
             " Call <code>w.graph(loss)</code> before <code>loss.backward()</code> to capture one."
         )
         graph_html = f'<p class="note-box">No backward graph was captured for this watch.{hint}</p>'
-    model = html.escape(watch.model_name)
-    heading = html.escape(title or f"gradscope report: {watch.model_name}")
+        graph_js = ""
+    model = _escape(watch.model_name)
+    heading = _escape(title or f"gradscope report: {watch.model_name}")
     first, newest = records[0].index, last.index
     passes = f"pass {newest}" if first == newest else f"passes {first}–{newest}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
-<title>{heading}</title><style>{_CSS}</style></head>
+<title>{heading}</title><style>{_CSS}{GRAPH_CSS}</style></head>
 <body>
 <h1>{heading}</h1>
 <p class="sub">{model} · {len(records)} recorded backward {
@@ -425,9 +392,10 @@ def render_report(
 {norms_html}
 <h2>Backward graph</h2>
 {graph_html}
-<footer>gradscope {html.escape(__version__)} · torch {html.escape(torch.__version__)}
+<footer>gradscope {_escape(__version__)} · torch {_escape(torch.__version__)}
 · this page is self-contained: it loads nothing from the network</footer>
 <script>{_JS}</script>
+{graph_js}
 </body></html>
 """
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import GradscopeError
+from .._text import printable
 
 __all__ = ["LayerFlow", "NormSeries", "flow_svg", "norms_svg", "require_matplotlib"]
 
@@ -94,7 +95,7 @@ def flow_svg(layers: Sequence[LayerFlow], title: str) -> str:
                 color="#cb181d",
                 fontsize=8,
             )
-    ax.set_xticks(list(xs), [layer.layer for layer in layers], rotation=45, ha="right")
+    ax.set_xticks(list(xs), [printable(layer.layer) for layer in layers], rotation=45, ha="right")
     for label, layer in zip(ax.get_xticklabels(), layers, strict=True):
         if not layer.finite:
             label.set_color("#cb181d")
@@ -123,7 +124,7 @@ def norms_svg(series: Sequence[NormSeries], title: str) -> str:
             [_positive(v) if math.isfinite(v) else math.nan for _, v in points],
             marker="." if len(points) < 40 else None,
             linewidth=1.2,
-            label=s.name,
+            label=printable(s.name),
         )
         bad = [p for p, v in points if not math.isfinite(v)]
         if bad:

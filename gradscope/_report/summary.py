@@ -98,6 +98,12 @@ class Summary:
             dropped=record.dropped,
         )
 
+    def _repr_html_(self) -> str:
+        """Jupyter/VS Code: the same table in HTML."""
+        from .notebook import summary_html
+
+        return summary_html(self)
+
     def __str__(self) -> str:
         cells = [
             (

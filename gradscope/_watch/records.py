@@ -318,6 +318,12 @@ class BackwardRecord(Mapping[str, GradRecord]):
         """Bytes of the tensors this record holds (a tensor shared by two passes counts twice)."""
         return sum(record.nbytes() for record in self.grads.values())
 
+    def _repr_html_(self) -> str:
+        """Jupyter/VS Code: this pass's per-parameter table."""
+        from .._report.notebook import record_html
+
+        return record_html(self)
+
     def __repr__(self) -> str:
         failed = ", failed" if self.failed else ""
         return (

@@ -235,6 +235,13 @@ class Watch:
     ) -> None:
         self.close()
 
+    def _repr_html_(self) -> str:
+        """Jupyter/VS Code: the newest pass's table, each norm over the passes as a sparkline."""
+        from .._report.notebook import watch_html
+
+        no_record = None if self._recorder.records else self._why_no_record()
+        return watch_html(self, repr(self), no_record)
+
     def __repr__(self) -> str:
         recorder = getattr(self, "_recorder", None)
         if recorder is None:  # __init__ failed before the recorder existed

@@ -281,3 +281,65 @@ def test_the_console_script_finds_modules_in_the_folder_it_runs_in(tmp_path: Pat
     assert done.returncode == 0, done.stderr
     dot = (tmp_path / "g.dot").read_text()
     assert "EmbeddingBackward0" in dot and "emb.weight" in dot
+
+
+ATTENTION_MODEL = (
+    "import torch\nfrom torch import nn\n\n"
+    "def make():\n"
+    "    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.1,\n"
+    "                                       batch_first=True)\n"
+    "    return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)\n"
+)
+
+
+def test_graph_tags_modules_so_depth_leaves_no_op_outside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    (tmp_path / "enc.py").write_text(ATTENTION_MODEL)
+    monkeypatch.chdir(tmp_path)
+    assert main(["graph", "enc.py:make", "--input", "2,4,16", "-o", "full.dot"]) == 0
+    full = (tmp_path / "full.dot").read_text()
+    # attention internals sit in the self_attn cluster, dropout inside its layer
+    clusters = re.findall(r'id="cluster-([^"]+)"', full)
+    assert "layers.0.self_attn" in clusters and "layers.1" in clusters
+    assert 'label="dropout1: MulBackward0' in full  # named, in its layer's box
+    assert main(["graph", "enc.py:make", "--input", "2,4,16", "--depth", "1", "-o", "d1.dot"]) == 0
+    d1 = (tmp_path / "d1.dot").read_text()
+    # one node for `layers`; the only ops left outside ran outside every module (the loss)
+    ops = re.findall(r"label=\"(\w+Backward\d*)", d1)
+    assert ops == ["SumBackward0"], ops
+    assert "layers (" in d1 and "modules collapsed at depth 1" in d1
+    capsys.readouterr()
+
+
+def test_graph_focus_on_a_module_and_on_the_nan_origin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "enc.py").write_text(
+        ATTENTION_MODEL + "\nclass Bad(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(4, 4)\n"
+        "    def forward(self, x):\n"
+        "        return torch.sqrt(self.fc(x) * 0.0)\n\n"
+        "def bad():\n    return nn.Sequential(nn.Linear(4, 4), Bad(), nn.Linear(4, 2))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    args = ["graph", "enc.py:make", "--input", "2,4,16"]
+    assert main([*args, "--focus", "layers.1.self_attn", "--radius", "1", "-o", "f.dot"]) == 0
+    out = capsys.readouterr().out
+    assert "around module 'layers.1.self_attn'" in out
+    dot = (tmp_path / "f.dot").read_text()
+    assert "within 1 edges of module 'layers.1.self_attn'" in dot
+    assert "layers.0.linear1" not in dot  # the other layer is far away
+    assert main([*args, "--focus", "nope", "-o", "g.dot"]) == 1
+    assert "no node ran in that module" in capsys.readouterr().err
+    bad = ["graph", "enc.py:bad", "--input", "3,4", "--grads"]
+    assert main([*bad, "--focus", "nan", "-o", "nan.dot"]) == 0
+    out = capsys.readouterr().out
+    assert "first non-finite gradient: SqrtBackward0 in module '1'" in out
+    assert "SqrtBackward0" in (tmp_path / "nan.dot").read_text()
+    assert main(["graph", "enc.py:bad", "--input", "3,4", "--focus", "nan", "-o", "x.dot"]) == 1
+    assert "--focus nan needs --grads" in capsys.readouterr().err

@@ -108,7 +108,7 @@ def test_demo_files(demo: tuple[str, Path]) -> None:
     parser.close()
     report = (out / "report.html").read_text()
     assert "12 recorded backward passes" in report
-    assert '<div class="graph"><svg' in report and "AddmmBackward0" in report
+    assert '<div class="graph" id="graph-view"><svg' in report and "AddmmBackward0" in report
     assert not list(out.parent.glob(".*partial"))
 
 

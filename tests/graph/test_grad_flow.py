@@ -149,7 +149,7 @@ def test_hooks_hold_the_graph_weakly_and_never_break_backward() -> None:
     x = torch.randn(3, requires_grad=True)
     loss = x.exp().sum()
     g = gradscope.graph(loss, grads=True)
-    ref = weakref.ref(g._recorder)  # type: ignore[arg-type]
+    ref = weakref.ref(g._walked.recorder)  # type: ignore[union-attr, arg-type]
     del g
     gc.collect()
     assert ref() is None
@@ -210,7 +210,7 @@ def test_a_failing_hook_never_breaks_backward_even_under_warnings_as_errors(monk
 
     import gradscope._graph.grad_flow as grad_flow
 
-    def broken(grads: object) -> None:
+    def broken(grads: object, rec: object) -> None:
         raise RuntimeError("norm failed")
 
     monkeypatch.setattr(grad_flow, "_norms", broken)
@@ -223,3 +223,167 @@ def test_a_failing_hook_never_breaks_backward_even_under_warnings_as_errors(monk
     assert torch.equal(x.grad, torch.full((3,), 2.0))  # type: ignore[arg-type]
     with pytest.warns(gradscope.GradscopeWarning, match="norm failed"):
         g.first_nonfinite  # noqa: B018
+
+
+def _sources_by_hand(loss: torch.Tensor) -> list[tuple[str, int]]:
+    """(op, sequence number) of every node whose incoming gradient was finite and whose
+    outgoing one was not, in the order backward ran them: torch's own node hooks, one per
+    node of a hand walk, judge each node as it runs (the oracle for 'first')."""
+    ran: list[tuple[str, int, bool, bool]] = []
+    seen, stack, keep = set(), [loss.grad_fn], []
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        keep.append(fn)
+
+        def hook(grad_inputs: tuple, grad_outputs: tuple, fn=fn) -> None:  # type: ignore[type-arg, no-untyped-def]
+            ok_in = all(bool(torch.isfinite(g).all()) for g in grad_outputs if g is not None)
+            ok_out = all(bool(torch.isfinite(g).all()) for g in grad_inputs if g is not None)
+            ran.append((fn.name(), fn._sequence_nr(), ok_in, ok_out))
+
+        fn.register_hook(hook)
+        stack.extend(c for c, _ in fn.next_functions)
+    loss.backward()
+    keep.clear()
+    return [(name, seq) for name, seq, ok_in, ok_out in ran if ok_in and not ok_out]
+
+
+def _twin_losses(build: object) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    first = build()  # type: ignore[operator]
+    torch.manual_seed(0)
+    return first, build()  # type: ignore[operator]
+
+
+def _two_sources() -> torch.Tensor:
+    a = torch.tensor([-1.0, 4.0], requires_grad=True).sqrt()  # NaN gradient, created first
+    b = torch.tensor([0.0, 1.0], requires_grad=True).log()  # Inf gradient, created second
+    # b's branch comes first in next_functions (walk order) and runs first in backward (higher
+    # sequence number); a's branch is walked first below, by writing it second in the sum
+    return (b * 3.0).sum() + (a * 2.0).sum()
+
+
+def _three_sources() -> torch.Tensor:
+    x = torch.tensor([0.0, 2.0], requires_grad=True)
+    a = torch.tensor([-4.0, 4.0], requires_grad=True).sqrt() * 1.5  # NaN
+    b = x.reciprocal().exp()  # Inf born in ReciprocalBackward0 (x = 0)
+    c = torch.tensor([0.0, 1.0], requires_grad=True).log() * 0.5  # Inf
+    downstream = (b * 0.0).sum()  # Inf * 0 in forward, but backward passes 0 * ... : finite
+    return a.sum() + downstream + c.sum() * 2 + b.sum()
+
+
+@pytest.mark.parametrize("build", [_two_sources, _three_sources], ids=["two", "three"])
+def test_first_is_the_first_source_backward_ran(build: object) -> None:
+    mine, theirs = _twin_losses(build)
+    shift = theirs.grad_fn._sequence_nr() - mine.grad_fn._sequence_nr()  # type: ignore[union-attr]
+    expected = [(name, seq - shift) for name, seq in _sources_by_hand(theirs)]
+    assert len(expected) == (2 if build is _two_sources else 3)
+    g = gradscope.graph(mine, grads=True)
+    mine.backward()
+    found = [(o.node.op, o.node.seq) for o in g.nonfinite_origins]
+    assert found == [(name.removeprefix("torch::autograd::"), seq) for name, seq in expected]
+    first = g.first_nonfinite
+    assert first is not None and (first.node.op, first.node.seq) == found[0]
+    # independent of the walk's numbering: the first source is not the lowest node id
+    ids = [o.node.id for o in g.nonfinite_origins]
+    assert ids != sorted(ids) or build is _three_sources
+
+
+def test_two_sources_first_is_the_later_created_branch() -> None:
+    loss = _two_sources()
+    g = gradscope.graph(loss, grads=True)
+    loss.backward()
+    assert [o.node.op for o in g.nonfinite_origins] == ["LogBackward0", "SqrtBackward0"]
+    assert g.first_nonfinite is not None and g.first_nonfinite.value == "inf"
+
+
+def _incoming_norms_by_hand(loss: torch.Tensor) -> dict[int, float]:
+    """Sequence number -> norm of the gradient each op node received (the sum over its
+    consumers), from torch's own pre-hooks on every node of a hand walk, in float64."""
+    got: dict[int, float] = {}
+    seen, stack, keep = set(), [loss.grad_fn], []
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        keep.append(fn)
+        if "AccumulateGrad" not in fn.name():
+
+            def pre(grad_outputs: tuple, fn=fn) -> None:  # type: ignore[type-arg, no-untyped-def]
+                parts = [g.double().norm() ** 2 for g in grad_outputs if g is not None]
+                got[fn._sequence_nr()] = float(sum(parts)) ** 0.5
+
+            fn.register_prehook(pre)
+        stack.extend(c for c, _ in fn.next_functions)
+    loss.backward()
+    keep.clear()
+    return got
+
+
+class _Slicer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lin(x).clone()
+        return (h[:, 1:4] * 2).sum(1) + h[0].sum() + h.t()[2, :].mean()
+
+
+@pytest.mark.parametrize("which", ["transformer", "slicer"])
+def test_every_node_norm_matches_torchs_own_pre_hooks(which: str) -> None:
+    from graph_models import transformer
+
+    def build() -> torch.Tensor:
+        torch.manual_seed(3)
+        net = transformer(2) if which == "transformer" else _Slicer()
+        x = torch.randn(2, 5, 32) if which == "transformer" else torch.randn(3, 6)
+        return net(x).pow(2).mean()
+
+    mine, theirs = build(), build()
+    shift = theirs.grad_fn._sequence_nr() - mine.grad_fn._sequence_nr()  # type: ignore[union-attr]
+    expected = _incoming_norms_by_hand(theirs)
+    g = gradscope.graph(mine, grads=True)
+    mine.backward()
+    ops = [n for n in g.nodes if n.kind == "op"]
+    assert {"CloneBackward0"} <= {n.op for n in ops}
+    assert len(ops) == len(expected)
+    for n in ops:
+        assert n.seq is not None
+        assert n.grad_norm == pytest.approx(expected[n.seq + shift], rel=1e-5, abs=1e-12), n.op
+
+
+@pytest.mark.parametrize("path", ["host", "device"])
+def test_the_device_read_path_gives_the_same_norms_and_origin(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path CUDA takes (float64 norms kept on the device, read once when asked) runs here
+    on CPU tensors, so CI checks it without a GPU."""
+    import gradscope._graph.grad_flow as grad_flow
+
+    if path == "device":
+        monkeypatch.setattr(grad_flow, "HOST", ())
+    net = gradscope.LeNet()
+    x = torch.randn(2, 1, 32, 32)
+    loss = nn.functional.mse_loss(net(x), torch.randn(2, 10))
+    g = gradscope.graph(loss, params=net, grads=True)
+    loss.backward()
+    assert g._walked.recorder.pending == (path == "device")  # type: ignore[union-attr]
+    assert g.first_nonfinite is None
+    for node in g.nodes:
+        if node.kind == "parameter":
+            grad = dict(net.named_parameters())[node.param].grad  # type: ignore[index]
+            assert node.grad_norm == pytest.approx(grad.double().norm().item(), rel=1e-6)  # type: ignore[union-attr]
+    # two independent sources, the huge-but-finite case: same answers on both paths
+    mine = _two_sources()
+    g = gradscope.graph(mine, grads=True)
+    mine.backward()
+    assert [o.node.op for o in g.nonfinite_origins] == ["LogBackward0", "SqrtBackward0"]
+    y = torch.tensor([1.0, 1.5e-37], requires_grad=True)
+    loss = y.log().sum()
+    g = gradscope.graph(loss, grads=True)
+    loss.backward()
+    assert g.first_nonfinite is None

@@ -48,12 +48,27 @@ def test_svg_has_every_drawn_node_colours_and_a_legend() -> None:
     loss.backward()
     svg = g.to_svg()
     nodes = _svg_nodes(svg)
-    drawn = {f"node-{n.id}" for n in g.nodes if n.kind == "op" and n.op != "TBackward0"}
-    assert set(nodes) - {"legend"} == drawn  # parameters and TBackward0 are folded into ops
+    drawn = {
+        f"node-{n.id}"
+        for n in g.nodes
+        if n.kind == "op" and n.op not in ("TBackward0", "ViewBackward0")
+    }
+    # parameters and TBackward0 are folded into ops; the flatten view is part of an edge
+    assert set(nodes) - {"legend"} == drawn
+    root_ = ET.fromstring(svg)
+    view = next(n for n in g.nodes if n.op == "ViewBackward0")
+    (consumer,) = [e.src for e in g.edges if e.dst == view.id]
+    (child,) = [e.dst for e in g.edges if e.src == view.id]
+    edge_ids = {e.get("id") for e in root_.iter(SVG + "g") if e.get("class") == "edge"}
+    assert any(i and i.startswith(f"edge-{consumer}-{view.id}-") for i in edge_ids)
+    titles = {t.text for t in root_.iter(SVG + "title")}
+    assert f"n{consumer}->n{child}" in titles  # drawn straight to the op behind the view
     root = ET.fromstring(svg)
     assert any(g_.get("id") == "legend" for g_ in root.iter(SVG + "g"))
-    clusters = {g_.get("id") for g_ in root.iter(SVG + "g") if g_.get("class") == "cluster"}
-    assert {"cluster-fc1", "cluster-conv1"} <= clusters
+    # LeNet's modules have no submodules: no box each, their name on their op instead
+    assert not [g_ for g_ in root.iter(SVG + "g") if g_.get("class") == "cluster"]
+    labels = " ".join(t.text or "" for t in root.iter(SVG + "text"))
+    assert "fc1: AddmmBackward0" in labels and "conv1: ConvolutionBackward0" in labels
     # larger gradient -> darker (lower luminance) fill
     fills = {}
     for n in g.nodes:
@@ -95,7 +110,8 @@ def test_to_graphviz_is_a_digraph_with_the_same_source() -> None:
     digraph = g.to_graphviz()
     assert isinstance(digraph, graphviz.Digraph)
     body = "".join(digraph.body)
-    assert all(f"n{n.id} [" in body for n in g.nodes if n.kind == "op" and n.op != "TBackward0")
+    folded = ("TBackward0", "ViewBackward0")
+    assert all(f"n{n.id} [" in body for n in g.nodes if n.kind == "op" and n.op not in folded)
 
 
 @needs_renderer

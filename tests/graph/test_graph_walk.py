@@ -252,3 +252,96 @@ def test_op_names_of_custom_functions_and_builtin_nodes() -> None:
         ]
         double = next(n for n in g.nodes if n.op == "DoubleBackward")
         assert [(t.shape, t.nbytes) for t in double.saved] == [((2,), 8)]
+
+
+def _saved_bytes(g: gradscope.Graph) -> int:
+    return sum(n.saved_bytes for n in g.nodes)
+
+
+def _oracle_saved_bytes(out: torch.Tensor) -> int:
+    """Saved activation bytes by a hand walk over the nodes' own _saved_* attributes."""
+    total, seen, stack = 0, set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        storages: dict[int, int] = {}
+        for attr in dir(fn):
+            if attr.startswith("_saved_"):
+                value = getattr(fn, attr)
+                if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+                    storages[value.data_ptr()] = max(
+                        storages.get(value.data_ptr(), 0), value.nbytes
+                    )
+        total += sum(storages.values())
+        stack.extend(c for c, _ in fn.next_functions)
+    return total
+
+
+def test_saved_tensors_are_read_lazily_yet_survive_backward_and_a_dropped_loss() -> None:
+    x = torch.randn(5, 7, requires_grad=True)
+    w = torch.randn(7, 3, requires_grad=True)
+
+    def loss_of() -> torch.Tensor:
+        return torch.tanh(x @ w).pow(2).sum()
+
+    loss = loss_of()
+    expected = _oracle_saved_bytes(loss)
+    assert expected > 0
+    # nothing read during the walk; read on first look
+    g = gradscope.graph(loss)
+    assert not g._walked.reader.done  # type: ignore[union-attr]
+    assert _saved_bytes(g) == expected
+    # the loss dies right away: read while its nodes still live
+    g = gradscope.graph(loss_of())
+    gc_collect()
+    assert _saved_bytes(g) == expected
+    # backward frees them: saved=True (the default) reads them as backward starts
+    loss = loss_of()
+    g = gradscope.graph(loss, grads=True)
+    loss.backward()
+    assert _saved_bytes(g) == expected
+    # saved=False: not read, and the picture says why
+    loss = loss_of()
+    g = gradscope.graph(loss, grads=True, saved=False)
+    loss.backward()
+    assert _saved_bytes(g) == 0
+    assert "backward() freed them before they were read" in g.to_dot()
+
+
+def gc_collect() -> None:
+    import gc
+
+    gc.collect()
+
+
+def test_walk_in_another_thread_falls_back_to_a_full_topological_sort(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    import gradscope._graph.walk as walk_module
+
+    x = torch.randn(3, requires_grad=True)
+    a = x.exp().exp()  # numbered by this thread's counter, far along
+    box: dict[str, torch.Tensor] = {}
+
+    def other() -> None:  # a new thread numbers from its own counter, from 0: consumer < input
+        box["out"] = (a * 2).sum()
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    out = box["out"]
+    assert out.grad_fn._sequence_nr() < a.grad_fn._sequence_nr()  # type: ignore[union-attr]
+    calls = []
+    real = walk_module.topological
+    monkeypatch.setattr(walk_module, "topological", lambda *args: calls.append(1) or real(*args))
+    g = gradscope.graph(out)
+    assert calls  # the sequence-number order was refused
+    _, n_nodes, n_edges = oracle(out)
+    assert (len(g.nodes), len(g.edges)) == (n_nodes, n_edges)
+    order = g._walked.result.topo  # type: ignore[union-attr]
+    pos = {i: k for k, i in enumerate(order)}
+    assert all(pos[e.src] < pos[e.dst] for e in g.edges)  # consumers first, always

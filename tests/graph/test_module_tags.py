@@ -148,7 +148,7 @@ def test_graph_under_watch_shows_module_paths() -> None:
 @pytest.mark.skipif(
     not gradscope._graph.render.find_renderers(), reason="no Graphviz renderer installed"
 )
-def test_watch_graph_keeps_the_graph_with_module_clusters() -> None:
+def test_watch_graph_keeps_the_graph_with_module_names_and_clusters() -> None:
     import xml.etree.ElementTree as ET
 
     net = gradscope.LeNet()
@@ -160,8 +160,16 @@ def test_watch_graph_keeps_the_graph_with_module_clusters() -> None:
     assert {n.module for n in g.nodes if n.op == "AddmmBackward0"} == {"fc1", "fc2", "fc3"}
     assert all(n.grad_norm is not None for n in g.nodes if n.op == "AddmmBackward0")
     svg = ET.fromstring(g.to_svg())
+    texts = " ".join(t.text or "" for t in svg.iter("{http://www.w3.org/2000/svg}text"))
+    assert "fc2: AddmmBackward0" in texts  # a module without submodules: named on its op
+    block = nn.Sequential(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), nn.Linear(3, 1))
+    with gradscope.watch(block) as w:
+        loss = block(torch.randn(2, 3)).sum()
+        g = w.graph(loss)
+        loss.backward()
+    svg = ET.fromstring(g.to_svg())
     titles = {t.text for t in svg.iter("{http://www.w3.org/2000/svg}title")}
-    assert any(t and t.startswith("cluster") for t in titles), titles
+    assert any(t and t.startswith("cluster") for t in titles), titles  # "0" has submodules
 
 
 def test_module_paths_of_an_older_forward_fall_back_cleanly() -> None:

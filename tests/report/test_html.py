@@ -422,5 +422,5 @@ def test_watch_report_embeds_the_captured_graph(lenet: nn.Module, tmp_path: Path
         w.graph(loss)  # type: ignore[attr-defined]
         loss.backward()
     text = w.report(tmp_path / "r.html").read_text()
-    assert '<div class="graph"><svg' in text and "AddmmBackward0" in text
+    assert '<div class="graph" id="graph-view"><svg' in text and "AddmmBackward0" in text
     svg_blocks(text)

@@ -347,9 +347,10 @@ def test_artifacts_include_the_captured_graph_as_svg(pytester: pytest.Pytester) 
     assert re.fullmatch(r".*test_fails_with_graph-[0-9a-f]{8}", folder.name)
     assert sorted(p.name for p in folder.iterdir()) == ["graph.svg", "summary.txt"]
     nodes = _svg_nodes(folder / "graph.svg")
-    # sum <- addmm(2.*) <- relu <- addmm(0.*): four op nodes, parameters drawn inside them
+    # sum <- addmm(2.*) <- relu <- addmm(0.*): four op nodes, parameters drawn inside them,
+    # each named by the module that ran it
     labels = sorted(text.split(" |g| ")[0].split(" ", 1)[1] for text in nodes.values())
-    assert labels == ["AddmmBackward0", "AddmmBackward0", "ReluBackward0", "SumBackward0"]
+    assert labels == ["0: AddmmBackward0", "1: ReluBackward0", "2: AddmmBackward0", "SumBackward0"]
     text = " ".join(nodes.values())
     for name in ("0.weight", "0.bias", "2.weight", "2.bias"):
         assert f"+ {name} (" in text
