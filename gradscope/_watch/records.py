@@ -33,8 +33,8 @@ class GradRecord:
     copy, and raises if ``.grad`` was changed in place since (``clip_grad_norm_``,
     ``GradScaler.unscale_``, ``zero_grad(set_to_none=False)``, ``p.grad.data.mul_``...), because
     that value is gone. The change is found from the version counter, the scaler's state and the
-    gradient's norm (recomputed and compared), so mutators that do not bump the version counter
-    are caught too.
+    gradient's norm (recomputed and compared), so rescaling that does not bump the version
+    counter (``GradScaler.unscale_``, ``p.grad.data.mul_``) is caught too.
     """
 
     __slots__ = (
