@@ -55,6 +55,12 @@ class Entry:
     norm: torch.Tensor | None = None  # its norm, taken while it was hot in cache
 
 
+def _current_node() -> Any:
+    """The autograd node being run on this thread (an outer one while its callbacks run)."""
+    current = getattr(torch._C, "_current_autograd_node", None)  # absent from older torch
+    return current() if current is not None else None
+
+
 class _EndOfPass:
     """The engine callback that ends one pass; see the module docstring."""
 
@@ -71,7 +77,7 @@ class _EndOfPass:
             Variable._execution_engine.queue_callback(self)
             return
         self._requeued = False
-        outer = torch._C._current_autograd_node()
+        outer = _current_node()
         if outer is not None:  # a nested backward inside a node of an outer one
             self._handle = outer.register_hook(self._outer_node_done)
             return
