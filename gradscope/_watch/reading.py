@@ -207,7 +207,10 @@ class Reading:
                 strict=True,
             ):
                 norms[i] = norm
-            values = torch.stack([norms[i].to(red) for i in indices]).tolist()  # type: ignore[union-attr]
+            picked = [norms[i] for i in indices]
+            if any(t.dtype != red for t in picked):  # type: ignore[union-attr]
+                picked = [t.to(red) for t in picked]  # type: ignore[union-attr]
+            values = torch.stack(picked).tolist()  # type: ignore[arg-type]
             self._read_now(indices, [views[i] for i in indices], values)
 
     def _read_now(self, indices: list[int], views: list[torch.Tensor], norms: list[float]) -> None:
