@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
+from itertools import repeat
+from operator import attrgetter
+from types import SimpleNamespace
 from typing import Literal
 
 import torch
@@ -22,6 +25,8 @@ __all__ = ["Keep", "Keeper", "default_max_bytes"]
 Keep = Literal["last", "all", "none"]
 
 _MIB = 1 << 20
+_grad_of, _after_of = attrgetter("grad"), attrgetter("_after")
+_NO_PARAM = SimpleNamespace(grad=None)  # a parameter removed from the module
 
 
 def default_max_bytes(params: Mapping[str, torch.Tensor]) -> int:
@@ -85,14 +90,17 @@ class Keeper:
         """
         if record is self._dropped:
             return
+        grads = record.grads
+        # Attribute reads in C (map): this runs before every forward pass.
+        lives = map(_grad_of, map(params.get, grads, repeat(_NO_PARAM)))
         kept = 0
-        for name, grad in record.grads.items():
-            if grad._after is None:
+        for grad, after, live in zip(
+            grads.values(), map(_after_of, grads.values()), lives, strict=True
+        ):
+            if after is None:
                 continue
-            param = params.get(name)
-            orphan = param is None or param.grad is not grad._after
-            if grad._source_version is not None and orphan:
-                grad.drop_tensors()
+            if grad._source_version is not None and live is not after:  # an orphan
+                grad._before = grad._after = grad._delta = grad._local = None
             else:
                 kept += 1
         if not kept:
