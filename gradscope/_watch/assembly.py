@@ -16,7 +16,7 @@ from .keeping import Keep
 from .passes import Entry
 from .records import GradRecord
 
-__all__ = ["arrived", "assemble", "make_grad_record", "scaler_moved"]
+__all__ = ["arrived", "assemble", "loss_scale", "make_grad_record", "scaler_moved"]
 
 Copy = Callable[[str, torch.Tensor], torch.Tensor]
 
@@ -31,10 +31,12 @@ def assemble(
     keep: Keep,
     copy: Copy | None,
     ddp: bool,
+    live_records: dict[str, GradRecord],
 ) -> tuple[dict[str, GradRecord], list[torch.Tensor], list[torch.Tensor | None]]:
     """The records of one pass, the tensors their statistics describe and norms already taken.
 
-    A record's ``_slot`` is its place in those lists.
+    A record's ``_slot`` is its place in those lists. ``live_records`` gets, by name, each
+    record whose ``after`` is ``.grad`` itself (the copy-on-write list of the recorder).
     """
     records: dict[str, GradRecord] = {}
     sources: list[torch.Tensor] = []
@@ -54,10 +56,13 @@ def assemble(
             if norm is not None and entry.incoming != (live.data_ptr(), version):
                 norm = None  # .grad is not the very gradient the hook measured (another hook?)
             source: torch.Tensor | None = live
+            live_records[name] = record
         else:
             record, source, norm = make_grad_record(
                 name, param, entry, index, scale, aliases[name], keep, copy, ddp
             )
+            if record.accumulated and record._source_version is not None:
+                live_records[name] = record
         record._slot = len(sources)
         records[name] = record
         sources.append(source if source is not None else torch.zeros(0))
@@ -116,6 +121,13 @@ def arrived(entry: Entry, param: torch.Tensor) -> bool:
         return True
     live = param.grad
     return not (live is entry.old and (live is None or live._version == entry.old_version))
+
+
+def loss_scale(scaler: Any) -> float | None:
+    """The GradScaler's current scale; None without a scaler or with a disabled one."""
+    if scaler is None or not getattr(scaler, "is_enabled", lambda: True)():
+        return None
+    return float(scaler.get_scale())
 
 
 def _states(scaler: Any) -> Any:

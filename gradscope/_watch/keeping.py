@@ -107,8 +107,12 @@ class Keeper:
             self._dropped = record  # nothing left to drop or recycle
             record.dropped = "keep"
 
-    def added(self, record: BackwardRecord, oldest: BackwardRecord | None) -> None:
-        """Account for a new record under ``keep="all"``; ``oldest`` is about to leave history."""
+    def added(self, record: BackwardRecord, oldest: BackwardRecord | None) -> str | None:
+        """Account for a new record under ``keep="all"``; ``oldest`` is about to leave history.
+
+        Returns a note for the user the first time the bound is reached.
+        """
+        reached = self.bound_reached
         if oldest is not None and self._holding and self._holding[0][0] is oldest:
             self._held_bytes -= self._holding.popleft()[1]
         size = record.nbytes()
@@ -120,3 +124,10 @@ class Keeper:
             old.dropped = "max_bytes"
             self._held_bytes -= old_size
             self.bound_reached = True
+        if self.bound_reached and not reached:
+            return (
+                f'keep="all" reached max_bytes={self.max_bytes:,}: the oldest passes let go '
+                f'of their tensors (their statistics stay; record.dropped == "max_bytes"); '
+                f"raise max_bytes= or lower history= to keep more"
+            )
+        return None

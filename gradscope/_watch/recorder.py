@@ -1,9 +1,13 @@
 """The recording machinery behind watch(): per-parameter hooks, one record per backward pass.
 
-Recording only: when a pass starts and ends is in ``passes``, which tensors are kept in
-``keeping``, the statistics in ``reading`` and ``stats``, the records in ``records`` and the
-public object in ``watch``, which owns one recorder (tables and pages are in
-``gradscope._report``). Only the watch holds the recorder, and hooks hold it weakly, so dropping
+Recording only: which parameters are watched (following the module as it changes) is in
+``following``, when a pass starts and ends in ``passes``, how a pass's records are built in
+``assembly``, which tensors are kept in ``keeping``, the statistics in ``reading`` and
+``stats``, the records in ``records`` and the public object in ``watch``, which owns one
+recorder (tables and pages are in ``gradscope._report``).
+
+The hooks run in every pass: a parameter whose ``.grad`` was None gets one small entry, the
+end of the pass builds every record in one loop and takes the norms in one fused call. Only the watch holds the recorder, and hooks hold it weakly, so dropping
 the watch drops the recorder, which removes its hooks: neither can keep the model alive. Errors
 inside a hook are stored on the recorder, never raised out of ``backward()``.
 """
@@ -22,10 +26,10 @@ from torch.utils.hooks import RemovableHandle
 from .._graph.module_tags import install_module_tagging
 from .._hooks import CopySafe
 from .._naming import ParamNames, unwrap_module
-from .assembly import assemble, scaler_moved
+from .assembly import assemble, loss_scale, scaler_moved
 from .following import Followed
 from .keeping import Keep, Keeper, default_max_bytes
-from .passes import Entry, Pass
+from .passes import Entry, Pass, take_accumulated
 from .reading import HostCopy, Reading, host_copy_for
 from .records import BackwardRecord, GradRecord
 from .stats import reduction_dtype
@@ -285,19 +289,8 @@ class Recorder:
         sees the final gradient this pass; from the next pass on ours runs last again.
         """
         self._followed.rehook_last(name, param)
-        if not entry.accumulated:
-            return  # torch.autograd.grad: the accumulator does not run (exact from next pass)
-        handles: list[RemovableHandle] = []
-
-        def final(grads: tuple[torch.Tensor, ...]) -> None:
-            for handle in handles:
-                handle.remove()
-            grad = grads[0]
-            if entry.grad is not None:
-                entry.grad = grad.detach().clone() if grad.requires_grad else grad
-            entry.norm = None
-
-        handles.append(self._nodes[name].register_prehook(final))
+        if entry.accumulated:  # under torch.autograd.grad the accumulator does not run
+            take_accumulated(self._nodes[name], entry)  # (exact from the next pass on)
 
     def _snapshot_before(self, name: str, grad: torch.Tensor) -> torch.Tensor:
         snapshot = self._keeper.copy(name, grad)  # this pass is about to add into .grad in place
@@ -329,7 +322,7 @@ class Recorder:
             return
         followed = self._followed
         followed.sync()
-        scale = self._loss_scale() if self.scaler is not None else None
+        scale = loss_scale(self.scaler)
         params, keep, index = followed.names.params, self.keep, current.index
         records, sources, known = assemble(
             current.entries,
@@ -341,12 +334,8 @@ class Recorder:
             keep,
             self._keeper.copy if self.copy else None,
             self._ddp,
+            self._last_record,
         )
-        if keep != "none":
-            last_record = self._last_record
-            for name, record in records.items():  # their after may be .grad itself
-                if record.accumulated and record._source_version is not None:
-                    last_record[name] = record
         self._read_stats(records, sources, known, scale)
         frozen = followed.frozen
         missing = (
@@ -375,14 +364,9 @@ class Recorder:
                 f"the {len(records)} gradient(s) that arrived (record.failed)"
             )
         if keep == "all":
-            reached = self._keeper.bound_reached
-            self._keeper.added(backward, oldest)
-            if self._keeper.bound_reached and not reached:
-                self.notes.append(
-                    f'keep="all" reached max_bytes={self.max_bytes:,}: the oldest passes let go '
-                    f'of their tensors (their statistics stay; record.dropped == "max_bytes"); '
-                    f"raise max_bytes= or lower history= to keep more"
-                )
+            note = self._keeper.added(backward, oldest)
+            if note:
+                self.notes.append(note)
 
     def _read_stats(
         self,
@@ -415,8 +399,3 @@ class Recorder:
         if copy is None:
             copy = self._copies[device] = host_copy_for(device)
         return copy
-
-    def _loss_scale(self) -> float | None:
-        if self.scaler is None or not getattr(self.scaler, "is_enabled", lambda: True)():
-            return None
-        return float(self.scaler.get_scale())
