@@ -4,12 +4,12 @@ Recording only: which parameters are watched (following the module as it changes
 ``following``, when a pass starts and ends in ``passes``, how a pass's records are built in
 ``assembly``, which tensors are kept in ``keeping``, the statistics in ``reading`` and
 ``stats``, the records in ``records`` and the public object in ``watch``, which owns one
-recorder (tables and pages are in ``gradscope._report``).
-
-The hooks run in every pass: a parameter whose ``.grad`` was None gets one small entry, the
-end of the pass builds every record in one loop and takes the norms in one fused call. Only the watch holds the recorder, and hooks hold it weakly, so dropping
-the watch drops the recorder, which removes its hooks: neither can keep the model alive. Errors
-inside a hook are stored on the recorder, never raised out of ``backward()``.
+recorder (tables and pages are in ``gradscope._report``). Only the watch holds the recorder,
+and hooks hold it weakly, so dropping the watch drops the recorder, which removes its hooks:
+neither can keep the model alive. Errors inside a hook are stored on the recorder, never
+raised out of ``backward()``. The hooks run in every pass: a parameter whose ``.grad`` was
+None gets one small entry; the end of the pass builds the records in one loop and takes the
+norms in one fused call.
 """
 
 from __future__ import annotations
