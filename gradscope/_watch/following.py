@@ -1,10 +1,11 @@
 """Which parameters a recorder watches, and their hooks, following the module as it changes.
 
 A model's parameters can be replaced by a new ``nn.Parameter`` (which drops its hooks), frozen,
-unfrozen, added or removed between passes. :meth:`Followed.changed` notices any of that with an
-identity check of every parameter slot (a few dict lookups per parameter, cheap enough to run
-before every forward pass; walking the module tree each time cost ~10% of a LeNet step), and
-:meth:`Followed.sync` then re-reads the module and hooks what is new.
+unfrozen, added or removed between passes, and so can whole submodules. :meth:`Followed.changed`
+notices any of that with an identity check of every parameter and submodule slot and the size
+of every slot dict (run in C through ``map()``, cheap enough for every forward pass; walking the
+module tree each time cost ~10% of a LeNet step), and :meth:`Followed.sync` then re-reads the
+module and hooks what is new.
 
 The recorder's hooks are registered through the ``register`` callable it passes in, so this
 module knows nothing about what the hooks do.
@@ -59,9 +60,14 @@ class Followed:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.frozen: list[str] = []  # watched parameters with requires_grad=False
         self.replaced: list[str] = []  # names whose nn.Parameter was swapped since last taken
-        # Every parameter slot of the module tree as parallel lists (checked with map(), in C)
+        # Every parameter and submodule slot of the module tree as parallel lists (dict, key,
+        # value), the sizes of those dicts, and each parameter's requires_grad: checked with
+        # map(), in C, so a replaced, added or removed parameter or submodule shows.
         self._dicts: list[dict[str, Any]] = []
         self._keys: list[str] = []
+        self._values: list[Any] = []
+        self._containers: list[dict[str, Any]] = []
+        self._sizes: list[int] = []
         self._params: list[torch.Tensor] = []
         self._flags: list[bool] = []
         self._hooked: list[torch.Tensor] = []  # the hooked parameters, as of the last sync
@@ -77,10 +83,12 @@ class Followed:
         return not matches(self._exclude)
 
     def changed(self) -> bool:
-        """Whether any parameter was replaced, (un)frozen or removed since the last sync."""
-        params = self._params
-        return not all(map(is_, map(dict.get, self._dicts, self._keys), params)) or (
-            list(map(_requires_grad, params)) != self._flags
+        """Whether a parameter or submodule was replaced, added or removed, or a parameter
+        (un)frozen, since the last sync."""
+        return (
+            list(map(len, self._containers)) != self._sizes
+            or not all(map(is_, map(dict.get, self._dicts, self._keys), self._values))
+            or list(map(_requires_grad, self._params)) != self._flags
         )
 
     def sync(self, *, force: bool = False) -> None:
@@ -110,15 +118,14 @@ class Followed:
         self.shapes = {n: tuple(p.shape) for n, p in selected.params.items()}
         self.aliases = {n: tuple(a for a in aliases[n] if a != n) for n in selected.params}
         self.frozen = [n for n, p in selected.params.items() if not p.requires_grad]
-        slots = [
-            (module._parameters, key, param)
-            for module in root.modules()
-            for key, param in module._parameters.items()
-            if param is not None
-        ]
+        modules = list(root.modules())
+        self._containers = [m._parameters for m in modules] + [m._modules for m in modules]
+        self._sizes = list(map(len, self._containers))
+        slots = [(d, k, v) for d in self._containers for k, v in d.items()]
         self._dicts = [d for d, _, _ in slots]
         self._keys = [k for _, k, _ in slots]
-        self._params = [p for _, _, p in slots]
+        self._values = [v for _, _, v in slots]
+        self._params = [p for m in modules for p in m._parameters.values() if p is not None]
         self._flags = list(map(_requires_grad, self._params))
         self._hooked = [self.names.params[n] for n in self.handles]
 
@@ -166,4 +173,5 @@ class Followed:
         self.root = None
         self.names = ParamNames()
         self.nodes.clear()
-        self._dicts, self._keys, self._params, self._flags, self._hooked = [], [], [], [], []
+        self._dicts, self._keys, self._values, self._params, self._flags = [], [], [], [], []
+        self._containers, self._sizes, self._hooked = [], [], []
