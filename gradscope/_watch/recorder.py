@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .._distributed.layout import layout_of, sync_pending
+from .._distributed.shards import local_shard
 from .._graph.module_tags import install_module_tagging
 from .._hooks import CopySafe
 from .._naming import ParamNames, named_parameters, unwrap_module
@@ -28,6 +30,7 @@ from .keeping import Keep, Keeper, default_max_bytes
 from .passes import Entry, Pass, accumulate_node, will_accumulate
 from .reading import HostCopy, Reading, host_copy_for
 from .records import BackwardRecord, GradRecord
+from .sharded import combine_across_ranks, hook_output, make_sharded_record, register
 from .stats import reduction_dtype
 
 __all__ = ["Keep", "Recorder"]
@@ -60,6 +63,24 @@ def _on_grad(
         recorder._guard(recorder._on_grad, name, param, grad)
 
 
+def _on_shard(ref: weakref.ref[Recorder], name: str, param: torch.Tensor) -> None:
+    recorder = ref()
+    if recorder is not None:
+        recorder._guard(recorder._on_shard, name, param)
+
+
+def _after_forward(ref: weakref.ref[Recorder], _module: nn.Module, _args: Any, out: Any) -> None:
+    recorder = ref()
+    if recorder is not None:
+        recorder._guard(hook_output, out, CopySafe(_on_output_grad, ref))
+
+
+def _on_output_grad(ref: weakref.ref[Recorder], _grad: torch.Tensor) -> None:
+    recorder = ref()
+    if recorder is not None:
+        recorder._guard(recorder._start_if_idle)
+
+
 class Recorder:
     """Hooks on every parameter of a module; one :class:`BackwardRecord` per backward pass.
 
@@ -81,16 +102,28 @@ class Recorder:
         copy: bool,
         max_bytes: int | None = None,
     ) -> None:
+        # DDP, FSDP2 or neither; refuses (raises) what the hooks cannot follow, before any hook.
+        self._layout = layout_of(module)
+        self._sharded = self._layout.kind == "fsdp2"
+        self._befores: dict[str, torch.Tensor] = {}  # FSDP2: shards taken when forward started
+        self._synchronising: bool | None = None
         self._module: nn.Module | None = module
         self._module_ref = weakref.ref(module)
         self.every = every
         self.scaler = scaler
-        self.copy = copy
+        # DDP(gradient_as_bucket_view=True) writes every pass into the same buckets that .grad
+        # views, even after zero_grad(set_to_none=True): records kept past the next pass need
+        # copies of their own.
+        self.copy = copy or (
+            keep == "all"
+            and self._layout.kind == "ddp"
+            and bool(getattr(module, "gradient_as_bucket_view", 0))
+        )
         self._include = list(include)
         self._exclude = list(exclude)
         self._root: nn.Module | None = unwrap_module(module)
         self._root_type = type(self._root).__name__
-        self._ddp = isinstance(module, nn.parallel.DistributedDataParallel)
+        self._ddp = self._layout.kind == "ddp"
         self.records: deque[BackwardRecord] = deque(maxlen=history)
         self.names = ParamNames()
         self._nodes: dict[str, Any] = {}
@@ -126,6 +159,9 @@ class Recorder:
     def install_forward_hooks(self, module: nn.Module, tag_modules: bool) -> None:
         hook = CopySafe(_before_forward, weakref.ref(self))
         self._other_handles.append(module.register_forward_pre_hook(hook))
+        if self._sharded:  # FSDP2: a pass that writes no .grad (no sync) still starts
+            after = CopySafe(_after_forward, weakref.ref(self))
+            self._other_handles.append(module.register_forward_hook(after))
         # graph() then knows which module made each node (see _module_tags). Not under
         # torch.compile: its backward is one node anyway, and the hooks would break its graph.
         if tag_modules and self._root is not None and not hasattr(module, "_orig_mod"):
@@ -242,9 +278,14 @@ class Recorder:
         # It does not fire for FSDP2/DTensor parameters (post-accumulate hooks do): not
         # supported yet. Parameters drop their hooks when copied or pickled.
         self._register(name, param)
-        self._nodes[name] = accumulate_node(param)
+        if not self._sharded:
+            self._nodes[name] = accumulate_node(param)
 
     def _register(self, name: str, param: torch.Tensor) -> None:
+        if self._sharded:  # FSDP2: tensor hooks never fire on DTensor parameters
+            shard_hook = CopySafe(_on_shard, weakref.ref(self), name)
+            self._param_handles[name] = register(param, shard_hook)
+            return
         hook = CopySafe(_on_grad, weakref.ref(self), name, param)
         self._param_handles[name] = param.register_hook(hook)  # type: ignore[no-untyped-call]
 
@@ -283,13 +324,26 @@ class Recorder:
             self._keeper.recycle(self.records[-1])
         return current
 
-    def _on_grad(self, name: str, param: torch.Tensor, grad: torch.Tensor) -> None:
+    def _current_pass(self) -> Pass:
         current = self._pass
         if current is not None and current.end() is None:  # the last backward() raised midway
             self._end_pass(current, True)
             current = None
         if current is None:
             current = self._start_pass()
+        return current
+
+    def _start_if_idle(self) -> None:
+        self._current_pass()
+
+    def _on_shard(self, name: str, param: torch.Tensor) -> None:
+        """FSDP2 wrote this rank's shard of ``param``'s gradient (see ``sharded``)."""
+        current = self._current_pass()
+        if current.recording and name not in current.entries:
+            current.entries[name] = Entry(None, self._befores.pop(name, None), True, None, 0)
+
+    def _on_grad(self, name: str, param: torch.Tensor, grad: torch.Tensor) -> None:
+        current = self._current_pass()
         if not current.recording:
             return
         entry = current.entries.get(name)
@@ -358,13 +412,18 @@ class Recorder:
         if current is not None and current.end() is None:
             self._end_pass(current, True)
         self._sync()
+        module = self.module
+        self._synchronising = None if module is None else sync_pending(module, self._layout)
+        if self._sharded:
+            self._snapshot_shards()
         # A hook registered since the last pass runs after ours: move ours last now, so even
         # torch.autograd.grad (which runs no accumulator pre-hook) sees the final gradient.
         params = self.names.params
         moved = [
             name
             for name, handle in self._param_handles.items()
-            if len(hooks := params[name]._backward_hooks or ()) > 1
+            if not self._sharded
+            and len(hooks := params[name]._backward_hooks or ()) > 1
             and next(reversed(hooks)) != handle.id
             and params[name].requires_grad  # torch refuses hooks on frozen tensors
         ]
@@ -372,6 +431,15 @@ class Recorder:
             self._rehook_last(name, params[name])
         if self.keep == "last" and not self.copy and self.records:
             self._keeper.release_orphans(self.records[-1], self.names.params)
+
+    def _snapshot_shards(self) -> None:
+        """FSDP2 adds into the old shard before our hook runs: take ``before`` now."""
+        self._befores.clear()
+        if self.keep == "none":
+            return
+        for name, param in self.names.params.items():
+            if param.grad is not None:
+                self._befores[name] = self._snapshot_before(name, local_shard(param.grad))
 
     # ------------------------------------------------------------------------- end of a pass
     def _end_pass(self, current: Pass, failed: bool) -> None:
@@ -389,29 +457,45 @@ class Recorder:
         known: list[torch.Tensor | None] = []
         for name, entry in current.entries.items():
             param = self.names.params.get(name)
-            if param is None or (failed and not arrived(entry, param)):
+            if param is None or (failed and not self._sharded and not arrived(entry, param)):
                 continue
-            grad_record, source, norm = make_grad_record(
-                name,
-                param,
-                entry,
-                current.index,
-                scale,
-                self._aliases[name],
-                keep=self.keep,
-                copy=self._keeper.copy if self.copy else None,
-                ddp=self._ddp,
-            )
+            if self._sharded:
+                grad_record, source, norm = make_sharded_record(
+                    name,
+                    param,
+                    entry,
+                    current.index,
+                    scale,
+                    self._aliases[name],
+                    keep=self.keep,
+                    copy=self._keeper.copy if self.copy else None,
+                )
+            else:
+                grad_record, source, norm = make_grad_record(
+                    name,
+                    param,
+                    entry,
+                    current.index,
+                    scale,
+                    self._aliases[name],
+                    keep=self.keep,
+                    copy=self._keeper.copy if self.copy else None,
+                    ddp=self._ddp,
+                )
             if grad_record.accumulated and self.keep != "none" and param.grad is not None:
                 self._last_record[name] = grad_record  # its after may be .grad itself
             records[name] = grad_record
             sources.append(source if source is not None else torch.zeros(0))
             known.append(norm)
         self._read_stats(list(records.values()), sources, known, scale)
+        synchronised = self._synchronising
+        if self._sharded and not failed:  # every rank ends every pass here: one collective
+            combine_across_ranks(list(records.values()), sources, self._layout)
         frozen = self.frozen_names()
         missing = (
             []
             if len(records) + len(frozen) == len(self.names.params)
+            or (self._sharded and not synchronised)  # FSDP2 kept them unsharded, unseen
             else [n for n, p in self.names.params.items() if p.requires_grad and n not in records]
         )
         backward = BackwardRecord(
@@ -425,6 +509,7 @@ class Recorder:
             loss_scale=scale,
             errors=current.errors,
             failed=failed,
+            synchronised=synchronised,
         )
         self._replaced = []
         oldest = self.records[0] if len(self.records) == self.records.maxlen else None
