@@ -57,6 +57,7 @@ class ReplicaMismatch:
         )
 
     def line(self) -> str:
+        """One line of a report: the kind of tensor, its name and :meth:`detail`."""
         return f"  {self.kind} {self.name}: {self.detail()}"
 
 

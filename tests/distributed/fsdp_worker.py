@@ -235,6 +235,34 @@ def the_model_is_collected_after_close() -> None:
     assert w.last is not None
 
 
+def graph_names_parameters_and_labels_fsdp_hooks() -> None:
+    net = shard(mlp())
+    with gradscope.watch(net):  # module tags come from the watch's forward hooks
+        loss = loss_of(net, batch(0, RANK))
+        drawn = gradscope.graph(loss, params=net, grads=True)
+        # the oracle: a plain traversal of next_functions
+        seen, stack, accumulate, hooks = set(), [loss.grad_fn], 0, 0
+        while stack:
+            fn = stack.pop()
+            if fn is None or fn in seen:
+                continue
+            seen.add(fn)
+            accumulate += type(fn).__name__ == "AccumulateGrad"
+            hooks += type(fn).__name__ == "RegisterPostBackwardFunctionBackward"
+            stack.extend(f for f, _ in fn.next_functions)
+        loss.backward()
+    params = [n for n in drawn.nodes if n.kind == "parameter"]
+    assert len(params) == accumulate == 6
+    assert sorted(n.param for n in params) == sorted(  # type: ignore[type-var]
+        name for name, _ in net.named_parameters()
+    ), [n.param for n in params]
+    labelled = [n for n in drawn.nodes if n.label.startswith("FSDP2 post-backward hook")]
+    assert len(labelled) == hooks > 0, [n.label for n in drawn.nodes]
+    modules = {n.module for n in drawn.nodes if n.kind == "op" and n.module}
+    assert {"0", "2", "4"} <= modules, modules
+    assert all(n.grad_norm is not None for n in params)
+
+
 if __name__ == "__main__":
     import os
 
@@ -253,6 +281,7 @@ if __name__ == "__main__":
                 partly_sharded_model_is_refused,
                 fsdp1_is_refused_with_the_fix,
                 the_model_is_collected_after_close,
+                graph_names_parameters_and_labels_fsdp_hooks,
             )
         }
     )

@@ -19,6 +19,7 @@ CHECKS = [
     "partly_sharded_model_is_refused",
     "fsdp1_is_refused_with_the_fix",
     "the_model_is_collected_after_close",
+    "graph_names_parameters_and_labels_fsdp_hooks",
 ]
 
 
