@@ -177,6 +177,26 @@ def gradscope_adds_no_collective_under_ddp() -> None:
     assert calls == [] and len(w.records) == 2 and w.last.synchronised, calls
 
 
+def report_for_all_ranks_has_a_column_per_rank() -> None:
+    import sys
+    from pathlib import Path
+
+    net = model()
+    ddp = DDP(net)
+    with gradscope.watch(ddp) as w:
+        for step in range(3):
+            x = batch(step, RANK) * (1 + 4 * RANK)  # the last rank's data is much larger
+            loss_of(ddp, x).backward()
+    path = Path(sys.argv[1]) / "ranks.html"
+    assert w.report(path, ranks="all") == path  # collective: every rank calls it
+    dist.barrier()
+    page = path.read_text()
+    for rank in range(WORLD):
+        assert f"<th>rank {rank}</th>" in page, rank
+    assert "rank-odd" in page  # the large-data rank stands out
+    assert "total gradient norm per rank" in page
+
+
 if __name__ == "__main__":
     RANK, WORLD = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     main(
@@ -189,6 +209,7 @@ if __name__ == "__main__":
                 static_graph_matches_the_reference,
                 fp16_compression_records_what_the_optimizer_sees,
                 gradscope_adds_no_collective_under_ddp,
+                report_for_all_ranks_has_a_column_per_rank,
             )
         }
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch.distributed as dist
 from dist_launch import run_checks
@@ -15,12 +17,25 @@ CHECKS = [
     "static_graph_matches_the_reference",
     "fp16_compression_records_what_the_optimizer_sees",
     "gradscope_adds_no_collective_under_ddp",
+    "report_for_all_ranks_has_a_column_per_rank",
 ]
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, str]]:
-    return run_checks("ddp_worker.py", 2, tmp_path_factory.mktemp("ddp"))
+    out = tmp_path_factory.mktemp("ddp")
+    results = run_checks("ddp_worker.py", 2, out)
+    REPORTS.append(out / "ranks.html")
+    return results
+
+
+REPORTS: list[Path] = []
+
+
+def test_only_rank_0_wrote_the_page(results: list[dict[str, str]]) -> None:
+    assert results[0]["report_for_all_ranks_has_a_column_per_rank"] == "ok"
+    assert REPORTS and REPORTS[0].exists()
+    assert not list(REPORTS[0].parent.glob(".*ranks.html*"))  # no half-written temp file
 
 
 @pytest.mark.parametrize("check", CHECKS)
