@@ -1,9 +1,11 @@
 """Overhead of watch() per training step under FSDP2 and DDP, 2 CPU processes (gloo).
 
 Launches itself under torchrun. Each rank trains two copies of a 4x512 MLP, one watched and one
-not, interleaved round by round (so drifts in machine speed hit both alike); rank 0 prints the
-median step time of the unwatched job and the median ratio of the watched one, and the number of
-collectives gradscope adds per backward pass (counted at torch.distributed's Python API).
+not, interleaved round by round (so drifts in machine speed hit both alike), under FSDP2, under
+DDP, and unwrapped ("local": the watch's own cost in the same processes, for comparison). Rank 0
+prints the median step time of the unwatched job, the median ratio of the watched one, and the
+number of collectives gradscope adds per backward pass (counted at torch.distributed's Python
+API).
 
     python benchmarks/bench_distributed.py [--rounds 25] [--steps 4]
 """
@@ -89,7 +91,8 @@ def worker(rounds: int, steps: int) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     x = torch.randn(32, 512, generator=torch.Generator().manual_seed(rank))
-    for label, build in (("FSDP2", fsdp), ("DDP", ddp)):
+    # "local": the same MLP unwrapped in the same processes, for the watch's own cost
+    for label, build in (("FSDP2", fsdp), ("DDP", ddp), ("local", mlp)):
         plain, watched = build(), build()
         plain_step, watched_step = step_fn(plain, x), step_fn(watched, x)
         watch = gradscope.watch(watched)

@@ -263,6 +263,39 @@ def graph_names_parameters_and_labels_fsdp_hooks() -> None:
     assert all(n.grad_norm is not None for n in params)
 
 
+def check_step_on_local_shards() -> None:
+    net = shard(mlp())
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.1)
+    for step in range(3):
+        loss_of(net, batch(step, RANK)).backward()
+        with gradscope.check_step(opt, params=net) as report:
+            opt.step()
+        opt.zero_grad()
+        assert report.ok, report
+        assert [p.name for p in report.params] == [n for n, _ in net.named_parameters()]
+
+
+def one_rank_failing_fails_every_rank() -> None:
+    net = shard(mlp())
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    loss_of(net, batch(0, RANK)).backward()
+    with gradscope.check_step(opt, params=net) as report:
+        opt.step()
+        if RANK == 1:  # a bug on one rank: its shard of 2.bias moves on its own
+            with torch.no_grad():
+                net[2].bias._local_tensor.add_(0.5)  # type: ignore[union-attr]
+    assert not report.ok, report
+    text = str(report)
+    if RANK == 1:
+        assert [p.name for p in report.failures] == ["2.bias"], text
+    else:
+        assert "rank 1 failed this step: parameters 2.bias" in report.problems, report.problems
+    loss_of(net, batch(1, RANK)).backward()
+    with gradscope.verify_optimizer(opt, params=net, on_mismatch="warn") as verifier:
+        opt.step()
+    assert verifier.reports[-1].ok, verifier.reports[-1]
+
+
 if __name__ == "__main__":
     import os
 
@@ -282,6 +315,8 @@ if __name__ == "__main__":
                 fsdp1_is_refused_with_the_fix,
                 the_model_is_collected_after_close,
                 graph_names_parameters_and_labels_fsdp_hooks,
+                check_step_on_local_shards,
+                one_rank_failing_fails_every_rank,
             )
         }
     )

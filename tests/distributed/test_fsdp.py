@@ -20,6 +20,8 @@ CHECKS = [
     "fsdp1_is_refused_with_the_fix",
     "the_model_is_collected_after_close",
     "graph_names_parameters_and_labels_fsdp_hooks",
+    "check_step_on_local_shards",
+    "one_rank_failing_fails_every_rank",
 ]
 
 
