@@ -296,6 +296,21 @@ def one_rank_failing_fails_every_rank() -> None:
     assert verifier.reports[-1].ok, verifier.reports[-1]
 
 
+def keep_none_and_every_other_pass() -> None:
+    net = shard(mlp())
+    with gradscope.watch(net, keep="none", every=2) as w:
+        for step in range(4):
+            net.zero_grad()
+            loss_of(net, batch(step, RANK)).backward()
+            if step % 2 == 0:  # recorded: the whole gradient's norms, no tensors kept
+                ref = reference_grads([step])
+                for name, grad in ref.items():
+                    r = w.last[name]
+                    assert r.after is None and r.stats.numel == grad.numel()
+                    assert math.isclose(r.stats.norm, grad.double().norm().item(), rel_tol=1e-5)
+    assert [r.index for r in w.records] == [1, 3], [r.index for r in w.records]
+
+
 if __name__ == "__main__":
     import os
 
@@ -317,6 +332,7 @@ if __name__ == "__main__":
                 graph_names_parameters_and_labels_fsdp_hooks,
                 check_step_on_local_shards,
                 one_rank_failing_fails_every_rank,
+                keep_none_and_every_other_pass,
             )
         }
     )

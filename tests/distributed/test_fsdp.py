@@ -22,6 +22,7 @@ CHECKS = [
     "graph_names_parameters_and_labels_fsdp_hooks",
     "check_step_on_local_shards",
     "one_rank_failing_fails_every_rank",
+    "keep_none_and_every_other_pass",
 ]
 
 
