@@ -66,6 +66,29 @@ def close(a: torch.Tensor | None, b: torch.Tensor, **tol: float) -> None:
     torch.testing.assert_close(a, b, **tol)  # type: ignore[arg-type]
 
 
+def after_is_the_average_and_local_this_ranks_own() -> None:
+    # `local` is what this process computed, `after` the average the optimizer uses: for
+    # copy=False (after is .grad itself) and copy=True, checked against all_gather of the
+    # local gradients.
+    net = model()
+    ddp = DDP(net)
+    own = local_grads([0])
+    for copy in (False, True):
+        net.zero_grad()
+        with gradscope.watch(ddp, copy=copy) as w:
+            loss_of(ddp, batch(0, RANK)).backward()
+        assert set(w.last) == set(own), set(w.last)  # names without DDP's "module." prefix
+        for name, param in net.named_parameters():
+            grad = w.last[name]
+            close(grad.local, own[name])
+            close(grad.after, param.grad)  # type: ignore[arg-type]
+            gathered = [torch.zeros_like(own[name]) for _ in range(WORLD)]
+            dist.all_gather(gathered, own[name])
+            close(grad.after, sum(gathered) / WORLD)
+            assert not torch.allclose(grad.after, grad.local)  # the ranks diverged
+            close(grad.delta, grad.after)  # .grad was empty before
+
+
 def no_sync_records_say_which_passes_synchronised() -> None:
     net = model()
     ddp = DDP(net)
@@ -203,6 +226,7 @@ if __name__ == "__main__":
         {
             f.__name__: f
             for f in (
+                after_is_the_average_and_local_this_ranks_own,
                 no_sync_records_say_which_passes_synchronised,
                 bucket_views_keep_every_pass_right,
                 unused_parameters_are_missing,

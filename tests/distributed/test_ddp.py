@@ -1,4 +1,4 @@
-"""watch() under DDP beyond the basics (2 processes): see ddp_worker.py for the checks."""
+"""watch() under DDP (2 processes under torchrun, with a timeout): see ddp_worker.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dist_launch import run_checks
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch without distributed")
 
 CHECKS = [
+    "after_is_the_average_and_local_this_ranks_own",
     "no_sync_records_say_which_passes_synchronised",
     "bucket_views_keep_every_pass_right",
     "unused_parameters_are_missing",
