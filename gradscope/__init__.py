@@ -8,10 +8,13 @@
 torch.Size([6])
 """
 
+from ._diagnose.diagnosis import Diagnosis
+from ._diagnose.finding import Finding
 from ._errors import (
     GradientAssertionError,
     GradscopeError,
     GradscopeWarning,
+    ProblemFound,
     StepMismatch,
     UnknownParameterError,
 )
@@ -31,6 +34,8 @@ from ._watch.watch import Watch, watch
 
 __all__ = [
     "BackwardRecord",
+    "Diagnosis",
+    "Finding",
     "GradRecord",
     "GradStats",
     "GradientAssertionError",
@@ -43,6 +48,7 @@ __all__ = [
     "NonfiniteGradient",
     "OptimizerVerifier",
     "ParamCheck",
+    "ProblemFound",
     "SavedTensor",
     "StepMismatch",
     "StepReport",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._diagnose.diagnosis import Diagnosis
 from .._watch.records import BackwardRecord
 
 __all__ = ["Summary", "SummaryRow"]
@@ -37,16 +38,18 @@ def _count(value: int | None) -> str:
 
 @dataclass(frozen=True)
 class Summary:
-    """Per-parameter statistics of one backward pass; ``str()`` gives a fixed-width table."""
+    """Per-parameter statistics of one backward pass; ``str()`` gives a fixed-width table,
+    followed by the findings when a diagnosis is attached (``Watch.summary()`` attaches one)."""
 
     index: int
     rows: tuple[SummaryRow, ...]
     loss_scale: float | None = None
     errors: int = 0
+    findings: Diagnosis | None = None
 
     @classmethod
-    def of(cls, record: BackwardRecord) -> Summary:
-        """The table of one backward pass."""
+    def of(cls, record: BackwardRecord, *, findings: Diagnosis | None = None) -> Summary:
+        """The table of one backward pass (and, with ``findings``, the diagnosis after it)."""
         shapes = record.shapes
         order = list(dict.fromkeys(record.aliases.values())) or list(record.grads)
         order += [n for n in [*record.grads, *record.missing, *record.frozen] if n not in order]
@@ -87,7 +90,7 @@ class Summary:
                     note="; ".join(notes),
                 )
             )
-        return cls(record.index, tuple(rows), record.loss_scale, len(record.errors))
+        return cls(record.index, tuple(rows), record.loss_scale, len(record.errors), findings)
 
     def _repr_html_(self) -> str:
         """Jupyter/VS Code: the same table in HTML."""
@@ -128,4 +131,6 @@ class Summary:
         out += [line(c) for c in cells]
         if self.errors:
             out.append(f"{self.errors} error(s) inside gradscope's hooks: see watch.errors")
+        if self.findings is not None:
+            out += ["", str(self.findings)]
         return "\n".join(out)

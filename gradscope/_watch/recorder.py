@@ -13,7 +13,7 @@ import fnmatch
 import math
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -126,6 +126,9 @@ class Recorder:
         self._dropped: BackwardRecord | None = None  # the newest record already emptied
         self._pinned: dict[tuple[int, torch.dtype], torch.Tensor] = {}
         self.errors: list[BaseException] = []
+        # Called with each new record and the current name -> parameter mapping (the watch's
+        # diagnosis evidence, see _watch/monitors.py); each call is guarded like a hook.
+        self.end_of_pass: list[Callable[[BackwardRecord, Mapping[str, torch.Tensor]], None]] = []
         self.closed = False
         self._finalizer = weakref.finalize(
             self, _remove_handles, self._param_handles, self._other_handles
@@ -414,6 +417,8 @@ class Recorder:
         )
         self._replaced = []
         self.records.append(backward)
+        for listener in self.end_of_pass:
+            self._guard(listener, backward, self.names.params)
 
     def _record_stats(
         self, records: list[GradRecord], pending: PendingNorms, scale: float | None

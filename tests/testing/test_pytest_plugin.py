@@ -97,6 +97,8 @@ def test_fails_without_fixture():
     # the saved table is the watch's own summary of the failing test's pass
     for name in ("0.weight", "0.bias", "2.weight", "2.bias"):
         assert name in summary
+    # and it ends with the diagnosis of the watch
+    assert "gradscope diagnosis of Sequential (1 backward pass): " in summary
     saved = f"saved to {out / folders[0]}: summary.txt"
     result.stdout.fnmatch_lines(["*gradscope artifacts*", saved])
 
