@@ -71,10 +71,15 @@ class Diagnosis(Sequence[Finding]):
             lines.append(f"{k}. {text[0]}")
             lines.extend("  " + line for line in text[1:])
         if self.unchecked:
-            lines.append(
-                "not checked: " + "; ".join(f"{k} ({v})" for k, v in self.unchecked.items())
-            )
+            lines.append(f"not checked: {self.unchecked_text()}")
         return "\n".join(lines)
+
+    def unchecked_text(self) -> str:
+        """The kinds not checked, grouped by why: ``a, b (needs ...); c (...)``."""
+        by_reason: dict[str, list[str]] = {}
+        for kind, why in self.unchecked.items():
+            by_reason.setdefault(why, []).append(kind)
+        return "; ".join(f"{', '.join(kinds)} ({why})" for why, kinds in by_reason.items())
 
     def __repr__(self) -> str:
         return f"<gradscope.Diagnosis: {self.headline().partition(': ')[2]}>"

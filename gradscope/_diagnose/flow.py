@@ -156,8 +156,8 @@ def _dead(ev: Evidence, out: Collector) -> None:
         if ev.records:
             out.skip(
                 "dead_units",
-                f"needs {T.DEAD_MIN_PASSES} consecutive recorded passes "
-                f"({signals.streak_passes} so far)",
+                f"needs {T.DEAD_MIN_PASSES} recorded passes in a row, "
+                f"{signals.streak_passes} so far",
             )
         return
     window = {r.index for r in ev.records[-signals.streak_passes :]}

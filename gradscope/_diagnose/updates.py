@@ -424,10 +424,10 @@ def _scaler(ev: Evidence, out: Collector) -> None:
         return
     steps = ev.steps
     if steps is None:
-        out.skip("skipped_steps", "needs watch(net, optimizer=opt) or watch(net, scaler=scaler)")
-        out.skip("loss_scale_collapse", "needs watch(net, scaler=scaler)")
+        out.skip("skipped_steps", "needs watch(net, optimizer=opt)")
+        out.skip("loss_scale_collapse", "no GradScaler given: watch(net, scaler=scaler)")
         return
-    out.skip("loss_scale_collapse", "needs watch(net, scaler=scaler)")
+    out.skip("loss_scale_collapse", "no GradScaler given: watch(net, scaler=scaler)")
     stepped = {s.after_pass for s in steps.records}
     bad = [r for r in records if r.nonfinite]
     skipped = [r for r in bad if r.index not in stepped]

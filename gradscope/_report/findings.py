@@ -72,10 +72,7 @@ def diagnosis_html(diagnosis: Diagnosis) -> str:
     if ok and diagnosis.findings:
         parts.append('<p style="margin:4px 0;color:#57606a">No error or warning.</p>')
     if diagnosis.unchecked:
-        items = "; ".join(
-            f'<span style="{_MONO}">{_text(k)}</span> ({_text(v)})'
-            for k, v in diagnosis.unchecked.items()
-        )
-        parts.append(f'<p style="margin:4px 0;color:#57606a">Not checked: {items}</p>')
+        text = _text(diagnosis.unchecked_text())
+        parts.append(f'<p style="margin:4px 0;color:#57606a">Not checked: {text}</p>')
     parts.append("</div>")
     return "".join(parts)

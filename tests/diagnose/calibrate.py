@@ -5,7 +5,8 @@
 Per run: the update-to-weight ratio of the weight matrices (median over steps, and the largest
 single step), the RMS-gradient ratio between the first and the last weight layer, the largest
 jump of the total gradient norm over the passes before it, the largest share of dead units and
-the median clip coefficient. ``gradscope/_diagnose/thresholds.py`` cites what this prints.
+the median clip coefficient (the norm at the step over the norm when backward ended).
+``gradscope/_diagnose/thresholds.py`` cites what this prints.
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ def numbers(w) -> dict[str, float]:  # type: ignore[no-untyped-def]
     ]
     if jumps:
         out["largest jump"] = max(jumps)
+    by_index = {r.index: r for r in ev.records}
+    coefficients = [
+        s.grad_norm / total_norm(by_index[s.after_pass], set(s.names))
+        for s in steps
+        if s.modified and s.grad_norm is not None and s.after_pass in by_index
+    ]
+    if coefficients:
+        out["clip coefficient median"] = statistics.median(coefficients)
     streaks = ev.signals.streaks()
     if streaks and ev.signals.streak_passes >= 10:
         out["dead share max"] = max(
