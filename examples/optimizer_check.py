@@ -1,16 +1,36 @@
-"""Check the tutorial's optimizer step against a reference: one passing check, one failing.
+"""Check the tutorial's optimizer step against a reference: one passing check, two failing.
 
 The tutorial trains its LeNet with ``optim.SGD(net.parameters(), lr=0.01)`` and MSELoss against
 a random target. The first check passes; the second leaves fc3 out of the optimizer by mistake,
-and gradscope names both of its parameters. Run: ``python examples/optimizer_check.py``.
+and gradscope names both of its parameters; the third is a hand-written momentum SGD that
+never stores its momentum buffer, which verify_optimizer catches at the first step that reads
+it back, naming the state entry. Run: ``python examples/optimizer_check.py``.
 """
 
 from __future__ import annotations
+
+import warnings
+from typing import Any
 
 import torch
 from torch import nn, optim
 
 import gradscope
+
+
+class ForgetfulMomentumSGD(optim.SGD):
+    """A hand-written momentum SGD with a classic bug: the new buffer is never stored."""
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                if "momentum_buffer" not in state:  # the first step: the buffer is the gradient
+                    state["momentum_buffer"] = buf = p.grad.clone()
+                else:
+                    buf = group["momentum"] * state["momentum_buffer"] + p.grad  # never stored
+                p.add_(buf, alpha=-group["lr"])
 
 
 def train_step(net: nn.Module, opt: optim.Optimizer, x: torch.Tensor, target: torch.Tensor) -> None:
@@ -40,6 +60,17 @@ def main() -> None:
         print(f"caught StepMismatch:\n{err}")
     else:
         raise SystemExit("the missing fc3 parameters were not reported")
+
+    print("\n3. a hand-written momentum SGD that never stores its buffer, every step verified:")
+    opt = ForgetfulMomentumSGD(net.parameters(), lr=0.01, momentum=0.9)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", gradscope.GradscopeWarning)
+        with gradscope.verify_optimizer(opt, params=net) as verifier:
+            for _ in range(3):
+                opt.zero_grad()
+                nn.MSELoss()(net(x), target).backward()
+                opt.step()
+    print(f"{verifier!r}; the first failing step:\n{caught[0].message}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from ._graph.graph import Graph
 from ._graph.walk import GraphEdge, GraphNode, SavedTensor
 from ._lenet import LeNet
 from ._optim.check import check_step
-from ._optim.step_report import ParamCheck, StepReport
+from ._optim.shadow import Shadow
+from ._optim.step_report import ParamCheck, StateCheck, StepReport
 from ._optim.verify import OptimizerVerifier, verify_optimizer
 from ._report.summary import Summary
 from ._version import __version__
@@ -50,6 +51,8 @@ __all__ = [
     "ParamCheck",
     "ProblemFound",
     "SavedTensor",
+    "Shadow",
+    "StateCheck",
     "StepMismatch",
     "StepReport",
     "Summary",

@@ -314,12 +314,50 @@ def _adagrad(draw: Any, params: list[torch.Tensor]) -> torch.optim.Optimizer:
     )
 
 
+_BETAS = st.tuples(st.sampled_from([0.8, 0.9]), st.sampled_from([0.99, 0.999]))
+
+
+@st.composite
+def _adam_variant(draw: Any, params: list[torch.Tensor], family: str) -> torch.optim.Optimizer:
+    kwargs: dict[str, Any] = {
+        "lr": draw(_LR),
+        "betas": draw(_BETAS),
+        "weight_decay": draw(_DECAY),
+        "maximize": draw(st.booleans()),
+        "foreach": draw(st.booleans()),
+    }
+    if family != "Adamax":
+        kwargs["decoupled_weight_decay"] = draw(st.booleans())
+    if family == "NAdam":
+        kwargs["momentum_decay"] = draw(st.sampled_from([4e-3, 1e-2]))
+    return getattr(torch.optim, family)(params, **kwargs)  # type: ignore[no-any-return]
+
+
+@st.composite
+def _adaptive(draw: Any, params: list[torch.Tensor], family: str) -> torch.optim.Optimizer:
+    common = {"maximize": draw(st.booleans()), "foreach": draw(st.booleans())}
+    if family == "Adadelta":
+        return torch.optim.Adadelta(
+            params, lr=draw(st.sampled_from([0.1, 1.0])), weight_decay=draw(_DECAY), **common
+        )
+    if family == "Rprop":
+        return torch.optim.Rprop(params, lr=draw(_LR), **common)
+    return torch.optim.ASGD(
+        params,
+        lr=draw(_LR),
+        t0=draw(st.sampled_from([1.0, 1e6])),
+        weight_decay=draw(_DECAY),
+        **common,
+    )
+
+
 def optimizers(params: nn.Module | Iterable[torch.Tensor]) -> st.SearchStrategy[Any]:
     """Configured ``torch.optim`` optimizers over ``params`` (a module: its trainable ones).
 
     The families ``gradscope.check_step`` has reference rules for: SGD (momentum, dampening,
-    nesterov), Adam and AdamW (amsgrad), RMSprop (centered, momentum) and Adagrad (lr decay),
-    each with weight decay, maximize, and the for-loop or foreach implementation.
+    nesterov), Adam and AdamW (amsgrad), NAdam, RAdam (decoupled decay), Adamax, RMSprop
+    (centered, momentum), Adagrad (lr decay), Adadelta, Rprop and ASGD, each with weight decay
+    where it has one, maximize, and the for-loop or foreach implementation.
     """
     if isinstance(params, nn.Module):
         chosen: list[torch.Tensor] = [p for p in params.parameters() if p.requires_grad]
@@ -332,5 +370,11 @@ def optimizers(params: nn.Module | Iterable[torch.Tensor]) -> st.SearchStrategy[
     if not chosen:
         raise GradscopeError("optimizers(): there are no trainable parameters to optimize")
     return st.one_of(
-        _sgd(chosen), _adam(chosen, False), _adam(chosen, True), _rmsprop(chosen), _adagrad(chosen)
+        _sgd(chosen),
+        _adam(chosen, False),
+        _adam(chosen, True),
+        _rmsprop(chosen),
+        _adagrad(chosen),
+        *(_adam_variant(chosen, family) for family in ("NAdam", "RAdam", "Adamax")),
+        *(_adaptive(chosen, family) for family in ("Adadelta", "Rprop", "ASGD")),
     )

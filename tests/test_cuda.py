@@ -62,6 +62,27 @@ def test_check_step_passes_real_cuda_optimizers(name: str, impl: dict[str, bool]
     assert len(v.reports) == 5 and all(r.ok for r in v.reports)
 
 
+@pytest.mark.parametrize(
+    "name", ["Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "Rprop", "RMSprop"]
+)
+@pytest.mark.parametrize("impl", [{"foreach": False}, {"foreach": True}])
+def test_capturable_optimizers_state_included(name: str, impl: dict[str, bool]) -> None:
+    # capturable keeps step (and NAdam's mu_product, ASGD's eta and mu) on the device and
+    # computes the bias corrections with tensors: the same rule, read with one sync per group
+    net = gradscope.LeNet().cuda()
+    kwargs = {"weight_decay": 0.01} if name != "Rprop" else {}
+    optimizer = getattr(torch.optim, name)(
+        net.parameters(), lr=1e-3, capturable=True, **kwargs, **impl
+    )
+    x = torch.randn(2, 1, 32, 32, device="cuda")
+    with gradscope.verify_optimizer(optimizer, params=net, on_mismatch="raise") as v:
+        for _ in range(12):
+            optimizer.zero_grad()
+            net(x).pow(2).mean().backward()
+            optimizer.step()
+    assert len(v.reports) == 12 and v.ok and v.reports[-1].state_checked
+
+
 def test_graph_on_cuda_records_norms_and_finds_where_a_nan_was_born() -> None:
     cpu, cuda = _pair()
     x = torch.randn(2, 1, 32, 32)

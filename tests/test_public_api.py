@@ -30,6 +30,8 @@ EXPECTED = {
     "graph",
     "ParamCheck",
     "ProblemFound",
+    "Shadow",
+    "StateCheck",
     "StepMismatch",
     "StepReport",
     "UnknownParameterError",

@@ -1,7 +1,10 @@
 """The optimizer pillar: from an optimizer's state to a reference step to a verdict.
 
-``check`` captures parameters, gradients and state around one ``optimizer.step()``,
-``references`` computes what the step should have done, ``tolerance`` says how close is close
-enough for a dtype, ``compare`` turns the differences into per-parameter verdicts,
-``step_report`` holds :class:`StepReport`, and ``verify`` checks every step until closed.
+``check`` and ``verify`` are the public faces (``check_step``, ``verify_optimizer``); ``hooks``
+validates their arguments and tells the outermost ``step()`` apart; ``plan`` runs the reference
+rule (``rules/``, mapped to classes by ``references``) before a step, on whole param groups
+through ``arrays.Many`` (``single``: one parameter at a time), into a ``batch``; ``compare`` and
+``compare_state`` judge parameters and state entries after it within ``tolerance``, with
+``diagnose`` naming the likely mistake, into ``step_report.StepReport``; ``shadow`` is what the
+reference remembers between checked steps.
 """

@@ -1,73 +1,73 @@
-"""``check_step``: check one optimizer step against a reference update rule.
+"""``check_step``: check one optimizer step against its reference update rule.
 
-The parameters, gradients and optimizer state are copied by a step pre-hook just before
-``optimizer.step()`` runs; when the ``with`` block ends every parameter is compared with what
-the reference rule (see :mod:`gradscope._optim.references`) computes from those copies. The
-hooks hold the checker through a weak reference and are removed when the block ends, even on an
-exception.
+A step pre-hook runs the reference just before ``optimizer.step()`` (or right after a closure
+has made the gradients), from the live parameters, gradients and optimizer state; when the
+``with`` block ends every parameter, and every state entry the rule keeps, is compared with
+what the rule expected. The hooks hold the checker weakly and are removed when the block ends,
+even on an exception.
 """
 
 from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .._errors import GradscopeError
-from .._naming import ParamNames, ParamsLike, describe, named_parameters
-from .compare import Snapshot, compare, grads_after_closure, take_snapshot
-from .references import Reference, builtin_reference
+from .._naming import ParamsLike, describe
+from .arrays import Pool
+from .batch import Plan
+from .compare import judge
+from .hooks import grads_after_closure, outermost, resolve_inputs
+from .plan import expect
+from .shadow import Shadow
 from .step_report import StepReport
 
-__all__ = ["check_step", "resolve_inputs"]
+__all__ = ["check_step", "merge", "shadow_of"]
 
 
-def resolve_inputs(
-    optimizer: object, params: ParamsLike | None, reference: Reference | None, *, caller: str
-) -> tuple[torch.optim.Optimizer, ParamNames | None, tuple[str, Reference] | None]:
-    """Validate the arguments shared by check_step and verify_optimizer."""
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        hint = (
-            "; that is the model: pass the optimizer first and the model as params="
-            if isinstance(optimizer, nn.Module)
-            else ""
-        )
-        raise GradscopeError(
-            f"{caller}() takes a torch.optim.Optimizer, not {describe(optimizer)}{hint} "
-            f"(e.g. {caller}(optimizer, params=net))"
-        )
-    if not any(len(group["params"]) for group in optimizer.param_groups):
-        raise GradscopeError(
-            f"{caller}(): {type(optimizer).__name__} has no parameters in any param group, so "
-            f"there is no step to check; build it with the model's parameters, "
-            f"e.g. torch.optim.SGD(net.parameters(), lr=0.01)"
-        )
-    names = None if params is None else named_parameters(params)
-    if reference is None:
-        return optimizer, names, builtin_reference(optimizer)
-    if not callable(reference):
-        raise GradscopeError(
-            f"{caller}(reference=...) takes a function (param, grad, state, group) -> new "
-            f"param, not {describe(reference)}"
-        )
-    label = getattr(reference, "__qualname__", None) or repr(reference)
-    return optimizer, names, (label, reference)
+def shadow_of(shadow: object, caller: str) -> Shadow | None:
+    """``shadow=`` as a :class:`Shadow` (a new one for True), or None for False."""
+    if isinstance(shadow, Shadow):
+        return shadow
+    if shadow is True:
+        return Shadow()
+    if shadow is False:
+        return None
+    raise GradscopeError(
+        f"{caller}(shadow={describe(shadow)}): pass True (check the optimizer state too), "
+        f"False (parameters only) or a gradscope.Shadow kept across steps"
+    )
+
+
+def merge(report: StepReport, outcomes: Sequence[Any], references: Sequence[str | None]) -> None:
+    """Fill ``report`` from the outcomes of one or more optimizers' steps."""
+    texts = [r for r in references if r]
+    report.reference = " and ".join(dict.fromkeys(texts)) if texts else None
+    for outcome in outcomes:
+        report.params += outcome.params
+        report.problems += outcome.problems
+        report.notes += outcome.notes
+        report.state_checked |= outcome.state_checked
+    report._ready = True
 
 
 def _pre_hook(
-    ref: weakref.ref[_StepCheck], _opt: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ref: weakref.ref[_StepCheck],
+    index: int,
+    optimizer: torch.optim.Optimizer,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
     check = ref()
-    if check is None:
+    if check is None or not outermost(optimizer):
         return None
-    snapshot = check._before_step()
-    return None if snapshot is None else grads_after_closure(snapshot, args, kwargs)
+    return check._before_step(index, args, kwargs)
 
 
 class _StepCheck:
@@ -77,34 +77,59 @@ class _StepCheck:
         self,
         optimizer: object,
         params: ParamsLike | None,
-        reference: Reference | None,
+        reference: Callable[..., Any] | None,
         manual: bool,
+        shadow: bool | Shadow,
+        values: bool,
     ) -> None:
-        self._optimizer, self._names, self._ref = resolve_inputs(
-            optimizer, params, reference, caller="check_step"
+        self._inputs = resolve_inputs(
+            optimizer, params, reference, values=values, caller="check_step"
         )
+        self._shadow = shadow_of(shadow, "check_step")
         self._manual = manual
-        self._report = StepReport(optimizer=type(self._optimizer).__name__)
-        self._snapshot: Snapshot | None = None
-        self._calls = 0
+        self._step = 0 if self._shadow is None else self._shadow.steps
+        self._report = StepReport(optimizer=self._inputs.label, step=self._step)
+        count = len(self._inputs.optimizers)
+        self._plans: list[Plan | None] = [None] * count
+        self._calls = [0] * count
         self._handles: list[RemovableHandle] = []
 
-    def _take(self) -> Snapshot:
-        return take_snapshot(self._optimizer, self._names, with_state=self._ref is not None)
+    def _plan(self, index: int) -> None:
+        self._plans[index] = expect(
+            self._inputs.optimizers,
+            index,
+            self._inputs.names,
+            self._inputs.rules[index],
+            step=self._step,
+            shadow=self._shadow,
+            pool=self._pool(index),
+        )
 
-    def _before_step(self) -> Snapshot | None:
-        """Copy everything on the first step; the snapshot if it was just taken."""
-        self._calls += 1
-        if self._snapshot is not None or self._manual:
+    def _pool(self, index: int) -> Pool | None:
+        if self._shadow is None:
             return None
-        self._snapshot = self._take()
-        return self._snapshot
+        return self._shadow.pool(self._inputs.optimizers[index])
+
+    def _before_step(
+        self, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        self._calls[index] += 1
+        if self._manual or self._calls[index] > 1:
+            return None
+        wrapped = grads_after_closure(functools.partial(self._plan, index), args, kwargs)
+        if wrapped is None:
+            self._plan(index)
+        return wrapped
 
     def __enter__(self) -> StepReport:
         if self._manual:
-            self._snapshot = self._take()
+            for index in range(len(self._inputs.optimizers)):
+                self._plan(index)
         me = weakref.ref(self)
-        self._handles = [self._optimizer.register_step_pre_hook(functools.partial(_pre_hook, me))]
+        self._handles = [
+            opt.register_step_pre_hook(functools.partial(_pre_hook, me, index))
+            for index, opt in enumerate(self._inputs.optimizers)
+        ]
         return self._report
 
     def __exit__(
@@ -116,47 +141,78 @@ class _StepCheck:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        snapshot, self._snapshot = self._snapshot, None
+        plans, self._plans = self._plans, [None] * len(self._plans)
         if exc_type is not None:
+            for index in range(len(plans)):
+                pool = self._pool(index)
+                if pool is not None:
+                    pool.release()
             return
-        name = type(self._optimizer).__name__
-        if self._manual and self._calls:
-            raise GradscopeError(
-                f"check_step(manual=True) expects the block to update the parameters by hand, "
-                f"but {name}.step() ran {self._calls} time(s) inside it; drop manual=True to "
-                f"check optimizer.step()"
-            )
-        if snapshot is None:
-            raise GradscopeError(
-                f"the check_step block never called {name}.step(), so there is no step to "
-                f"check; call optimizer.step() inside the block, or pass manual=True if the "
-                f"block updates the parameters by hand"
-            )
-        filled = compare(snapshot, self._ref, optimizer=name, step=0)
-        if self._calls > 1:
-            filled.problems.append(
-                f"{name}.step() ran {self._calls} times inside check_step, which checks one "
-                f"step from the state before the first; was the step applied twice?"
-            )
-        self._report.__dict__.update(filled.__dict__)
+        outcomes = []
+        several = len(self._inputs.optimizers) > 1
+        others = self._inputs.label.replace(" + ", ", ") if several else ""
+        for index, opt in enumerate(self._inputs.optimizers):
+            name, calls, plan = type(opt).__name__, self._calls[index], plans[index]
+            if self._manual and calls:
+                raise GradscopeError(
+                    f"check_step(manual=True) expects the block to update the parameters by "
+                    f"hand, but {name}.step() ran {calls} time(s) inside it; drop manual=True "
+                    f"to check optimizer.step()"
+                )
+            if plan is None:
+                raise GradscopeError(
+                    f"the check_step block never called {name}.step(), so there is no step to "
+                    f"check; call optimizer.step() inside the block (every optimizer given), "
+                    f"or pass manual=True if the block updates the parameters by hand"
+                )
+            try:
+                outcome = judge(
+                    plan,
+                    opt,
+                    step=self._step,
+                    shadow=self._shadow,
+                    check_state=self._shadow is not None and not self._manual,
+                    others=others,
+                )
+            finally:
+                pool = self._pool(index)
+                if pool is not None:
+                    pool.release()
+            outcome.notes[:0] = plan.notes
+            if calls > 1:
+                outcome.problems.append(
+                    f"{name}.step() ran {calls} times inside check_step, which checks one "
+                    f"step from the state before the first; was the step applied twice?"
+                )
+            outcomes.append(outcome)
+        references = [None if r is None else r.text for r in self._inputs.rules]
+        merge(self._report, outcomes, references)
+        if self._shadow is not None:
+            self._shadow.steps += 1
 
 
 def check_step(
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
     *,
     params: ParamsLike | None = None,
-    reference: Callable[..., torch.Tensor] | None = None,
+    reference: Callable[..., Any] | None = None,
     manual: bool = False,
+    shadow: bool | Shadow = True,
+    values: bool = True,
 ) -> _StepCheck:
-    """Check the ``optimizer.step()`` inside the ``with`` block against a reference update.
+    """Check the ``optimizer.step()`` inside the ``with`` block against its reference rule.
 
-    SGD, Adam, AdamW, RMSprop and Adagrad (and their subclasses) have built-in references;
-    ``reference=rule`` takes ``rule(param, grad, state, group) -> new param`` for any other.
-    Without a reference only the structural checks run (parameters in no group, unchanged
-    parameters with a gradient, lr == 0, every grad None), and the report says so.
-    ``params=`` (a module or a name -> tensor mapping) names the parameters and finds those
-    missing from the optimizer. ``manual=True`` checks a block that updates the parameters by
-    hand against the update the optimizer would make (the tutorial's loop against SGD).
+    Built in for SGD, Adam, AdamW, NAdam, RAdam, Adamax, SparseAdam, RMSprop, Adagrad,
+    Adadelta, Rprop and ASGD (and their subclasses); ``reference=rule`` takes
+    ``rule(param, grad, state, group)`` returning the new param, or ``(new param, new state)``,
+    for any other optimizer. Without either it raises, unless ``values=False`` asks for the
+    structural checks only. ``shadow=True`` also compares the optimizer's state entries
+    (``exp_avg``, ``momentum_buffer``, ``step``...) with the rule's; pass a
+    :class:`gradscope.Shadow` to keep that memory across consecutive checks. ``params=`` (a
+    module or name -> tensor mapping) names the parameters and finds those missing from the
+    optimizer; pass a list of optimizers to check them together (SparseAdam + Adam).
+    ``manual=True`` checks a block that updates the parameters by hand against the update
+    the optimizer would make (the tutorial's loop against SGD).
 
     >>> import torch, gradscope
     >>> net = torch.nn.Linear(3, 1)
@@ -167,4 +223,4 @@ def check_step(
     >>> report.ok
     True
     """
-    return _StepCheck(optimizer, params, reference, manual)
+    return _StepCheck(optimizer, params, reference, manual, shadow, values)

@@ -7,9 +7,33 @@ from dataclasses import dataclass, field
 
 from .._errors import GradscopeError, StepMismatch
 
-__all__ = ["ParamCheck", "StepReport"]
+__all__ = ["ParamCheck", "StateCheck", "StepReport"]
 
 OK, FAIL, SKIPPED, UNCHECKED = "ok", "FAIL", "skipped", "unchecked"
+STRUCTURAL = (
+    "a gradient in no param group; moved without a gradient, or with lr 0; did not move "
+    "although its gradient is non-zero and lr > 0"
+)
+
+
+@dataclass(frozen=True)
+class StateCheck:
+    """One optimizer state entry (``exp_avg``, ``momentum_buffer``, ``step``) of one parameter.
+
+    ``max_abs_diff`` is max|optimizer's value - reference's value| after the step and
+    ``tolerance`` its bound; both None when the entry is missing. ``reason`` says what is wrong.
+    """
+
+    entry: str
+    verdict: str
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+    reason: str = ""
+
+    @property
+    def failed(self) -> bool:
+        """True when this state entry did not match the reference rule."""
+        return self.verdict == FAIL
 
 
 @dataclass(frozen=True)
@@ -19,8 +43,10 @@ class ParamCheck:
     ``max_abs_diff`` is max|after - reference|, ``max_rel_diff`` the same divided by the largest
     reference update (1.0 means "off by a whole step"), ``tolerance`` the bound from
     :func:`gradscope._optim.tolerance.tolerance`; all three are None when values were not checked.
-    ``verdict`` is "ok", "FAIL", "skipped" (no gradient, left alone) or "unchecked" (no
-    reference). ``reasons`` says what went wrong and the likely fix.
+    ``verdict`` is "ok", "FAIL", "skipped" (no gradient, left alone) or "unchecked" (values
+    not checked: ``values=False``). ``reasons`` says what went wrong and the likely fix.
+    ``state`` holds one :class:`StateCheck` per optimizer state entry compared (shadow mode),
+    and ``optimizer`` the index of its optimizer when several were checked together.
     """
 
     name: str
@@ -31,9 +57,12 @@ class ParamCheck:
     max_rel_diff: float | None = None
     tolerance: float | None = None
     reasons: tuple[str, ...] = ()
+    state: tuple[StateCheck, ...] = ()
+    optimizer: int = 0
 
     @property
     def failed(self) -> bool:
+        """True when this parameter's step did not match the reference."""
         return self.verdict == FAIL
 
 
@@ -57,6 +86,8 @@ class StepReport:
     params: list[ParamCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    state_checked: bool = False
+    coverage: str = ""
     _ready: bool = field(default=False, repr=False)
 
     def _require_ready(self) -> None:
@@ -80,8 +111,16 @@ class StepReport:
 
     @property
     def values_checked(self) -> bool:
-        """False when there was no reference rule, so only the structural checks ran."""
+        """False when only the structural checks ran (``values=False``)."""
         return self.reference is not None
+
+    def checked(self) -> str:
+        """What this step was checked for, in words."""
+        if self.reference is None:
+            return "structural checks only (values=False), values NOT checked"
+        what = "parameters and optimizer state" if self.state_checked else "parameters only"
+        coverage = f"; {self.coverage}" if self.coverage else ""
+        return f"checked against {self.reference} ({what}{coverage})"
 
     def __getitem__(self, name: str) -> ParamCheck:
         for check in self.params:
@@ -93,11 +132,7 @@ class StepReport:
     def headline(self) -> str:
         """One line: the optimizer, what it was checked against, and how many failed."""
         self._require_ready()
-        checked = (
-            f"checked against {self.reference}"
-            if self.reference
-            else "values NOT checked (no reference rule for this optimizer; pass reference=)"
-        )
+        checked = self.checked()
         failed = len(self.failures)
         verdict = "ok" if self.ok else f"{failed} of {len(self.params)} parameters FAILED"
         if not self.ok and not failed:
@@ -106,20 +141,30 @@ class StepReport:
 
     def table(self) -> str:
         """A fixed-width table, one row per parameter."""
-        header = ("parameter", "group", "max abs diff", "max rel diff", "tolerance", "changed")
+        header = (
+            "parameter",
+            "group",
+            "max abs diff",
+            "max rel diff",
+            "tolerance",
+            "changed",
+            "state",
+        )
+        several = any(p.optimizer for p in self.params)
         rows = [
             (
                 p.name,
-                "-" if p.group is None else str(p.group),
+                _group(p, several),
                 _number(p.max_abs_diff),
                 _number(p.max_rel_diff),
                 _number(p.tolerance),
                 "yes" if p.changed else "no",
+                _state(p),
                 p.verdict,
             )
             for p in self.params
         ]
-        widths = [max(len(r[i]) for r in [(*header, "verdict"), *rows]) for i in range(7)]
+        widths = [max(len(r[i]) for r in [(*header, "verdict"), *rows]) for i in range(8)]
         lines = []
         for row in [(*header, "verdict"), *rows]:
             cells = [row[0].ljust(widths[0])] + [
@@ -130,28 +175,47 @@ class StepReport:
         return "\n".join(lines)
 
     def _reasons(self) -> list[str]:
-        """The failures grouped by reason: each reason once, then the parameters it applies to."""
+        """The failures grouped by reason: each reason once, then what it applies to."""
         grouped: dict[str, list[ParamCheck]] = {}
+        states: dict[tuple[str, str], list[tuple[ParamCheck, StateCheck]]] = {}
         for p in self.failures:
-            grouped.setdefault("; ".join(p.reasons), []).append(p)
+            sentences = {f"{s.entry} of {p.name} {s.reason}" for s in p.state if s.failed}
+            own = [r for r in p.reasons if r not in sentences]
+            if own:
+                grouped.setdefault("; ".join(own), []).append(p)
+            for s in p.state:
+                if s.failed:
+                    states.setdefault((s.entry, s.reason), []).append((p, s))
         lines = []
         for reason, checks in grouped.items():
             lines.append(f"  {reason}:")
             for p in checks:
-                where = "in no param group" if p.group is None else f"param group {p.group}"
                 numbers = ""
-                if p.max_abs_diff is not None:
+                if _values_failed(p):
                     numbers = (
                         f": max abs diff {_number(p.max_abs_diff)} (tolerance "
                         f"{_number(p.tolerance)}), {_number(p.max_rel_diff)} of the step"
                     )
-                lines.append(f"    {p.name} ({where}){numbers}")
+                lines.append(f"    {p.name} ({_where(p)}){numbers}")
+        for (entry, reason), pairs in states.items():
+            if len(pairs) == 1:
+                p, s = pairs[0]
+                lines.append(f"  {entry} of {p.name} {reason}{_state_numbers(s, ' (', ')')}")
+                continue
+            lines.append(f"  {entry} of {len(pairs)} parameters {reason}:")
+            if not any(_state_numbers(s, "", "") for _, s in pairs):
+                lines.append("    " + ", ".join(p.name for p, _ in pairs))
+                continue
+            for p, s in pairs:
+                lines.append(f"    {p.name} ({_where(p)}){_state_numbers(s, ': ', '')}")
         return lines
 
     def __str__(self) -> str:
         if not self._ready:
             return "StepReport (not filled in yet: the check_step block has not ended)"
         parts = [self.headline(), self.table()]
+        if self.reference is None:
+            parts.append(f"checks run: {STRUCTURAL}")
         parts += [f"problem: {text}" for text in self.problems]
         parts += self._reasons()
         parts += [f"note: {text}" for text in self.notes]
@@ -176,6 +240,37 @@ class StepReport:
         """Raise :class:`gradscope.StepMismatch` listing every failing parameter, if any."""
         if not self.ok:
             raise StepMismatch(self.failure_message())
+
+
+def _where(p: ParamCheck) -> str:
+    return "in no param group" if p.group is None else f"param group {p.group}"
+
+
+def _state_numbers(s: StateCheck, start: str, end: str) -> str:
+    if s.max_abs_diff is None or s.tolerance is None or s.reason.startswith("was not updated"):
+        return ""
+    if s.entry == "step" or s.max_abs_diff <= s.tolerance:
+        return ""
+    text = f"max abs diff {_number(s.max_abs_diff)} (tolerance {_number(s.tolerance)})"
+    return f"{start}{text}{end}"
+
+
+def _group(p: ParamCheck, several: bool) -> str:
+    if p.group is None:
+        return "-"
+    return f"{p.optimizer}:{p.group}" if several else str(p.group)
+
+
+def _state(p: ParamCheck) -> str:
+    if not p.state:
+        return "-"
+    return "FAIL" if any(s.failed for s in p.state) else "ok"
+
+
+def _values_failed(p: ParamCheck) -> bool:
+    if p.max_abs_diff is None or p.tolerance is None:
+        return False
+    return not p.max_abs_diff <= p.tolerance
 
 
 def _number(value: float | None) -> str:

@@ -18,10 +18,19 @@ float16 (except the fused (b)float16 SGD kernel, which differs from float32 arit
 several hundred on this scale: flagged when above 16).
 A real mistake (wrong lr, sign, a skipped or doubled step) is off by a whole update.
 
-The comparison adds ``c * sensitivity`` on top: how far the reference itself moves when the
-parameter or the gradient moves by one rounding error (``_step_compare._sensitivity``). It is
-about ``eps * |update|`` for well-conditioned updates, and larger where an update amplifies
-rounding, as Adam's ``g / (|g| + eps)`` does when L2 weight decay cancels ``g`` to about ``eps``.
+The comparison adds ``c * eps * sensitivity`` on top, where a rule amplifies rounding; the
+built-in rules state it analytically (``Update.error``). The case that needs it: with L2 weight
+decay ``d = g + wd * p`` can cancel to about Adam's ``eps``, where torch's rounding of ``d``, about
+``eps * (|g| + wd |p|)``, moves the step ``m / (sqrt(v) + eps)`` by up to
+``(lr (1 - beta1) / bc1 + |step|) / denom`` times it (the step is at most linear in ``d`` over
+the denominator, and the denominator moves by at most what ``d`` moves). Centred RMSprop's
+``sqrt(square_avg - grad_avg**2)`` cancels the same way. A user's ``reference=`` is nudged by
+one ulp of param and grad instead.
+
+A state entry follows the same rule on ``max|old value| + max|new value|`` (an EMA
+``b s + (1 - b) x`` rounds to about ``eps (|s_old| + |s_new|)``), plus its own sensitivity. Each
+step starts from the optimizer's own state, so rounding never accumulates across steps. Below
+the dtype's smallest normal number a few ulps are added (NAdam's ``mu_product`` reaches 1e-40).
 
 >>> import torch
 >>> tolerance(torch.tensor([1.0, -2.0]), torch.tensor([0.9, -2.1]))  # 8 * 2**-23 * (2 + 0.1)
@@ -30,9 +39,20 @@ rounding, as Adam's ``g / (|g| + eps)`` does when L2 weight decay cancels ``g`` 
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 
-__all__ = ["FACTOR", "LOW_PRECISION_FACTOR", "compute_dtype", "tolerance"]
+__all__ = [
+    "FACTOR",
+    "LOW_PRECISION_FACTOR",
+    "bound",
+    "compute_dtype",
+    "factor_for",
+    "real_dtype",
+    "tolerance",
+]
 
 FACTOR = 8.0
 LOW_PRECISION_FACTOR = 16.0
@@ -47,14 +67,37 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     >>> compute_dtype(torch.bfloat16), compute_dtype(torch.complex128)
     (torch.float32, torch.float64)
     """
-    dtype = _real_dtype(dtype)
+    dtype = real_dtype(dtype)
     return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
-def _real_dtype(dtype: torch.dtype) -> torch.dtype:
+def real_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a complex dtype's real and imaginary parts (the dtype itself if real)."""
     return {torch.complex32: torch.float16, torch.complex64: torch.float32}.get(
         dtype, torch.float64 if dtype == torch.complex128 else dtype
     )
+
+
+def factor_for(dtype: torch.dtype) -> float:
+    """``c`` of the rule: 16 for (b)float16 (several stored roundings), else 8."""
+    return LOW_PRECISION_FACTOR if real_dtype(dtype) in _LOW_PRECISION else FACTOR
+
+
+@functools.cache
+def _floor(dtype: torch.dtype) -> tuple[float, float]:
+    real = real_dtype(dtype)
+    return factor_for(dtype), torch.finfo(real).tiny if real.is_floating_point else 0.0
+
+
+def bound(dtype: torch.dtype, eps: float, scale: float) -> float:
+    """``c * (eps * scale + tiny)``: the rule's bound, with ``tiny`` the dtype's smallest normal
+    number (below it, subnormals keep fewer bits than ``eps`` says). A non-finite scale counts
+    as 0: a NaN or Inf is judged elsewhere.
+    """
+    if not math.isfinite(scale):
+        scale = 0.0
+    factor, tiny = _floor(dtype)
+    return factor * (eps * scale + tiny)
 
 
 def tolerance(
@@ -65,7 +108,7 @@ def tolerance(
     ``before`` is the parameter before the step, ``expected`` the reference's new value and
     ``dtype`` the parameter's own dtype (defaults to ``before.dtype``).
     """
-    dtype = _real_dtype(dtype or before.dtype)
+    dtype = real_dtype(dtype or before.dtype)
     if not dtype.is_floating_point:
         return 0.0
     factor = LOW_PRECISION_FACTOR if dtype in _LOW_PRECISION else FACTOR

@@ -12,12 +12,12 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 
-from .._optim.step_report import FAIL, StepReport
+from .._optim.step_report import FAIL, StateCheck, StepReport
 from .._watch.records import BackwardRecord
 from .findings import diagnosis_html
 from .html import Reportable, norm_series
 from .plots import NormSeries
-from .sparkline import fmt_number, sparkline
+from .sparkline import SparkScale, fmt_number, sparkline
 from .summary import Summary
 
 __all__ = [
@@ -82,7 +82,8 @@ def summary_html(summary: Summary, series: Sequence[NormSeries] = ()) -> str:
     """The per-parameter table of one pass; ``series`` adds a norm-over-passes sparkline."""
     by_name = {s.name: s for s in series}
     headers = ["parameter", "shape", "norm", "mean", "std", "abs max", "nan", "inf", "zero%"]
-    headers += ["note"] + (["norm over passes"] if by_name else [])
+    scale = SparkScale.of(series)  # one scale for every row: heights compare
+    headers += ["note"] + ([f"norm over passes ({scale.caption})"] if by_name else [])
     rows, styles = [], []
     for row in summary.rows:
         cells = [
@@ -98,7 +99,7 @@ def summary_html(summary: Summary, series: Sequence[NormSeries] = ()) -> str:
             html.escape(row.note),
         ]
         if by_name:
-            cells.append(sparkline(by_name.get(row.name)))
+            cells.append(sparkline(by_name.get(row.name), scale))
         rows.append(cells)
         bad = bool(row.nan) or bool(row.inf)
         styles.append(_BAD_ROW if bad else (_MUTED_ROW if row.norm is None else ""))
@@ -135,12 +136,19 @@ def watch_html(watch: Reportable, heading: str, no_record: str | None = None) ->
     return "".join(parts)
 
 
+def _state_cell(state: tuple[StateCheck, ...]) -> str:
+    """The optimizer state entries checked for a parameter (shadow mode): ok, FAIL or –."""
+    if not state:
+        return "–"
+    return "<b>FAIL</b>" if any(s.failed for s in state) else "ok"
+
+
 def step_report_html(report: StepReport) -> str:
     """A :class:`~gradscope.StepReport`: headline, one row per parameter, problems and notes."""
     if not report._ready:
         return f"<p>{html.escape(str(report))}</p>"
     headers = ["parameter", "group", "max abs diff", "max rel diff", "tolerance", "changed"]
-    headers.append("verdict")
+    headers += ["state", "verdict"]
     rows, styles = [], []
     for p in report.params:
         rows.append(
@@ -151,6 +159,7 @@ def step_report_html(report: StepReport) -> str:
                 fmt_number(p.max_rel_diff),
                 fmt_number(p.tolerance),
                 "yes" if p.changed else "no",
+                _state_cell(p.state),
                 f"<b>{p.verdict}</b>" if p.verdict == FAIL else html.escape(p.verdict),
             ]
         )

@@ -248,12 +248,76 @@ def test_a_parameter_missing_from_the_optimizer(lenet: gradscope.LeNet) -> None:
     assert "net.parameters()" in report["fc3.weight"].reasons[0]
 
 
-def test_lr_zero_names_the_parameters_of_that_group(lenet: gradscope.LeNet) -> None:
-    opt = optim.SGD(_groups(lenet), lr=0.01)
+def test_lr_zero_is_a_note_and_passes_when_nothing_moved(lenet: gradscope.LeNet) -> None:
+    opt = optim.SGD(_groups(lenet), lr=0.01, momentum=0.9)
+    opt.param_groups[1]["lr"] = 0.0
+    report = _lenet_step(lenet, opt)
+    assert report.ok, str(report)
+    assert any("lr is 0 in param group 1" in n for n in report.notes)
+    assert not report["fc3.weight"].changed and report["fc1.weight"].changed
+
+
+class _MovesDespiteZeroLr(optim.SGD):
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(p.grad, alpha=-max(group["lr"], 1e-3))  # a floor on lr: a bug
+
+
+def test_parameters_moved_although_lr_is_0_fail(lenet: gradscope.LeNet) -> None:
+    opt = _MovesDespiteZeroLr(_groups(lenet), lr=0.01)
     opt.param_groups[1]["lr"] = 0.0
     report = _lenet_step(lenet, opt)
     assert [p.name for p in report.failures] == ["fc3.weight", "fc3.bias"]
-    assert "lr is 0 in param group 1" in report.failures[0].reasons[0]
+    assert "where the reference does not move it" in report.failures[0].reasons[0]
+    structural = _MovesDespiteZeroLr(_groups(lenet), lr=0.01)
+    structural.param_groups[1]["lr"] = 0.0
+    lenet.zero_grad()
+    _backward(lenet, torch.randn(2, 1, 32, 32))
+    with gradscope.check_step(structural, params=lenet, values=False) as report:
+        structural.step()
+    assert [p.name for p in report.failures] == ["fc3.weight", "fc3.bias"]
+    assert "it moved although lr is 0 in param group 1" in report.failures[0].reasons[0]
+
+
+def _warmup(steps: int) -> Callable[[int], float]:
+    # transformers.get_linear_schedule_with_warmup's lambda (warmup, then linear decay to 0)
+    return lambda step: step / steps if step < steps else max(0.0, (20 - step) / (20 - steps))
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        lambda o: optim.lr_scheduler.LambdaLR(o, _warmup(3)),
+        lambda o: optim.lr_scheduler.CosineAnnealingLR(o, T_max=4, eta_min=0.0),
+        lambda o: optim.lr_scheduler.OneCycleLR(o, max_lr=0.01, total_steps=25),
+    ],
+)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: optim.SGD(p, lr=0.01, momentum=0.9),
+        lambda p: optim.AdamW(p, lr=0.01, weight_decay=0.1),
+        lambda p: optim.RAdam(p, lr=0.01),
+    ],
+)
+def test_warmup_and_schedules_that_reach_lr_0_pass(
+    lenet: gradscope.LeNet, make: Callable[[Any], optim.Optimizer], schedule: Any
+) -> None:
+    opt = make(lenet.parameters())
+    sched = schedule(opt)
+    shadow = gradscope.Shadow()
+    zero_steps = 0
+    for _ in range(20):
+        opt.zero_grad()
+        _backward(lenet, torch.randn(2, 1, 32, 32))
+        with gradscope.check_step(opt, params=lenet, shadow=shadow) as report:
+            opt.step()
+        assert report.ok, str(report)
+        zero_steps += any("lr is 0" in n for n in report.notes)
+        sched.step()
+    assert zero_steps >= 1 or isinstance(sched, optim.lr_scheduler.OneCycleLR)
 
 
 # ---- structural checks -----------------------------------------------------------------------
@@ -290,13 +354,34 @@ def test_step_before_backward(lenet: gradscope.LeNet) -> None:
     assert "before loss.backward()" in str(report)
 
 
-def test_optimizer_without_a_reference_gets_structural_checks(lenet: gradscope.LeNet) -> None:
-    opt = optim.NAdam([p for n, p in lenet.named_parameters() if n != "fc1.bias"])
-    report = _lenet_step(lenet, opt)
+@pytest.mark.parametrize("cls", [optim.LBFGS, optim.Adafactor])
+def test_an_optimizer_without_a_reference_is_an_error_not_a_pass(
+    lenet: gradscope.LeNet, cls: type[optim.Optimizer]
+) -> None:
+    opt = cls(lenet.parameters())
+    for function in (gradscope.check_step, gradscope.verify_optimizer):
+        with pytest.raises(gradscope.GradscopeError) as caught:
+            function(opt, params=lenet)  # type: ignore[operator]
+        text = str(caught.value)
+        assert f"no built-in reference rule for {cls.__name__}" in text
+        assert "SGD, " in text and "NAdam" in text and "Rprop" in text  # what is built in
+        assert "reference=" in text and "values=False" in text and "Lion" in text
+    assert _hooks(opt) == 0
+
+
+def test_values_false_says_plainly_that_only_structure_was_checked(
+    lenet: gradscope.LeNet,
+) -> None:
+    opt = optim.Adafactor([p for n, p in lenet.named_parameters() if n != "fc1.bias"])
+    lenet.zero_grad()
+    _backward(lenet, torch.randn(2, 1, 32, 32))
+    with gradscope.check_step(opt, params=lenet, values=False) as report:
+        opt.step()
     assert not report.values_checked
-    assert "values NOT checked" in str(report)
+    assert "structural checks only (values=False), values NOT checked" in report.headline()
+    assert "checks run: a gradient in no param group" in str(report)
     assert {p.verdict for p in report.params if p.name != "fc1.bias"} == {"unchecked"}
-    assert [p.name for p in report.failures] == ["fc1.bias"]
+    assert [p.name for p in report.failures] == ["fc1.bias"]  # in no group: still caught
 
 
 def test_user_reference_for_a_custom_optimizer() -> None:
@@ -332,7 +417,7 @@ def test_user_reference_for_a_custom_optimizer() -> None:
 def test_not_an_optimizer(lenet: gradscope.LeNet) -> None:
     with pytest.raises(gradscope.GradscopeError, match="that is the model"):
         gradscope.check_step(lenet)  # type: ignore[arg-type]
-    with pytest.raises(gradscope.GradscopeError, match=r"takes a torch\.optim\.Optimizer, not"):
+    with pytest.raises(gradscope.GradscopeError, match=r"takes a torch\.optim\.Optimizer \(or"):
         gradscope.check_step("sgd")  # type: ignore[arg-type]
 
 
@@ -417,3 +502,34 @@ def test_the_report_keeps_no_model_or_optimizer_alive() -> None:
 
 def test_docstring_example_runs() -> None:
     assert doctest.testmod(_step_check).failed == 0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: optim.SGD(p, lr=0.1, momentum=0.9),
+        lambda p: optim.Adam(p, lr=0.1),
+        lambda p: optim.RMSprop(p, lr=0.1, centered=True),
+    ],
+)
+def test_a_non_finite_gradient_the_rule_also_follows_is_a_match(
+    make: Callable[[Any], optim.Optimizer],
+) -> None:
+    p = nn.Parameter(torch.ones(4))
+    opt = make([p])
+    shadow = gradscope.Shadow()
+    for grad in ([1.0, 2.0, 3.0, 4.0], [float("inf"), 1.0, float("nan"), -float("inf")]):
+        p.grad = torch.tensor(grad)
+        with gradscope.check_step(opt, shadow=shadow) as report:
+            opt.step()
+        assert report.ok, str(report)
+    assert not bool(torch.isfinite(p).all())  # it did go non-finite, as the rule says
+    with torch.no_grad():
+        p.fill_(1.0)
+    opt = make([p])
+    p.grad = torch.tensor([float("inf"), 1.0, 1.0, 1.0])
+    with gradscope.check_step(opt) as report:
+        opt.step()
+        with torch.no_grad():
+            p[1] = float("nan")  # not what the rule says
+    assert not report.ok

@@ -46,6 +46,7 @@ def test_table_is_fixed_width_with_one_row_per_parameter() -> None:
         "diff",
         "tolerance",
         "changed",
+        "state",
         "verdict",
     ]
     assert set(lines[1]) == {"-"} and len(lines) == 7
@@ -57,9 +58,10 @@ def test_table_is_fixed_width_with_one_row_per_parameter() -> None:
         "1.00e-06",
         "2.00e-07",
         "yes",
+        "-",
         "ok",
     ]
-    assert lines[5].split() == ["head", "-", "-", "-", "-", "no", "FAIL"]
+    assert lines[5].split() == ["head", "-", "-", "-", "-", "no", "-", "FAIL"]
 
 
 def test_failures_ok_and_lookup() -> None:
@@ -79,7 +81,9 @@ def test_raise_lists_every_failure_grouping_shared_reasons() -> None:
     with pytest.raises(gradscope.StepMismatch) as caught:
         _report().raise_if_failed()
     text = str(caught.value)
-    assert text.startswith("step 3 of SGD: checked against the SGD rule: 3 of 5 parameters FAILED")
+    assert text.startswith(
+        "step 3 of SGD: checked against the SGD rule (parameters only): 3 of 5 parameters FAILED"
+    )
     assert text.count("it moved 10 times as far") == 1
     assert "fc3.bias (param group 1): max abs diff 2.00e-03 (tolerance 2.00e-07), 9.00e+00" in text
     assert "head (in no param group)" in text

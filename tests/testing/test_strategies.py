@@ -22,6 +22,12 @@ FAMILIES = (
     torch.optim.AdamW,
     torch.optim.RMSprop,
     torch.optim.Adagrad,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.Adamax,
+    torch.optim.Adadelta,
+    torch.optim.Rprop,
+    torch.optim.ASGD,
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gradscope._optim.compare import _guess
+from gradscope._optim.diagnose import guess as _guess
 
 
 def test_guesses_name_the_likely_mistake() -> None:

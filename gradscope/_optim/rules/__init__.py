@@ -1,0 +1,1 @@
+"""The built-in reference rules, one module per family of torch.optim update rules."""
