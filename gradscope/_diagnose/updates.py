@@ -189,7 +189,7 @@ def _update_ratio(
             high,
             "above",
             "lower the learning rate for these layers (by about the factor shown), or use "
-            "warm-up; with Adam an lr of 1e-3..1e-4 is usual",
+            "warm-up (usual: Adam/AdamW 1e-4..1e-3, SGD with momentum 1e-3..1e-1)",
         ),
         (
             low,
@@ -221,7 +221,7 @@ def _update_ratio(
             if relative is not None:
                 evidence["|g|/|p| before that step"] = relative
             what = (
-                f"Steps change {names_text(params)} by up to {worst:.2g} of "
+                f"Steps change {names_text(params)} by up to {worst:.0%} of "
                 f"{'their' if plural else 'its'} size"
             )
         else:

@@ -2,10 +2,12 @@
 
 Every module call's output, and each input not already checked as an earlier call's output, is
 reduced to one on-device sum (float32; a NaN or Inf anywhere makes it non-finite). The sums of
-one outermost call (one forward pass) are stacked when it returns and read once, when the next
-forward pass starts or when someone asks: no host sync per module. A ``sum`` is the cheapest
-reduction that sees every element (``isfinite(t).all()`` was 15-60x slower on CPU); a float32
-sum of finite values can only overflow when activations are near 1e38, which is a problem too.
+one outermost call (one forward pass) are stacked when it returns and read once, when the
+backward pass ends, the next forward pass ends or someone asks: no host sync per module (on a
+GPU they travel asynchronously, through the HostCopy seam of ``reading.host_copy_for``). A
+``sum`` is the cheapest reduction that sees every element (``isfinite(t).all()`` was 15-60x
+slower on CPU); a float32 sum of finite values can only overflow when activations are near
+1e38, which is a problem too.
 
 The first non-finite sum in execution order says where the value was born: in the data given to
 the model (``input``), in a module's own code after its children returned finite values
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .reading import host_copy_for
 from .replay import Held, random_states, replay
 from .tracer import ArmedMode, CutTrace, OpSite
 
@@ -120,6 +123,7 @@ class _Pending:
         "host",
         "index",
         "no_grad",
+        "passes",
         "root",
     )
 
@@ -127,17 +131,20 @@ class _Pending:
         self.index, self.root, self.grad_enabled = live.index, live.root, live.grad_enabled
         self.events, self.called, self.no_grad = live.events, live.called, live.no_grad
         self.held = live.held
+        self.passes: list[int] = []  # backward passes that followed it, while it waits
         self.event: Any = None
         self.host = stacked
-        if stacked is not None and stacked.device.type == "cuda":
-            host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
-            host.copy_(stacked, non_blocking=True)
-            self.event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-            self.event.record()
-            self.host = host
+        if stacked is not None:
+            # A fresh HostCopy per pass: several passes may wait unread (forward passes before
+            # one backward), so a reused buffer could be overwritten before it is read.
+            self.host, self.event = host_copy_for(stacked.device)(stacked)
 
     def ready(self) -> bool:
-        return self.event is None or bool(self.event.query())
+        """The sums have arrived (an event that cannot be asked waits for :meth:`values`)."""
+        if self.event is None:
+            return True
+        query = getattr(self.event, "query", None)
+        return bool(query()) if query is not None else False
 
     def values(self) -> list[float]:
         if self.host is None:
@@ -200,7 +207,9 @@ class ForwardMonitor:
         self._stack: list[int] = []
         self._pending: list[_Pending] = []
         self._unpaired: list[ForwardRecord] = []  # forwards since the last backward pass
+        self._unpaired_pending: list[_Pending] = []  # the same, their sums not read yet
         self._last_held: Held | None = None
+        self._to_locate: tuple[int, Held, int] | None = None  # the bad pass to replay, when safe
         self._last_called: frozenset[str] = frozenset()
         self._replaying = False
         self._replay_outputs: list[torch.Tensor] = []
@@ -327,7 +336,13 @@ class ForwardMonitor:
                 stacked = torch.stack([s.to(first) for s in live.sums])
         live.sums = []
         live.seen = {}
-        self._pending.append(_Pending(live, stacked))
+        # At most one pass in flight, as for the gradient statistics: the sums of the passes
+        # before this one were copied before this pass ran, so waiting for them costs nothing
+        # on a GPU, and what a replay of them needs is not held longer than that.
+        self.resolve(wait=True)
+        pending = _Pending(live, stacked)
+        self._pending.append(pending)
+        self._unpaired_pending.append(pending)
 
     def resolve(self, wait: bool = True) -> None:
         """Read the sums of finished forward passes (all of them, or those already arrived)."""
@@ -367,24 +382,43 @@ class ForwardMonitor:
             origin=origin,
             output_finite=output_finite,
             input_sum=input_sum,
+            passes=pending.passes,
         )
         self.records.append(record)
-        self._unpaired.append(record)
+        if pending in self._unpaired_pending:  # no backward pass since: pair it with the next
+            self._unpaired_pending.remove(pending)
+            self._unpaired.append(record)
         if origin is not None:
             self.bad_count += 1
             if self.first_bad is None:
                 self.first_bad = record
-            if origin.where != "input" and self.located is None and not self.locate_tried:
-                self._locate(pending, self.paths.index(origin.module))
+            if (
+                origin.where != "input"
+                and self.located is None
+                and not self.locate_tried
+                and self._to_locate is None
+                and pending.held is not None
+            ):
+                self._to_locate = (pending.index, pending.held, self.paths.index(origin.module))
 
-    def _locate(self, pending: _Pending, target: int) -> None:
-        """Run the bad forward pass again, checking each op of ``target``'s own code."""
-        held = pending.held
-        if held is None:
+    def _locate_when_safe(self) -> None:
+        """Replay the first bad pass once no forward pass waits for its backward.
+
+        A replay restores buffers in place: done while a forward pass's graph is still live it
+        could break that graph's backward, so it waits for the end of a backward pass (or a read
+        with every forward pass answered): on a CPU the end of the bad pass's own backward.
+        """
+        if self._to_locate is None or self._unpaired or self._unpaired_pending or self._live:
             return
+        index, held, target = self._to_locate
+        self._to_locate = None
+        self._locate(index, held, target)
+
+    def _locate(self, index: int, held: Held, target: int) -> None:
+        """Run forward pass ``index`` again, checking each op of ``target``'s own code."""
         self.mode.arm_locate(target)
         self._mode = self.mode
-        self.mode.start(replay=pending.index)
+        self.mode.start(replay=index)
         try:
             replay(self, held, lambda: held.module(*held.args, **held.kwargs), grad=False)
         except Exception as error:  # the model itself refused (it asserts finite values?)
@@ -405,12 +439,19 @@ class ForwardMonitor:
         """Pair the forward passes since the last backward with pass ``index``; arm the tracer
         for parameters that got no gradient; find where a NaN/Inf gradient was born from a
         finite forward pass (``nonfinite``: None when it is not known yet, on a GPU)."""
-        self.resolve(wait=wait)
+        # A NaN/Inf gradient is rare: then wait for the forward sums of this pass (on a GPU
+        # they may still be on their way), to tell a forward origin from a backward one.
+        self.resolve(wait=wait or bool(nonfinite))
         # A pass under no_grad made no graph: it cannot be part of this backward pass.
         paired = [r for r in self._unpaired if r.grad_enabled]
         self._unpaired = []
         for record in paired:
             record.passes.append(index)
+        for pending in self._unpaired_pending:  # read later: their records take the list
+            if pending.grad_enabled:
+                pending.passes.append(index)
+        self._unpaired_pending = []
+        self._locate_when_safe()
         if missing:
             self.mode.arm_trace({n: params[n] for n in missing if n not in self.traces})
         ready = not self._pending  # on a GPU the sums may still be on their way
@@ -469,7 +510,14 @@ class ForwardMonitor:
         note = None if origin is not None else "running the pass again gave finite gradients"
         self.backward = BackwardOrigin(index, False, origin, g, note)
 
+    def settle(self) -> None:
+        """Read every pass's sums and, when it is safe, replay the first bad pass."""
+        self.resolve(wait=True)
+        self._locate_when_safe()
+
     def close(self) -> None:
+        if self._handles:  # the replay needs the module hooks
+            self._guard(self.settle)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -477,6 +525,7 @@ class ForwardMonitor:
             self._mode.stop()
             self._mode = None
         self.resolve(wait=True)
+        self._to_locate = None
         for pending in self._pending:
             pending.held = None
         self._live = None

@@ -175,7 +175,7 @@ class Monitors:
         if recorder is None:
             return None
         if self.forward is not None:
-            self.forward.resolve(wait=True)
+            self.forward.settle()
         if self.steps is not None and not recorder.closed:
             self.steps.refresh_held()
         records = list(recorder.records)

@@ -17,6 +17,9 @@ from torch import nn
 import gradscope
 from gradscope._watch.forward import _sum
 
+# Every test runs with the sums read at once (CPU) and read later behind an event (as on CUDA).
+pytestmark = pytest.mark.usefixtures("read_path")
+
 
 class Block(nn.Module):
     def __init__(self, op: str = "none") -> None:
@@ -53,6 +56,37 @@ def _monitor(w: gradscope.Watch):  # type: ignore[no-untyped-def]
     monitor = w._monitors.forward
     monitor.resolve()
     return monitor
+
+
+def test_on_the_deferred_path_the_sums_wait_until_read(
+    read_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on a GPU: a pass's sums are read when the next forward pass ends (at most one pass in
+    flight) or when the diagnosis asks, each once, and still paired with their backward pass."""
+    import gradscope._watch.monitors as monitors_module
+
+    # on a GPU whether a pass's gradients were finite is not asked when it ends
+    monkeypatch.setattr(monitors_module, "_on_cpu", lambda params: False)
+    net = Net(op="log")
+    monitor = None
+    with gradscope.watch(net, check_forward=True) as w:
+        monitor = w._monitors.forward
+        seen = []
+        for _ in range(3):
+            net(torch.randn(5, 4)).sum().backward()
+            seen.append(list(monitor._pending))
+        if read_path == "read-later":
+            assert [len(p) for p in seen] == [1, 1, 1]  # the newest pass only
+            assert not seen[-1][0].ready()
+        else:
+            assert seen == [[], [], []]
+        d = w.diagnose()
+    assert monitor._pending == []
+    if read_path == "read-later":
+        assert [p[0].event.waits for p in seen] == [1, 1, 1]
+    assert [r.passes for r in monitor.records] == [[1], [2], [3]]
+    assert d[0].kind == "nonfinite_forward" and d[0].module == "block", str(d)
+    assert d[0].evidence["op"].startswith("torch.log at ")
 
 
 def test_a_healthy_pass_records_every_module_once_and_nothing_bad() -> None:
@@ -248,3 +282,32 @@ def test_the_sum_flags_exactly_the_tensors_with_nan_or_inf(
         values[seed % n] = bad
     flag = float(_sum(values))
     assert math.isfinite(flag) == bool(torch.isfinite(values).all())  # oracle: isfinite
+
+
+class ScaledLog(nn.Module):
+    """A buffer saved by autograd (``h * scale``), then a log of negative values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("scale", torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.lin(x) * self.scale)
+
+
+def test_the_replay_waits_while_a_forward_pass_awaits_its_backward() -> None:
+    """Two forward passes, one backward (a siamese loss): replaying the first bad pass while the
+    second runs would restore the buffer in place under a live graph and break backward()."""
+    torch.manual_seed(0)
+    net = ScaledLog()
+    x1, x2 = torch.randn(6, 4), torch.randn(6, 4)
+    with gradscope.watch(net) as w:
+        for _ in range(2):
+            net.zero_grad()
+            (net(x1).sum() + net(x2).sum()).backward()  # raised before: saved buffer modified
+        assert not w.errors
+        d = w.diagnose()
+    assert d[0].kind == "nonfinite_forward", str(d)
+    assert d[0].evidence["op"].startswith("torch.log at ")
+    assert [r.passes for r in w._monitors.forward.records] == [[1], [1], [2], [2]]
