@@ -34,10 +34,12 @@ class Diagnosis(Sequence[Finding]):
 
     @property
     def errors(self) -> list[Finding]:
+        """The error findings, in order."""
         return [f for f in self.findings if f.severity == "error"]
 
     @property
     def warnings(self) -> list[Finding]:
+        """The warning findings, in order."""
         return [f for f in self.findings if f.severity == "warning"]
 
     @property
@@ -52,6 +54,8 @@ class Diagnosis(Sequence[Finding]):
         return [f for f in self.findings if f.kind == kind]
 
     def headline(self) -> str:
+        """The first line of ``str()``: the model, what was seen, how many findings of each
+        severity."""
         counts = [
             f"{n} {s}{'s' if n != 1 else ''}"
             for s in SEVERITIES

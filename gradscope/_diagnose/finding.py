@@ -60,6 +60,12 @@ def _passes_text(passes: tuple[int, ...]) -> str:
 class Finding:
     """One problem: what it is, where, since when, the numbers, and the likely fixes.
 
+    ``kind`` is one of a fixed vocabulary (see the diagnosis page of the documentation),
+    ``severity`` ``"error"``, ``"warning"`` or ``"info"``; ``params`` (parameter names) and
+    ``module`` (a qualified module name, ``""`` for the model itself) say where, ``passes``
+    which backward passes show it, ``evidence`` the numbers; ``message`` is one sentence and
+    ``hint`` the most likely fixes.
+
     >>> f = Finding("no_gradient", "error", "fc.weight got no gradient.", "Remove .detach().",
     ...             params=("fc.weight",), passes=(1, 2, 3))
     >>> print(f)
@@ -78,6 +84,7 @@ class Finding:
     evidence: Mapping[str, Any] = field(default_factory=dict)  # the numbers
 
     def where(self) -> str:
+        """``params; module 'm'; passes 1-3``: the finding's place, as ``str()`` shows it."""
         parts = []
         if self.params:
             parts.append(names_text(self.params))
@@ -88,6 +95,7 @@ class Finding:
         return "; ".join(parts)
 
     def evidence_text(self) -> str:
+        """The evidence as ``key: value; ...``, numbers to three significant digits."""
         return "; ".join(f"{k}: {_fmt(v)}" for k, v in self.evidence.items())
 
     def __str__(self) -> str:

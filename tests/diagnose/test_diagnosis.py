@@ -165,3 +165,43 @@ def test_the_findings_section_renders_in_a_browser_without_errors(tmp_path: Path
     assert visit.evaluated["first"] == "Findings"
     assert visit.evaluated["findings"] == 1 and visit.evaluated["height"] > 40
     (tmp_path / "report.png").write_bytes(visit.screenshot)  # kept for a look by hand
+
+
+def _half_overflowing(scaler: bool) -> gradscope.Watch:
+    """Every second batch makes the gradient overflow; its step is skipped (by GradScaler, or
+    by a hand-written guard)."""
+    torch.manual_seed(0)
+    net = nn.Linear(4, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    amp = torch.amp.GradScaler("cpu", init_scale=2.0**16) if scaler else None
+    with gradscope.watch(net, optimizer=opt, scaler=amp) as w:
+        for i in range(10):
+            opt.zero_grad()
+            x = torch.randn(8, 4) * (1e36 if i % 2 else 1.0)
+            loss = net(x).mean() if amp is None else amp.scale(net(x).mean())
+            if amp is None:
+                loss = loss * 2.0**16  # the gradient overflows on the big batches
+            loss.backward()
+            if amp is not None:
+                amp.step(opt)
+                amp.update()
+            elif all(torch.isfinite(p.grad).all() for p in net.parameters()):
+                opt.step()
+    return w
+
+
+def test_skipped_steps_under_gradscaler_with_the_scale_settling() -> None:
+    d = _half_overflowing(scaler=True).diagnose()
+    (found,) = d.of_kind("skipped_steps")
+    assert found.severity == "warning" and found.passes == (2, 4, 6, 8, 10)
+    # the scale each pass ran at: halved after each skip (pass 10 ran before its own halving)
+    assert found.evidence["loss scale"] == "65536 -> 4096"
+    assert not d.of_kind("loss_scale_collapse") and d.steps == 5
+
+
+def test_skipped_steps_seen_from_the_optimizer_alone() -> None:
+    d = _half_overflowing(scaler=False).diagnose()
+    (found,) = d.of_kind("skipped_steps")
+    assert found.passes == (2, 4, 6, 8, 10)
+    assert found.evidence == {"skipped": "5 of 10"}
+    assert "pass it to watch(net, scaler=scaler)" in found.hint
