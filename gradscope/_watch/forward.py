@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .._hooks import CopySafe
 from .reading import host_copy_for
 from .replay import Held, random_states, replay
 from .tracer import ArmedMode, CutTrace, OpSite
@@ -224,9 +225,11 @@ class ForwardMonitor:
         ref = weakref.ref(self)
         for k, (_, module) in enumerate(named):
             self._handles.append(
-                module.register_forward_pre_hook(_make_pre(ref, k), with_kwargs=True)
+                module.register_forward_pre_hook(CopySafe(_pre_hook, ref, k), with_kwargs=True)
             )
-            self._handles.append(module.register_forward_hook(_make_post(ref, k), always_call=True))
+            self._handles.append(
+                module.register_forward_hook(CopySafe(_post_hook, ref, k), always_call=True)
+            )
 
     # ----------------------------------------------------------------------------- hooks
     def _guard(self, fn: Any, *args: Any) -> None:
@@ -534,19 +537,23 @@ class ForwardMonitor:
         self.mode.arm_trace({})
 
 
-def _make_pre(ref: weakref.ref[ForwardMonitor], k: int) -> Any:
-    def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        monitor = ref()
-        if monitor is not None:
-            monitor._guard(monitor._pre, k, args, kwargs)
+# Module hooks are CopySafe (see gradscope._hooks): a deepcopy, pickle or torch.save of the
+# watched model carries inert hooks, not these (which would report into this watch).
+def _pre_hook(
+    ref: weakref.ref[ForwardMonitor],
+    k: int,
+    module: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    monitor = ref()
+    if monitor is not None:
+        monitor._guard(monitor._pre, k, args, kwargs)
 
-    return pre
 
-
-def _make_post(ref: weakref.ref[ForwardMonitor], k: int) -> Any:
-    def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        monitor = ref()
-        if monitor is not None:
-            monitor._guard(monitor._post, k, output)
-
-    return post
+def _post_hook(
+    ref: weakref.ref[ForwardMonitor], k: int, module: nn.Module, args: tuple[Any, ...], output: Any
+) -> None:
+    monitor = ref()
+    if monitor is not None:
+        monitor._guard(monitor._post, k, output)
