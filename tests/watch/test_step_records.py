@@ -3,7 +3,9 @@ checked against numpy on the same elements."""
 
 from __future__ import annotations
 
+import copy
 import gc
+import pickle
 import weakref
 
 import numpy as np
@@ -142,3 +144,18 @@ def test_hooks_are_removed_and_the_optimizer_is_held_weakly() -> None:
     assert ref() is None
     assert w._monitors.steps.held == [["weight", "bias"]]  # noted when the watch closed
     assert w.diagnose().ok
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_of_the_optimizer_steps_without_reporting_into_the_watch(how: str) -> None:
+    net = nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with gradscope.watch(net, optimizer=opt) as w:
+        net(torch.ones(2, 3)).sum().backward()
+        twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+        # torch's Optimizer.__getstate__ leaves the step hooks out of copies: the copy (of
+        # copies of the parameters) is not this watch's business
+        twin.step()
+        assert w._monitors.steps is not None and w._monitors.steps.steps == 0
+        opt.step()
+        assert w._monitors.steps.steps == 1
