@@ -19,6 +19,7 @@ from torch.autograd import Variable
 
 from .._errors import GradscopeError, GradscopeWarning, ProblemFound
 from .._naming import describe
+from .assembly import loss_scale
 from .evidence import Evidence, param_order
 from .forward import ForwardMonitor
 from .records import BackwardRecord
@@ -205,7 +206,7 @@ class Monitors:
             steps=self.steps,
             signals=self.signals,
             graph=graph,
-            scaler=recorder._loss_scale() is not None,
+            scaler=loss_scale(recorder.scaler) is not None,
             closed=recorder.closed,
         )
 
