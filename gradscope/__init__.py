@@ -10,6 +10,7 @@ torch.Size([6])
 
 from ._diagnose.diagnosis import Diagnosis
 from ._diagnose.finding import Finding
+from ._distributed.replicas import ReplicaMismatch, ReplicaReport, check_replicas
 from ._errors import (
     GradientAssertionError,
     GradscopeError,
@@ -50,6 +51,8 @@ __all__ = [
     "OptimizerVerifier",
     "ParamCheck",
     "ProblemFound",
+    "ReplicaMismatch",
+    "ReplicaReport",
     "SavedTensor",
     "Shadow",
     "StateCheck",
@@ -59,6 +62,7 @@ __all__ = [
     "UnknownParameterError",
     "Watch",
     "__version__",
+    "check_replicas",
     "check_step",
     "graph",
     "verify_optimizer",
