@@ -128,6 +128,8 @@ class Monitors:
 
     # ----------------------------------------------------------------------------- passes
     def on_pass(self, record: BackwardRecord, params: Mapping[str, torch.Tensor]) -> None:
+        if _sharded(params):
+            return  # FSDP2: the per-pass evidence is not written for DTensor shards yet
         missing = record.missing
         if self._always_missing is None:
             self._always_missing = set(missing)
@@ -233,6 +235,11 @@ def _nonfinite(record: BackwardRecord) -> bool:
     ``record.nonfinite``, whose full statistics are a pass over every gradient: 4x an MLP
     training step)."""
     return any(not g.recorded.finite for g in record.grads.values())
+
+
+def _sharded(params: Mapping[str, torch.Tensor]) -> bool:
+    """FSDP2 parameters are DTensors (their per-pass evidence would mix them with tensors)."""
+    return any(type(p).__name__ == "DTensor" for p in params.values())
 
 
 def _on_cpu(params: Mapping[str, torch.Tensor]) -> bool:
