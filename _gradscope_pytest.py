@@ -2,9 +2,10 @@
 
 - fixture ``gradscope_watch``: ``w = gradscope_watch(model, **watch_kwargs)``; closed at teardown.
 - ``--gradscope-artifacts DIR``: when a test that used the fixture fails, each watch's summary
-  table (and, where ``w.graph(...)`` captured one, the backward graph as SVG, or as DOT source
-  when no Graphviz renderer is installed) is saved under ``DIR/<test id>-<hash>/`` and the path
-  is printed in the failure report. Nothing is written on success. DIR is checked and made
+  table followed by its diagnosis (``w.diagnose()``: the findings, most severe first), and,
+  where ``w.graph(...)`` captured one, the backward graph as SVG (or as DOT source when no
+  Graphviz renderer is installed) are saved under ``DIR/<test id>-<hash>/`` and the path is
+  printed in the failure report. Nothing is written on success. DIR is checked and made
   absolute when the session starts, so a test that changes the working directory does not
   move it, and a DIR that cannot be a folder is a usage error rather than a crash later.
 - marker ``@pytest.mark.gradscope_finite`` (or ``gradscope_finite = true`` in the ini file): the
@@ -143,9 +144,9 @@ def _save(directory: Path, item: pytest.Item, watches: list[Watch]) -> tuple[Pat
     for i, w in enumerate(watches):
         prefix = "" if len(watches) == 1 else f"watch{i}-"
         try:
-            text = str(w.summary())
-        except GradscopeError as error:  # no backward recorded: say so in the file
-            text = f"no summary: {error}"
+            text = str(w.summary())  # the table, then the findings
+        except GradscopeError as error:  # no backward recorded: say so, diagnose what there is
+            text = f"no summary: {error}\n\n{w.diagnose()}"
         summary = folder / f"{prefix}summary.txt"
         summary.write_text(text + "\n", encoding="utf-8")
         written.append(summary.name)

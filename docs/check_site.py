@@ -114,7 +114,9 @@ def _check_ref(url: str, site: Path, ids: dict[Path, set[str]], where: str) -> s
             return f"{where}: link to a folder without index.html: {url}"
     fragment = unquote(parts.fragment)
     if fragment and target.suffix == ".html":
-        known = ids.setdefault(target, anchors(target))
+        known = ids.get(target)
+        if known is None:  # not setdefault: that would parse the page again for every link
+            known = ids[target] = anchors(target)
         if fragment not in known:
             return f"{where}: {url} has no #{fragment} in {target.name}"
     return None

@@ -8,11 +8,14 @@
 torch.Size([6])
 """
 
+from ._diagnose.diagnosis import Diagnosis
+from ._diagnose.finding import Finding
 from ._distributed.replicas import ReplicaMismatch, ReplicaReport, check_replicas
 from ._errors import (
     GradientAssertionError,
     GradscopeError,
     GradscopeWarning,
+    ProblemFound,
     StepMismatch,
     UnknownParameterError,
 )
@@ -33,6 +36,8 @@ from ._watch.watch import Watch, watch
 
 __all__ = [
     "BackwardRecord",
+    "Diagnosis",
+    "Finding",
     "GradRecord",
     "GradStats",
     "GradientAssertionError",
@@ -45,6 +50,7 @@ __all__ = [
     "NonfiniteGradient",
     "OptimizerVerifier",
     "ParamCheck",
+    "ProblemFound",
     "ReplicaMismatch",
     "ReplicaReport",
     "SavedTensor",

@@ -6,6 +6,7 @@ __all__ = [
     "GradientAssertionError",
     "GradscopeError",
     "GradscopeWarning",
+    "ProblemFound",
     "StepMismatch",
     "UnknownParameterError",
 ]
@@ -28,6 +29,18 @@ class UnknownParameterError(GradscopeError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message and show its quotes
         return str(self.args[0]) if self.args else ""
+
+
+class ProblemFound(GradscopeError):
+    """``watch(net, on_problem="raise")`` found an error at the end of a backward pass.
+
+    ``finding`` is the :class:`gradscope.Finding`; the message is its text. Every ``.grad`` of
+    that pass is fully written when this escapes ``loss.backward()``.
+    """
+
+    def __init__(self, message: str, finding: object) -> None:
+        super().__init__(message)
+        self.finding = finding
 
 
 class GradscopeWarning(UserWarning):

@@ -162,3 +162,41 @@ def test_an_untouched_cuda_gradient_is_never_called_modified() -> None:
         scaler.scale(net(x).pow(2).sum()).backward()
         scaler.unscale_(optimizer)
     assert w.last["fc1.weight"].modified  # unscale_ bumps no version: caught by norm and state
+
+
+def test_diagnosis_evidence_on_cuda_matches_cpu() -> None:
+    """Forward sums copied through pinned memory, step statistics on the device, the replay
+    with CUDA random state: the same findings as on the CPU."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+            self.drop = nn.Dropout(0.2)
+            self.b = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.log(self.drop(self.a(x))))
+
+    found = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        net = Net().to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        x = torch.randn(16, 8, device=device)
+        with gradscope.watch(net, optimizer=opt) as w:
+            for _ in range(4):
+                opt.zero_grad()
+                net(x).sum().backward()
+                opt.step()
+        d = w.diagnose()
+        found[device] = (d[0].kind, d[0].module, d.steps)
+        assert d[0].evidence["op"].startswith("torch.log")
+    assert found["cpu"] == found["cuda"] == ("nonfinite_forward", "", 4)
+
+
+def test_on_problem_raise_on_cuda() -> None:
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1)).cuda()
+    net.forward = lambda x: net[1](net[0](x).detach())  # type: ignore[method-assign]
+    with gradscope.watch(net, on_problem="raise"), pytest.raises(gradscope.ProblemFound):
+        net(torch.randn(2, 4, device="cuda")).sum().backward()

@@ -26,13 +26,14 @@ LAYERS = {
     "gradscope._distributed": 2,  # DDP/FSDP2 layouts, shard statistics, replica checks
     "gradscope._watch": 3,
     "gradscope._optim": 3,
-    "gradscope._report": 4,
-    "gradscope.testing": 4,
-    "gradscope.strategies": 4,
-    "gradscope._cli": 5,
-    "gradscope.integrations": 5,  # Lightning, Hugging Face, TensorBoard: frameworks imported lazily
-    "gradscope.__main__": 6,
-    "gradscope": 6,  # the flat public API imports from every layer
+    "gradscope._diagnose": 4,  # reads records, forward/step evidence and graphs
+    "gradscope._report": 5,
+    "gradscope.testing": 5,
+    "gradscope.strategies": 5,
+    "gradscope._cli": 6,
+    "gradscope.integrations": 6,  # Lightning, Hugging Face, TensorBoard: frameworks imported lazily
+    "gradscope.__main__": 7,
+    "gradscope": 7,  # the flat public API imports from every layer
 }
 
 # Imports of a higher layer allowed only where they do not run at import time (inside a function
@@ -47,6 +48,13 @@ LAZY_UPWARD = {
     ("gradscope._watch.watch", "gradscope._report.notebook"),
     ("gradscope._watch.records", "gradscope._report.notebook"),
     ("gradscope._optim.step_report", "gradscope._report.notebook"),
+    ("gradscope._diagnose.diagnosis", "gradscope._report.notebook"),
+    # Watch.diagnose() is the door into the diagnosis layer, which reads the watch's evidence
+    # (plain data from _watch/evidence.py) and never imports the watch; on_problem= runs the
+    # same diagnosis when a pass ends badly.
+    ("gradscope._watch.watch", "gradscope._diagnose.diagnose"),
+    ("gradscope._watch.watch", "gradscope._diagnose.diagnosis"),
+    ("gradscope._watch.monitors", "gradscope._diagnose.diagnose"),
 }
 
 

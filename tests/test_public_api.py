@@ -10,6 +10,8 @@ import gradscope
 
 EXPECTED = {
     "BackwardRecord",
+    "Diagnosis",
+    "Finding",
     "GradRecord",
     "GradStats",
     "Summary",
@@ -27,6 +29,7 @@ EXPECTED = {
     "SavedTensor",
     "graph",
     "ParamCheck",
+    "ProblemFound",
     "Shadow",
     "StateCheck",
     "StepMismatch",
@@ -60,6 +63,7 @@ def test_errors_share_one_base() -> None:
     assert issubclass(gradscope.GradientAssertionError, gradscope.GradscopeError)
     assert issubclass(gradscope.GradientAssertionError, AssertionError)
     assert issubclass(gradscope.UnknownParameterError, KeyError)
+    assert issubclass(gradscope.ProblemFound, gradscope.GradscopeError)
 
 
 def test_import_prints_nothing_and_leaves_global_state_alone() -> None:

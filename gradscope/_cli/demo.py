@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
+import torch.nn.functional as F
 from torch import nn, optim
 
 from .._errors import GradscopeError
@@ -29,6 +30,7 @@ from .progress import Progress
 __all__ = ["DEFAULT_STEPS", "FILES", "run_demo"]
 
 DEFAULT_STEPS = 40
+DIAGNOSIS_STEPS = 20  # section 8: enough optimizer steps for the step checks to speak
 LEARNING_RATE = 0.01
 REPORT, SUMMARY, GRAPH_STEM = "report.html", "summary.txt", "backward-graph"
 # What the graph file shows, said the same way in step 5 and in the file list.
@@ -367,6 +369,7 @@ def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int,
         "Every gradient stayed finite." if not bad else f"NaN/Inf gradients in passes {bad}",
         2,
     )
+    _diagnosis_section(n, inputs, target, seed, progress)
     write_report(w, stage / REPORT, graph=last_graph)
     n.say()
     n.say(f"Files in {out}/:")
@@ -380,3 +383,70 @@ def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int,
     say(f"{SUMMARY:<22} {FILES[SUMMARY]}", 2)
     summary = str(w.summary(final))
     (stage / SUMMARY).write_text("\n".join([*narration, "", summary, ""]), encoding="utf-8")
+
+
+class CarelessLeNet(LeNet):
+    """The tutorial's LeNet with a deliberate mistake: the convolutional features detached."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1).detach()  # mistake 1: nothing before this line learns
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        out: torch.Tensor = self.fc3(x)
+        return out
+
+
+def _diagnosis_section(
+    n: _Narrator,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    seed: int,
+    progress: Progress,
+) -> None:
+    """Section 8: the same training with two deliberate mistakes, and w.diagnose() naming both."""
+    high_lr = LEARNING_RATE * 100
+    steps = DIAGNOSIS_STEPS
+    n.step(8, "Why a model does not learn: w.diagnose() on two deliberate mistakes")
+    n.raw(
+        "def forward(self, x):            # in a copy of LeNet\n"
+        "    ...\n"
+        "    x = torch.flatten(x, 1).detach()    # mistake 1: cuts conv1 and conv2 off\n"
+        "    ...\n"
+        f"optimizer = optim.SGD(net.parameters(), lr={high_lr})   # mistake 2: 100x the lr\n"
+        "with gradscope.watch(net, optimizer=optimizer) as w:\n"
+        "    ...the same training loop...\n"
+        "print(w.diagnose())"
+    )
+    torch.manual_seed(seed)
+    net = CarelessLeNet()
+    criterion = nn.MSELoss()
+    optimizer = optim.SGD(net.parameters(), lr=high_lr)
+    losses = []
+    with watch(net, optimizer=optimizer) as w:
+        for i in range(steps):
+            optimizer.zero_grad()
+            loss = criterion(net(inputs), target)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach().item())
+            progress.update(i + 1, steps, "training with two mistakes")
+    progress.done()
+    diagnosis = w.diagnose()
+    n.say(
+        f"The loss still falls ({losses[0]:.4f} -> {losses[-1]:.4f}): nothing crashes, nothing "
+        "warns. The diagnosis, read from what the watch recorded:",
+        2,
+    )
+    n.raw(str(diagnosis), 2)
+    kinds = [f.kind for f in diagnosis]
+    n.say(
+        "It names both mistakes: "
+        + ("the cut path (no_gradient, at the detach() line)" if "no_gradient" in kinds else "")
+        + (" and " if "no_gradient" in kinds and "update_ratio" in kinds else "")
+        + ("the step size (update_ratio)" if "update_ratio" in kinds else "")
+        + ". gradscope.testing.assert_healthy(w) fails a test with the same list; "
+        "watch(net, on_problem='raise') stops the loop at the first error a pass can show.",
+        2,
+    )

@@ -22,6 +22,7 @@ from .._files import atomic_write
 from .._text import printable
 from .._version import __version__
 from .._watch.records import BackwardRecord, GradRecord, names_in
+from .findings import diagnosis_html
 from .graph_view import GRAPH_CSS, GRAPH_JS, graph_section
 from .plots import PLOT_HINT, LayerFlow, NormSeries, flow_svg, norms_svg
 from .sparkline import SparkScale, fmt_number, sparkline
@@ -362,6 +363,15 @@ def _charts(
     return f'<div class="chart">{flow}</div>', f'<div class="chart">{norms}</div>'
 
 
+def _findings(watch: Reportable) -> str:
+    """The diagnosis, first on the page; a watch without ``diagnose()`` (any other
+    Reportable) has none."""
+    diagnose = getattr(watch, "diagnose", None)
+    if diagnose is None:
+        return ""
+    return f"<h2>Findings</h2>{diagnosis_html(diagnose())}"
+
+
 def render_report(
     watch: Reportable,
     graph: _HasSvg | None = None,
@@ -381,6 +391,7 @@ def render_report(
     order = [row.name for row in summary.rows]
     series = norm_series(records, order)
     flow_html, norms_html = _charts(records, series, order)
+    findings_html = _findings(watch)
     if graph is not None:
         graph_html = graph_section(graph, inline_svg)
         graph_js = f"<script>{GRAPH_JS}</script>" if "graph-data" in graph_html else ""
@@ -405,6 +416,7 @@ def render_report(
         "pass" if len(records) == 1 else "passes"
     } ({passes}) · {len(summary.rows)} parameters · table and flow chart show pass
 {newest}</p>
+{findings_html}
 {_alerts(records, last, len(watch.errors), order)}
 <h2>Parameters</h2>
 {_table(summary, {s.name: s for s in series}, last)}

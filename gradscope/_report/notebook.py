@@ -4,8 +4,7 @@ Notebook front ends strip or scope ``<style>`` blocks differently (GitHub drops 
 table here carries inline styles only and no script. The pillar classes keep thin
 ``_repr_html_`` methods that import this module when a notebook asks for them.
 
-Not yet here: ``Diagnosis`` (issue 13) does not exist yet; when it lands, its table belongs in
-this module too, behind the same kind of thin ``_repr_html_``.
+``Diagnosis._repr_html_`` shows the findings as ``findings.py`` draws them for the report.
 """
 
 from __future__ import annotations
@@ -15,12 +14,20 @@ from collections.abc import Iterable, Sequence
 
 from .._optim.step_report import FAIL, StateCheck, StepReport
 from .._watch.records import BackwardRecord
+from .findings import diagnosis_html
 from .html import Reportable, norm_series
 from .plots import NormSeries
 from .sparkline import SparkScale, fmt_number, sparkline
 from .summary import Summary
 
-__all__ = ["record_html", "step_report_html", "summary_html", "table_html", "watch_html"]
+__all__ = [
+    "diagnosis_html",
+    "record_html",
+    "step_report_html",
+    "summary_html",
+    "table_html",
+    "watch_html",
+]
 
 _FONT = "font-family:ui-monospace,SFMono-Regular,Menlo,monospace"
 _CELL = "padding:2px 8px;border-bottom:1px solid #d0d7de;white-space:nowrap"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._diagnose.diagnosis import Diagnosis
 from .._watch.records import BackwardRecord
 
 __all__ = ["Summary", "SummaryRow"]
@@ -54,7 +55,8 @@ def _count(value: int | None) -> str:
 
 @dataclass(frozen=True)
 class Summary:
-    """Per-parameter statistics of one backward pass; ``str()`` gives a fixed-width table."""
+    """Per-parameter statistics of one backward pass; ``str()`` gives a fixed-width table,
+    followed by the findings when a diagnosis is attached (``Watch.summary()`` attaches one)."""
 
     index: int
     rows: tuple[SummaryRow, ...]
@@ -62,10 +64,11 @@ class Summary:
     errors: int = 0
     failed: bool = False
     dropped: str | None = None
+    findings: Diagnosis | None = None
 
     @classmethod
-    def of(cls, record: BackwardRecord) -> Summary:
-        """The table of one backward pass."""
+    def of(cls, record: BackwardRecord, *, findings: Diagnosis | None = None) -> Summary:
+        """The table of one backward pass (and, with ``findings``, the diagnosis after it)."""
         shapes = record.shapes
         order = list(dict.fromkeys(record.aliases.values())) or list(record.grads)
         order += [n for n in [*record.grads, *record.missing, *record.frozen] if n not in order]
@@ -114,6 +117,7 @@ class Summary:
             len(record.errors),
             failed=record.failed,
             dropped=record.dropped,
+            findings=findings,
         )
 
     def _repr_html_(self) -> str:
@@ -159,4 +163,6 @@ class Summary:
         out += [line(c) for c in cells]
         if self.errors:
             out.append(f"{self.errors} error(s) inside gradscope's hooks: see watch.errors")
+        if self.findings is not None:
+            out += ["", str(self.findings)]
         return "\n".join(out)

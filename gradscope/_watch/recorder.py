@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -110,6 +110,9 @@ class Recorder:
         # How results reach the host, per device (the seam tests replace: host_copy_for).
         self._copies: dict[torch.device, HostCopy] = {}
         self.errors: list[BaseException] = []
+        # Called with each new record and the current name -> parameter mapping (the watch's
+        # diagnosis evidence, see _watch/monitors.py); each call is guarded like a hook.
+        self.end_of_pass: list[Callable[[BackwardRecord, Mapping[str, torch.Tensor]], None]] = []
         self.notes: list[str] = []  # things to tell the user once, as warnings, on the next read
         self.closed = False
         self.keep: Keep = keep
@@ -416,6 +419,8 @@ class Recorder:
             note = self._keeper.added(backward, oldest)
             if note:
                 self.notes.append(note)
+        for listener in self.end_of_pass:
+            self.guard(listener, backward, self.names.params)
 
     def _read_stats(
         self,

@@ -18,10 +18,12 @@ from torch import nn
 
 from .._errors import GradscopeError, GradscopeWarning, UnknownParameterError
 from .._naming import describe, named_parameters, reject_meta, suggest
+from .monitors import Monitors, optimizers_of
 from .recorder import Keep, Recorder
 from .records import BackwardRecord, GradRecord
 
 if TYPE_CHECKING:
+    from .._diagnose.diagnosis import Diagnosis
     from .._graph.graph import Graph
     from .._report.summary import Summary
 
@@ -50,6 +52,9 @@ class Watch:
         copy: bool = False,
         tag_modules: bool = True,
         max_bytes: int | None = None,
+        optimizer: Any = None,
+        on_problem: str | None = None,
+        check_forward: bool = True,
     ) -> None:
         if not isinstance(module, nn.Module):
             raise GradscopeError(
@@ -70,6 +75,7 @@ class Watch:
                 raise GradscopeError(f"{flag}= takes True or False, not {describe(value)}")
         if scaler is not None and not hasattr(scaler, "get_scale"):
             raise GradscopeError(f"scaler= takes a torch.amp.GradScaler, not {describe(scaler)}")
+        optimizers = optimizers_of(optimizer)
         include_list = _patterns(include, "include")
         exclude_list = _patterns(exclude, "exclude")
         reject_meta(named_parameters(module).params, "watch()")
@@ -95,6 +101,18 @@ class Watch:
                 )
             )
         self._recorder.install_forward_hooks(module, tag_modules)
+        try:
+            self._monitors = Monitors(
+                self._recorder,
+                module,
+                optimizers=optimizers,
+                check_forward=check_forward,
+                on_problem=on_problem,
+                history=history,
+            )
+        except GradscopeError:
+            self._recorder.close()
+            raise
         self.last_graph: Graph | None = None
         self._warned_errors = 0
         self._warned_notes = 0
@@ -174,7 +192,8 @@ class Watch:
         return [r.grads[canonical] for r in self._recorder.records if canonical in r.grads]
 
     def summary(self, record: BackwardRecord | None = None) -> Summary:
-        """A per-parameter table of the newest pass (or ``record``); ``str()`` it to read it."""
+        """A per-parameter table of the newest pass (or ``record``); ``str()`` it to read it.
+        The newest pass's table ends with the findings of :meth:`diagnose`."""
         from .._report.summary import Summary
 
         if record is not None and not isinstance(record, BackwardRecord):
@@ -183,7 +202,30 @@ class Watch:
                 f"summary() takes a BackwardRecord (e.g. w.records[0]) or nothing for the "
                 f"newest pass, not {describe(record)}" + (hint if isinstance(record, str) else "")
             )
-        return Summary.of(record if record is not None else self.last)
+        if record is not None:
+            return Summary.of(record)
+        return Summary.of(self.last, findings=self.diagnose())
+
+    def diagnose(self) -> Diagnosis:
+        """Why this model does not learn: the problems the records show, most severe first.
+
+        Runs on read, from what the watch recorded (nothing here runs in the training loop).
+        ``watch(net, optimizer=opt)`` adds the checks that need optimizer steps.
+
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+        >>> with watch(net) as w:
+        ...     for _ in range(3):
+        ...         net[1](net[0](torch.ones(2, 3)).detach()).sum().backward()
+        >>> d = w.diagnose()
+        >>> d.ok, d[0].kind, d[0].params
+        (False, 'no_gradient', ('0.weight', '0.bias'))
+        """
+        from .._diagnose.diagnose import diagnose
+
+        self._catch_up()
+        evidence = self._monitors.evidence(self.last_graph)
+        assert evidence is not None  # the watch holds its recorder
+        return diagnose(evidence)
 
     def graph(self, *outputs: torch.Tensor, grads: bool = True) -> Graph:
         """The autograd graph of ``outputs`` (see :func:`gradscope.graph`), kept as ``last_graph``.
@@ -232,6 +274,7 @@ class Watch:
 
     def close(self) -> None:
         """Remove every hook this watch installed (idempotent). Records stay readable."""
+        self._monitors.close()
         self._recorder.close()
 
     def __enter__(self) -> Watch:
@@ -350,6 +393,9 @@ def watch(
     copy: bool = False,
     tag_modules: bool = True,
     max_bytes: int | None = None,
+    optimizer: Any = None,
+    on_problem: str | None = None,
+    check_forward: bool = True,
 ) -> Watch:
     """Record every parameter's gradient before and after each backward pass of ``module``.
 
@@ -365,6 +411,13 @@ def watch(
     default the watch keeps the tensor itself and copies only when backward is about to add into
     it, which is what makes it cheap); ``tag_modules`` notes which module ran each op, so
     :func:`gradscope.graph` can group nodes by module. Works as a context manager.
+
+    For :meth:`Watch.diagnose`: ``optimizer`` (one optimizer or a list) adds step hooks that
+    record how far each parameter moved and which parameters the optimizer holds;
+    ``check_forward`` checks each module's output for NaN/Inf (one on-device sum per module,
+    read once per pass); ``on_problem="warn"`` or ``"raise"`` warns or raises
+    (:class:`gradscope.ProblemFound`) out of ``loss.backward()`` on the first error a pass can
+    show: a NaN/Inf gradient or forward value, a parameter that never gets a gradient.
 
     >>> net = torch.nn.Linear(3, 1)
     >>> with watch(net) as w:
@@ -383,4 +436,7 @@ def watch(
         copy=copy,
         tag_modules=tag_modules,
         max_bytes=max_bytes,
+        optimizer=optimizer,
+        on_problem=on_problem,
+        check_forward=check_forward,
     )

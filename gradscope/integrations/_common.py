@@ -80,11 +80,9 @@ def watch_options(
 def start_watch(
     model: nn.Module, optimizers: Sequence[Any], options: dict[str, Any], scaler: Any = None
 ) -> Watch:
-    """Start the callback's watch on ``model``, passing the trainer's optimizers where
-    ``watch()`` takes them: it does not yet; once it accepts ``optimizer=`` (issue 13) they
-    go through from here, with no change to the callbacks (one optimizer as itself, several as
-    a tuple: adjust this line if issue 13 settles on another form). The report the callbacks
-    write at the end is the place for the diagnosis too, once ``diagnose()`` exists."""
+    """Start the callback's watch on ``model`` with the trainer's optimizers (``optimizer=``:
+    one optimizer as itself, several as a tuple), so that ``callback.watch.diagnose()`` can
+    check the steps; the report the callbacks write at the end opens with the diagnosis."""
     if not isinstance(model, nn.Module):
         raise GradscopeError(f"the trainer gave the callback {describe(model)}, not an nn.Module")
     extra: dict[str, Any] = {}

@@ -24,6 +24,7 @@ from ._grads import (
     assert_grads_finite,
     assert_no_grad,
 )
+from ._healthy import assert_healthy
 from ._replicas import assert_replicas_in_sync
 from ._step import assert_step_matches_reference
 from ._update import assert_params_updated
@@ -35,6 +36,7 @@ __all__ = [
     "assert_gradcheck",
     "assert_grads_close",
     "assert_grads_finite",
+    "assert_healthy",
     "assert_no_grad",
     "assert_params_updated",
     "assert_replicas_in_sync",

@@ -92,6 +92,19 @@ def test_demo_follows_the_tutorial(demo: tuple[str, Path]) -> None:
     assert steps == sorted(steps) and steps[0] == 1
 
 
+def test_demo_ends_with_a_diagnosis_naming_both_mistakes(demo: tuple[str, Path]) -> None:
+    text, _ = demo
+    section = text[text.index("Step 8. Why a model does not learn") :]
+    # the detached features: no gradient for conv1 and conv2, cut at the detach() line
+    assert "1. error no_gradient: conv1.weight, conv1.bias, conv2.weight, conv2.bias" in section
+    assert "torch.Tensor.detach" in section
+    assert "demo.py:" in section and "x = torch.flatten(x, 1).detach()" in section
+    # the learning rate 100x the tutorial's: the update-to-weight ratio far above 1e-3
+    assert "2. warning update_ratio:" in section
+    assert "the learning rate (lr 1) is probably too high" in section
+    assert "It names both mistakes: the cut path" in section
+
+
 def test_demo_files(demo: tuple[str, Path]) -> None:
     text, out = demo
     assert sorted(p.name for p in out.iterdir()) == [

@@ -227,6 +227,32 @@ def test_the_trainer_optimizer_reaches_a_watch_that_takes_one(
     assert seen == [t.optimizers[0]]
 
 
+class LeftOut(LitLeNet):
+    """An optimizer built from the features only: fc3 never trains."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD([p for n, p in self.named_parameters() if "fc3" not in n], lr=0.01)
+
+
+def test_the_trainer_optimizer_reaches_diagnose(tmp_path: Path) -> None:
+    callback = GradscopeCallback()
+    t = trainer(tmp_path, [callback], logger=False)
+    t.fit(LeftOut(), loader())
+    w = callback.watch
+    diagnosis = w.diagnose()
+    assert diagnosis.steps == 5 and "not_in_optimizer" not in diagnosis.unchecked
+    top = diagnosis[0]
+    assert (top.kind, top.params, top.module) == (
+        "not_in_optimizer",
+        ("net.fc3.weight", "net.fc3.bias"),
+        "net.fc3",
+    )
+    # the report written at the end of fit opens with it
+    page = callback.report_path.read_text()
+    assert page.index("<h2>Findings</h2>") < page.index("<h2>Parameters</h2>")
+    assert "not_in_optimizer" in page
+
+
 def test_a_failing_fit_still_writes_the_report_and_removes_the_hooks(tmp_path: Path) -> None:
     callback = GradscopeCallback()
     model = LitLeNet(fail_at=3)

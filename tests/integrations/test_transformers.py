@@ -115,6 +115,11 @@ def test_accumulation_and_clipping_against_hooks_and_the_trainer_grad_norm(tmp_p
             )
     assert callback.report_path == tmp_path / "out" / "report.html"
     assert "gradscope report: GPT2LMHeadModel" in callback.report_path.read_text()
+    # The Trainer's optimizer (wrapped by accelerate) reached the watch: its three steps were
+    # recorded, each after clipping to max_grad_norm=0.5 changed .grad in place.
+    steps = w._monitors.steps
+    assert steps is not None and steps.steps == 3 and all(s.modified for s in steps.records)
+    assert "not_in_optimizer" not in w.diagnose().unchecked
 
 
 def test_add_to_puts_the_figures_through_the_trainers_tensorboard(tmp_path: Path) -> None:

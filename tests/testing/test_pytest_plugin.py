@@ -102,6 +102,8 @@ def test_fails_without_fixture():
     # the saved table is the watch's own summary of the failing test's pass
     for name in ("0.weight", "0.bias", "2.weight", "2.bias"):
         assert name in summary
+    # and it ends with the diagnosis of the watch
+    assert "gradscope diagnosis of Sequential (1 backward pass): " in summary
     saved = f"saved to {out / folders[0]}: summary.txt"
     result.stdout.fnmatch_lines(["*gradscope artifacts*", saved])
 
@@ -398,3 +400,27 @@ def test_artifacts_fall_back_to_dot_source_and_say_why(
         svg = folder / "graph.svg"
         svg.write_bytes(gradscope._graph.render.render(source).data)
         assert len(_svg_nodes(svg)) == 4
+
+
+def test_artifacts_include_the_diagnosis(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        _MODEL
+        + """
+import gradscope
+
+def test_fails(gradscope_watch):
+    net = model()
+    w = gradscope_watch(net)
+    for _ in range(2):
+        net[2](net[1](net[0](torch.randn(2, 3))).detach()).sum().backward()
+    gt.assert_healthy(w)
+"""
+    )
+    out = pytester.path / "artifacts"
+    result = pytester.runpytest(f"--gradscope-artifacts={out}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*assert_healthy: the diagnosis of Sequential found 1 problem*"])
+    (folder,) = out.iterdir()
+    summary = (folder / "summary.txt").read_text()
+    assert "gradscope diagnosis of Sequential (2 backward passes): 1 error" in summary
+    assert "1. error no_gradient: 0.weight, 0.bias get no gradient" in summary

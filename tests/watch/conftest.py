@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 from read_paths import CopyLater
 
+import gradscope._watch.forward as forward_module
 import gradscope._watch.recorder as recorder_module
 
 
@@ -18,4 +19,6 @@ def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     """Run the test with statistics read when the pass ends, then with the deferred read."""
     if request.param == "read-later":
         monkeypatch.setattr(recorder_module, "host_copy_for", lambda device: CopyLater())
+        # the diagnosis's forward sums travel the same way
+        monkeypatch.setattr(forward_module, "host_copy_for", lambda device: CopyLater())
     return str(request.param)

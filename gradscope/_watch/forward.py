@@ -1,0 +1,559 @@
+"""Forward-pass evidence for the diagnosis: where a NaN/Inf was born, which modules ran.
+
+Every module call's output, and each input not already checked as an earlier call's output, is
+reduced to one on-device sum (float32; a NaN or Inf anywhere makes it non-finite). The sums of
+one outermost call (one forward pass) are stacked when it returns and read once, when the
+backward pass ends, the next forward pass ends or someone asks: no host sync per module (on a
+GPU they travel asynchronously, through the HostCopy seam of ``reading.host_copy_for``). A
+``sum`` is the cheapest reduction that sees every element (``isfinite(t).all()`` was 15-60x
+slower on CPU); a float32 sum of finite values can only overflow when activations are near
+1e38, which is a problem too.
+
+The first non-finite sum in execution order says where the value was born: in the data given to
+the model (``input``), in a module's own code after its children returned finite values
+(``output``), or in a module's own code before it called a child (``before``). The op inside
+that code, or the backward node where a NaN/Inf was born from finite values, is found once, the
+first time, by running that pass again (:mod:`.replay`) as it ends, before the optimizer applies
+NaN gradients to the weights. Until then the monitor keeps the newest pass's inputs and random
+state (about 2 us a pass); a healthy run pays for the sums and that alone.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .._hooks import CopySafe
+from .reading import host_copy_for
+from .replay import Held, random_states, replay
+from .tracer import ArmedMode, CutTrace, OpSite
+
+__all__ = ["BackwardOrigin", "ForwardMonitor", "ForwardOrigin", "ForwardRecord"]
+
+_IN, _OUT = 0, 1
+_FLATTEN_LIMIT = 64  # tensors looked at per call (a module returning thousands is not checked)
+
+
+@dataclass(frozen=True)
+class ForwardOrigin:
+    """Where the first non-finite value of one forward pass appeared."""
+
+    module: str  # the module whose own code made it ("" is the model itself)
+    where: str  # "input" | "output" | "before"
+    child: str | None = None  # with "before": the child module it was about to call
+
+    def describe(self) -> str:
+        name = f"'{self.module}'" if self.module else "the model's own forward()"
+        if self.where == "input":
+            return "the input given to the model already holds NaN/Inf"
+        if self.where == "before":
+            return f"in {name}, before it called '{self.child}'"
+        return f"in {name} (its inputs were finite)"
+
+
+@dataclass(frozen=True)
+class BackwardOrigin:
+    """Where a NaN/Inf gradient was born from finite forward values, found by a replay."""
+
+    pass_index: int
+    from_loss: bool  # the gradient the loss sent into the model was already NaN/Inf
+    origin: Any = None  # the graph's NonfiniteGradient (node, input, value, reason)
+    graph: Any = None  # the replayed pass's gradscope Graph, for Graph.around()
+    note: str | None = None  # why nothing was found
+
+
+@dataclass
+class ForwardRecord:
+    """One outermost module call (a forward pass), resolved."""
+
+    index: int
+    root: str  # the path of the outermost module called ("" for the model itself)
+    grad_enabled: bool
+    called: frozenset[str]
+    no_grad: frozenset[str]  # modules called while autograd was off
+    origin: ForwardOrigin | None
+    output_finite: bool
+    input_sum: float | None = None  # the sum of the model's first input: tells batches apart
+    passes: list[int] = field(default_factory=list)  # backward passes that followed it
+
+
+class _Live:
+    """The forward pass in progress."""
+
+    __slots__ = (
+        "called",
+        "events",
+        "grad_enabled",
+        "held",
+        "index",
+        "no_grad",
+        "root",
+        "seen",
+        "sums",
+    )
+
+    def __init__(self, index: int, root: int, grad_enabled: bool, held: Held | None) -> None:
+        self.index = index
+        self.root = root
+        self.grad_enabled = grad_enabled
+        self.held = held  # what a replay needs, while one may still be needed
+        self.events: list[tuple[int, int, int]] = []  # (owner, module, _IN | _OUT)
+        self.sums: list[torch.Tensor] = []
+        self.seen: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}
+        self.called: list[int] = []
+        self.no_grad: list[int] = []
+
+
+class _Pending:
+    """One finished forward pass whose sums are still tensors (read when first needed)."""
+
+    __slots__ = (
+        "called",
+        "event",
+        "events",
+        "grad_enabled",
+        "held",
+        "host",
+        "index",
+        "no_grad",
+        "passes",
+        "root",
+    )
+
+    def __init__(self, live: _Live, stacked: torch.Tensor | None) -> None:
+        self.index, self.root, self.grad_enabled = live.index, live.root, live.grad_enabled
+        self.events, self.called, self.no_grad = live.events, live.called, live.no_grad
+        self.held = live.held
+        self.passes: list[int] = []  # backward passes that followed it, while it waits
+        self.event: Any = None
+        self.host = stacked
+        if stacked is not None:
+            # A fresh HostCopy per pass: several passes may wait unread (forward passes before
+            # one backward), so a reused buffer could be overwritten before it is read.
+            self.host, self.event = host_copy_for(stacked.device)(stacked)
+
+    def ready(self) -> bool:
+        """The sums have arrived (an event that cannot be asked waits for :meth:`values`)."""
+        if self.event is None:
+            return True
+        query = getattr(self.event, "query", None)
+        return bool(query()) if query is not None else False
+
+    def values(self) -> list[float]:
+        if self.host is None:
+            return []
+        if self.event is not None:
+            self.event.synchronize()
+        values: list[float] = self.host.tolist()
+        return values
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Floating tensors in a module's inputs or output: tensors, tuples, lists, dicts."""
+    todo = [value]
+    seen = 0
+    while todo and seen < _FLATTEN_LIMIT:
+        item = todo.pop()
+        if isinstance(item, torch.Tensor):
+            seen += 1
+            if (item.is_floating_point() or item.is_complex()) and item.layout == torch.strided:
+                yield item
+        elif isinstance(item, (tuple, list)):
+            todo.extend(reversed(item))
+        elif isinstance(item, Mapping):
+            todo.extend(reversed(list(item.values())))
+
+
+def _sum(t: torch.Tensor) -> torch.Tensor:
+    """A float32 0-d tensor that is NaN/Inf when ``t`` holds a NaN/Inf (one pass, on device)."""
+    values = t.detach()
+    if values.is_complex():
+        values = torch.view_as_real(values)
+    if values.dtype == torch.float64:
+        total = values.sum()
+        return (total - total).float()  # 0 or NaN: a float64 sum never overflows float32 inputs
+    return values.sum(dtype=torch.float32)
+
+
+class ForwardMonitor:
+    """Hooks on every module of ``root``; one :class:`ForwardRecord` per forward pass.
+
+    Hooks hold the monitor weakly and their errors go to ``errors`` (the watch's list), never
+    into the user's forward pass.
+    """
+
+    def __init__(
+        self, root: nn.Module, errors: list[BaseException], history: int | None = 1000
+    ) -> None:
+        self.errors = errors
+        named = list(root.named_modules())
+        self.paths = [path for path, _ in named]
+        # Strong references, like the watch's recorder holds the model; dropped on close.
+        self._modules: list[nn.Module] = [m for _, m in named]
+        self.records: deque[ForwardRecord] = deque(maxlen=history)
+        self.first_bad: ForwardRecord | None = None  # kept when history moves past it
+        self.bad_count = 0
+        self.forwards = 0
+        self.order: list[str] = []  # module paths in first-call order
+        self._ordered: set[int] = set()
+        self._live: _Live | None = None
+        self._stack: list[int] = []
+        self._pending: list[_Pending] = []
+        self._unpaired: list[ForwardRecord] = []  # forwards since the last backward pass
+        self._unpaired_pending: list[_Pending] = []  # the same, their sums not read yet
+        self._last_held: Held | None = None
+        self._to_locate: tuple[int, Held, int] | None = None  # the bad pass to replay, when safe
+        self._last_called: frozenset[str] = frozenset()
+        self._replaying = False
+        self._replay_outputs: list[torch.Tensor] = []
+        self._mode: ArmedMode | None = None
+        self.mode = ArmedMode(self)
+        self.located: OpSite | None = None  # the op where the first NaN/Inf was born
+        self.locate_tried = False
+        self.locate_error: str | None = None
+        self.backward: BackwardOrigin | None = None  # where the first NaN gradient was born
+        self.traces: dict[str, CutTrace] = {}
+        self._handles: list[RemovableHandle] = []
+        ref = weakref.ref(self)
+        for k, (_, module) in enumerate(named):
+            self._handles.append(
+                module.register_forward_pre_hook(CopySafe(_pre_hook, ref, k), with_kwargs=True)
+            )
+            self._handles.append(
+                module.register_forward_hook(CopySafe(_post_hook, ref, k), always_call=True)
+            )
+
+    # ----------------------------------------------------------------------------- hooks
+    def _guard(self, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as error:  # never break the user's forward; surfaced via watch.errors
+            self.errors.append(error)
+
+    def _pre(self, k: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        stack = self._stack
+        if self._replaying:
+            stack.append(k)
+            return
+        live = self._live
+        if live is None or not stack:
+            live = self._begin(k, args, kwargs)
+        if k not in self._ordered:
+            self._ordered.add(k)
+            self.order.append(self.paths[k])
+        owner = stack[-1] if stack else -1
+        stack.append(k)
+        live.called.append(k)
+        if not torch.is_grad_enabled():
+            live.no_grad.append(k)
+        for t in _tensors(args):
+            self._check(live, t, owner, k, _IN)
+        if kwargs:
+            for t in _tensors(kwargs):
+                self._check(live, t, owner, k, _IN)
+
+    def _post(self, k: int, output: Any) -> None:
+        stack = self._stack
+        if k not in stack:
+            return
+        while stack[-1] != k:  # an inner call raised and skipped its hook
+            stack.pop()
+        live = self._live
+        if self._replaying or live is None:
+            if self._replaying:
+                self._replay_outputs.extend(t for t in _tensors(output) if t.requires_grad)
+            stack.pop()
+            return
+        for t in _tensors(output):
+            self._check(live, t, k, k, _OUT)
+        mode = self._mode
+        if mode is not None:
+            mode.left(k, output, outermost=len(stack) == 1)
+        stack.pop()
+        if not stack:
+            self._finish(live, output)
+
+    def _check(self, live: _Live, t: torch.Tensor, owner: int, k: int, kind: int) -> None:
+        key = id(t)
+        seen = live.seen.get(key)
+        if seen is not None and seen[0]() is t and seen[1] == t._version:
+            return
+        if t.numel() == 0 or t.device.type == "meta":
+            return
+        mode = self._mode
+        if mode is not None:
+            mode.busy = True
+        try:
+            live.sums.append(_sum(t))
+        finally:
+            if mode is not None:
+                mode.busy = False
+        live.events.append((owner, k, kind))
+        live.seen[key] = (weakref.ref(t), t._version)
+
+    # ----------------------------------------------------------------------------- passes
+    def _holding(self) -> bool:
+        """Whether a forward pass should keep what a replay needs (until both are answered)."""
+        forward_open = self.located is None and not self.locate_tried
+        return forward_open or self.backward is None
+
+    def _begin(self, k: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Live:
+        self._stack.clear()
+        self.resolve(wait=False)
+        self.forwards += 1
+        held = None
+        if self._holding():
+            tensors = list(_tensors((args, kwargs)))
+            held = Held(self._modules[k], args, dict(kwargs), random_states(tensors))
+        self._last_held = None  # the pass that keeps a replay's inputs is this one now
+        live = self._live = _Live(self.forwards, k, torch.is_grad_enabled(), held)
+        if self.mode.armed():
+            self._mode = self.mode
+            self.mode.start()
+        return live
+
+    def _finish(self, live: _Live, output: Any) -> None:
+        self._live = None
+        mode, self._mode = self._mode, None
+        if mode is not None:
+            mode.stop()
+        held = live.held
+        if held is not None:
+            outputs = [t for t in _tensors(output) if t.requires_grad]
+            if outputs:
+                held.hook_outputs(outputs)
+        stacked = None
+        if live.sums:
+            first = live.sums[0].device
+            if all(s.device == first for s in live.sums):
+                stacked = torch.stack(live.sums)
+            else:  # a model split over devices: gather the flags on the first one
+                stacked = torch.stack([s.to(first) for s in live.sums])
+        live.sums = []
+        live.seen = {}
+        # At most one pass in flight, as for the gradient statistics: the sums of the passes
+        # before this one were copied before this pass ran, so waiting for them costs nothing
+        # on a GPU, and what a replay of them needs is not held longer than that.
+        self.resolve(wait=True)
+        pending = _Pending(live, stacked)
+        self._pending.append(pending)
+        self._unpaired_pending.append(pending)
+
+    def resolve(self, wait: bool = True) -> None:
+        """Read the sums of finished forward passes (all of them, or those already arrived)."""
+        while self._pending and (wait or self._pending[0].ready()):
+            pending = self._pending.pop(0)
+            self._store(pending, pending.values())
+            if not self._pending:
+                self._last_held = pending.held
+            pending.held = None
+
+    def _store(self, pending: _Pending, values: list[float]) -> None:
+        origin = None
+        output_finite = True
+        input_sum = values[0] if values and pending.events[0][0] < 0 else None
+        for (owner, k, kind), value in zip(pending.events, values, strict=True):
+            if math.isfinite(value):
+                continue
+            if origin is None:
+                if kind == _IN and owner < 0:
+                    origin = ForwardOrigin(self.paths[k], "input")
+                elif kind == _IN:
+                    origin = ForwardOrigin(self.paths[owner], "before", self.paths[k])
+                else:
+                    origin = ForwardOrigin(self.paths[k], "output")
+            if kind == _OUT and k == pending.root:
+                output_finite = False
+        called = frozenset(self.paths[k] for k in pending.called)
+        if called == self._last_called:
+            called = self._last_called  # one shared set for the usual identical passes
+        self._last_called = called
+        record = ForwardRecord(
+            index=pending.index,
+            root=self.paths[pending.root],
+            grad_enabled=pending.grad_enabled,
+            called=called,
+            no_grad=frozenset(self.paths[k] for k in pending.no_grad),
+            origin=origin,
+            output_finite=output_finite,
+            input_sum=input_sum,
+            passes=pending.passes,
+        )
+        self.records.append(record)
+        if pending in self._unpaired_pending:  # no backward pass since: pair it with the next
+            self._unpaired_pending.remove(pending)
+            self._unpaired.append(record)
+        if origin is not None:
+            self.bad_count += 1
+            if self.first_bad is None:
+                self.first_bad = record
+            if (
+                origin.where != "input"
+                and self.located is None
+                and not self.locate_tried
+                and self._to_locate is None
+                and pending.held is not None
+            ):
+                self._to_locate = (pending.index, pending.held, self.paths.index(origin.module))
+
+    def _locate_when_safe(self) -> None:
+        """Replay the first bad pass once no forward pass waits for its backward.
+
+        A replay restores buffers in place: done while a forward pass's graph is still live it
+        could break that graph's backward, so it waits for the end of a backward pass (or a read
+        with every forward pass answered): on a CPU the end of the bad pass's own backward.
+        """
+        if self._to_locate is None or self._unpaired or self._unpaired_pending or self._live:
+            return
+        index, held, target = self._to_locate
+        self._to_locate = None
+        self._locate(index, held, target)
+
+    def _locate(self, index: int, held: Held, target: int) -> None:
+        """Run forward pass ``index`` again, checking each op of ``target``'s own code."""
+        self.mode.arm_locate(target)
+        self._mode = self.mode
+        self.mode.start(replay=index)
+        try:
+            replay(self, held, lambda: held.module(*held.args, **held.kwargs), grad=False)
+        except Exception as error:  # the model itself refused (it asserts finite values?)
+            self.locate_error = f"{type(error).__name__}: {error}"
+        finally:
+            self.mode.stop()
+            self._mode = None
+
+    # ----------------------------------------------------------------------------- backward
+    def after_backward(
+        self,
+        index: int,
+        missing: list[str],
+        nonfinite: bool | None,
+        params: Mapping[str, torch.Tensor],
+        wait: bool,
+    ) -> list[ForwardRecord]:
+        """Pair the forward passes since the last backward with pass ``index``; arm the tracer
+        for parameters that got no gradient; find where a NaN/Inf gradient was born from a
+        finite forward pass (``nonfinite``: None when it is not known yet, on a GPU)."""
+        # A NaN/Inf gradient is rare: then wait for the forward sums of this pass (on a GPU
+        # they may still be on their way), to tell a forward origin from a backward one.
+        self.resolve(wait=wait or bool(nonfinite))
+        # A pass under no_grad made no graph: it cannot be part of this backward pass.
+        paired = [r for r in self._unpaired if r.grad_enabled]
+        self._unpaired = []
+        for record in paired:
+            record.passes.append(index)
+        for pending in self._unpaired_pending:  # read later: their records take the list
+            if pending.grad_enabled:
+                pending.passes.append(index)
+        self._unpaired_pending = []
+        self._locate_when_safe()
+        if missing:
+            self.mode.arm_trace({n: params[n] for n in missing if n not in self.traces})
+        ready = not self._pending  # on a GPU the sums may still be on their way
+        if nonfinite and ready and self.backward is None and paired and self.first_bad is None:
+            held = self._last_held
+            if held is not None and paired[-1].grad_enabled:
+                self._find_backward(index, held)
+        return paired
+
+    def _find_backward(self, index: int, held: Held) -> None:
+        from .._errors import GradscopeError
+        from .._graph.build import graph
+
+        finite = held.loss_gradient_finite()
+        if finite is None:
+            self.backward = BackwardOrigin(index, False, note="no gradient reached the outputs")
+            return
+        if not finite:
+            self.backward = BackwardOrigin(index, True)
+            return
+        found: dict[str, Any] = {}
+
+        def run() -> None:
+            self._replay_outputs = []
+            out = held.module(*held.args, **held.kwargs)
+            outputs = [t for t in _tensors(out) if t.requires_grad]
+            inner = [t for t in self._replay_outputs if not any(t is o for o in outputs)]
+            grads = [held.output_grads.get(k) for k in range(len(outputs))]
+            pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if g is not None]
+            if not pairs:
+                return
+            g = graph(*[o for o, _ in pairs], params=held.module, grads=True, saved=False)
+            torch.autograd.grad(
+                [o for o, _ in pairs],
+                inner or [o for o, _ in pairs],
+                [g_ for _, g_ in pairs],
+                allow_unused=True,
+            )
+            found["graph"] = g
+
+        try:
+            replay(self, held, run, grad=True)
+        except Exception as error:  # the replay failed: say so in the finding
+            self.backward = BackwardOrigin(index, False, note=f"{type(error).__name__}: {error}")
+            return
+        finally:
+            self._replay_outputs = []
+        g = found.get("graph")
+        origin = None
+        if g is not None:
+            try:
+                origins = g.nonfinite_origins
+            except GradscopeError:
+                origins = ()
+            origin = origins[0] if origins else None
+        note = None if origin is not None else "running the pass again gave finite gradients"
+        self.backward = BackwardOrigin(index, False, origin, g, note)
+
+    def settle(self) -> None:
+        """Read every pass's sums and, when it is safe, replay the first bad pass."""
+        self.resolve(wait=True)
+        self._locate_when_safe()
+
+    def close(self) -> None:
+        if self._handles:  # the replay needs the module hooks
+            self._guard(self.settle)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self._mode is not None:
+            self._mode.stop()
+            self._mode = None
+        self.resolve(wait=True)
+        self._to_locate = None
+        for pending in self._pending:
+            pending.held = None
+        self._live = None
+        self._last_held = None
+        self._modules = []
+        self.mode.arm_trace({})
+
+
+# Module hooks are CopySafe (see gradscope._hooks): a deepcopy, pickle or torch.save of the
+# watched model carries inert hooks, not these (which would report into this watch).
+def _pre_hook(
+    ref: weakref.ref[ForwardMonitor],
+    k: int,
+    module: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    monitor = ref()
+    if monitor is not None:
+        monitor._guard(monitor._pre, k, args, kwargs)
+
+
+def _post_hook(
+    ref: weakref.ref[ForwardMonitor], k: int, module: nn.Module, args: tuple[Any, ...], output: Any
+) -> None:
+    monitor = ref()
+    if monitor is not None:
+        monitor._guard(monitor._post, k, output)

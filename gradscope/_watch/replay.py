@@ -1,0 +1,110 @@
+"""Run one forward pass again to see where a NaN/Inf was born: once, the first time.
+
+By the time anyone reads a training run, the first NaN has usually been applied to the weights
+and every later pass is NaN from its first layer: the place it was born can only be seen in the
+pass where it appeared. So the forward monitor keeps, for the newest forward pass, its inputs,
+the random generators' states and (through a hook on each output) the gradient the loss sent
+back into the model, until the first problem has been looked at. When that pass ends badly, and
+before the optimizer steps, the pass is run again with the same inputs, random state and
+buffers:
+
+- a NaN/Inf born in **forward**: under ``torch.no_grad()``, with :mod:`.tracer` checking each op
+  of the module whose own code made it;
+- a NaN/Inf born in **backward** from finite values: with autograd on, the graph captured by
+  :func:`gradscope.graph` (``grads=True``), and ``torch.autograd.grad`` from the outputs with
+  the gradients the loss sent, for every module output (never for the parameters, so ``.grad``
+  and the watch's records are not touched); the graph names the node (``first_nonfinite``);
+- when the gradient the loss sent back is itself NaN/Inf, the loss is where it starts: nothing
+  is run again.
+
+Buffers (BatchNorm statistics) and random states are restored afterwards. The model's own
+forward hooks run once more during a replay.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .forward import ForwardMonitor
+
+__all__ = ["Held", "random_states", "replay"]
+
+RandomStates = tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]
+
+
+def random_states(tensors: list[torch.Tensor]) -> RandomStates:
+    """The CPU generator's state, and the CUDA generators' of the devices ``tensors`` are on."""
+    devices = sorted({t.device.index or 0 for t in tensors if t.is_cuda})
+    return torch.get_rng_state(), [(d, torch.cuda.get_rng_state(d)) for d in devices]
+
+
+def _set_random_states(states: RandomStates) -> None:
+    cpu, cuda = states
+    torch.set_rng_state(cpu)
+    for device, state in cuda:
+        torch.cuda.set_rng_state(state, device)
+
+
+@dataclass
+class Held:
+    """What one forward pass keeps so that it can be run again."""
+
+    module: nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    states: RandomStates
+    output_grads: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def hook_outputs(self, outputs: list[torch.Tensor]) -> None:
+        """Keep the gradient that reaches each output (by position among those needing grad)."""
+        ref = weakref.ref(self)
+        for k, t in enumerate(outputs):
+            t.register_hook(_keep(ref, k))  # type: ignore[no-untyped-call]
+
+    def loss_gradient_finite(self) -> bool | None:
+        """Whether the gradient the loss sent into the model was finite (None: none came)."""
+        if not self.output_grads:
+            return None
+        return all(bool(torch.isfinite(g).all()) for g in self.output_grads.values())
+
+
+def _keep(ref: weakref.ref[Held], k: int) -> Callable[[torch.Tensor], None]:
+    def hook(grad: torch.Tensor) -> None:
+        held = ref()
+        if held is not None:
+            held.output_grads[k] = grad.detach()
+
+    return hook
+
+
+def replay(
+    monitor: ForwardMonitor,
+    held: Held,
+    run: Callable[[], Any],
+    *,
+    grad: bool,
+) -> None:
+    """Call ``run`` with ``held``'s random state, then restore buffers and random states."""
+    buffers = [(b, b.detach().clone()) for b in held.module.buffers()]
+    tensors = [t for t in (*held.args, *held.kwargs.values()) if isinstance(t, torch.Tensor)]
+    current = random_states(tensors)
+    _set_random_states(held.states)
+    monitor._replaying = True
+    monitor._stack.clear()
+    try:
+        with torch.set_grad_enabled(grad):
+            run()
+    finally:
+        monitor._replaying = False
+        monitor._stack.clear()
+        _set_random_states(current)
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)

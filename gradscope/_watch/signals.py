@@ -1,0 +1,107 @@
+"""Per-pass signals for the diagnosis, kept on the device and read when diagnosed.
+
+- **Dead units.** A unit (an output feature or channel) whose bias, or whose normalisation
+  layer's weight and bias, gets exactly zero gradient pass after pass never activates: a dead
+  ReLU. For every 1-D parameter the watch keeps, per element, how many consecutive passes its
+  gradient was exactly zero: one concatenation and two element-wise ops per pass over the small
+  1-D gradients, no host transfer.
+- **Was ``.grad`` cleared?** When ``.grad`` already held something as a pass started, the watch
+  snapshots it (the record's *before*); a sampled norm of that snapshot (see
+  :mod:`.sampling`) says whether it was zero, so the diagnosis can tell gradient accumulation
+  (``.grad`` kept on purpose between steps) from a forgotten ``zero_grad()``. Passes whose
+  ``.grad`` was None at the start (``zero_grad()``'s default) cost nothing here.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from .records import BackwardRecord
+from .sampling import sample
+
+__all__ = ["Carried", "PassSignals"]
+
+
+@dataclass
+class Carried:
+    """One pass's parameters whose ``.grad`` held a value as the pass started."""
+
+    index: int
+    names: tuple[str, ...]
+    _norms: torch.Tensor | None = None
+    _values: list[float] | None = field(default=None, repr=False)
+
+    @property
+    def norms(self) -> list[float]:
+        """Sampled norm of each ``.grad`` as the pass started (0.0: it had been zeroed)."""
+        if self._values is None:
+            self._values = self._norms.tolist() if self._norms is not None else []
+            self._norms = None
+        return self._values
+
+
+class PassSignals:
+    """Updated by the watch at the end of every recorded backward pass."""
+
+    def __init__(self, history: int | None = 1000) -> None:
+        self.carried: deque[Carried] = deque(maxlen=history)
+        self.layout: tuple[tuple[str, int], ...] = ()
+        self.streak_passes = 0  # passes the zero-gradient streaks have been counted over
+        self._streak: torch.Tensor | None = None
+
+    def on_pass(self, record: BackwardRecord, params: Mapping[str, torch.Tensor]) -> None:
+        self._carried(record)
+        self._units(record, params)
+
+    def _carried(self, record: BackwardRecord) -> None:
+        names, befores = [], []
+        for name, grad in record.grads.items():
+            before = grad._before
+            if before is not None and grad.accumulated:
+                names.append(name)
+                befores.append(sample(before.detach()))
+        if not names:
+            return
+        if all(b.dtype == befores[0].dtype and b.device == befores[0].device for b in befores):
+            norms = torch.stack(torch._foreach_norm(befores, 2))
+        else:
+            norms = torch.stack([torch.linalg.vector_norm(b.double()).cpu() for b in befores])
+        self.carried.append(Carried(record.index, tuple(names), norms))
+
+    def _units(self, record: BackwardRecord, params: Mapping[str, torch.Tensor]) -> None:
+        grads: list[torch.Tensor] = []
+        layout: list[tuple[str, int]] = []
+        for name in record.grads:
+            p = params.get(name)
+            if p is None or p.dim() != 1 or p.grad is None or p.grad.layout != torch.strided:
+                continue
+            grads.append(p.grad.detach())
+            layout.append((name, p.numel()))
+        if not grads:
+            return
+        if len({(g.device, g.dtype) for g in grads}) > 1:
+            grads = [g.float().cpu() for g in grads]
+        zero = torch.cat(grads) == 0
+        key = tuple(layout)
+        if key != self.layout or self._streak is None or self._streak.device != zero.device:
+            self.layout = key
+            self._streak = torch.zeros(zero.shape, dtype=torch.int32, device=zero.device)
+            self.streak_passes = 0
+        self._streak = (self._streak + 1) * zero
+        self.streak_passes += 1
+
+    def streaks(self) -> dict[str, list[int]]:
+        """Per 1-D parameter, each element's count of consecutive zero-gradient passes."""
+        if self._streak is None:
+            return {}
+        values: list[int] = self._streak.tolist()
+        out: dict[str, list[int]] = {}
+        start = 0
+        for name, size in self.layout:
+            out[name] = values[start : start + size]
+            start += size
+        return out
