@@ -68,6 +68,7 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]] = {
 CONFIGS: dict[str, dict[str, object] | None] = {
     "baseline": None,
     "watch()": {},
+    "watch(check_forward=False)": {"check_forward": False},
     'watch(keep="none")': {"keep": "none"},
     "watch(copy=True)": {"copy": True},
     "watch(tag_modules=False)": {"tag_modules": False},
