@@ -26,7 +26,9 @@ import gradscope  # noqa: E402
 
 def _png(svg: str, out: Path) -> None:
     """Screenshot the SVG at its natural size in headless chromium."""
-    width, height = (float(v) for v in re.search(r'width="([\d.]+)pt" height="([\d.]+)pt"', svg).groups())  # type: ignore[union-attr]
+    size = re.search(r'width="([\d.]+)pt" height="([\d.]+)pt"', svg)
+    assert size is not None, "an SVG from Graphviz states its size in pt"
+    width, height = (float(v) for v in size.groups())
     px_w, px_h = int(width * 4 / 3) + 2, int(height * 4 / 3) + 2
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -34,11 +36,23 @@ def _png(svg: str, out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         page = Path(tmp, "page.html")
         Path(tmp, "g.svg").write_text(svg)
-        page.write_text('<html><body style="margin:0;background:#fff"><img src="g.svg"></body></html>')
+        page.write_text(
+            '<html><body style="margin:0;background:#fff"><img src="g.svg"></body></html>'
+        )
         subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             f"--screenshot={out}", f"--window-size={px_w},{px_h}", page.as_uri()],
-            check=True, capture_output=True, timeout=120,
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--screenshot={out}",
+                f"--window-size={px_w},{px_h}",
+                page.as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
 
 

@@ -18,7 +18,7 @@ from torch import nn, optim
 from .._errors import GradscopeError
 from .._files import staged_dir
 from .._graph.build import graph
-from .._graph.graph import Graph
+from .._graph.graph import DEFAULT_MAX_NODES, Graph
 from .._lenet import LeNet
 from .._naming import named_parameters
 from .._optim.check import check_step
@@ -26,11 +26,22 @@ from .._report.html import write_report
 from .._watch.watch import Watch, watch
 from .progress import Progress
 
-__all__ = ["DEFAULT_STEPS", "run_demo"]
+__all__ = ["DEFAULT_STEPS", "FILES", "run_demo"]
 
 DEFAULT_STEPS = 40
 LEARNING_RATE = 0.01
 REPORT, SUMMARY, GRAPH_STEM = "report.html", "summary.txt", "backward-graph"
+# What the graph file shows, said the same way in step 5 and in the file list.
+GRAPH_SHOWS = "each node coloured by the gradient norm that flowed through it"
+# The files the demo leaves, with what each holds: the file list at the end and `--help`.
+FILES = {
+    GRAPH_STEM + ".svg": f"the backward graph of step 5, {GRAPH_SHOWS}",
+    REPORT: (
+        "open it in a browser: per-parameter table, gradient flow, norms over the passes, "
+        "the last pass's backward graph"
+    ),
+    SUMMARY: "what the demo printed, then the last pass's table",
+}
 
 
 @dataclass
@@ -92,6 +103,8 @@ _OP_NAMES = {
     "MaxPool2DWithIndices": "maxpool2d",
     "Addmm": "linear",
     "MseLoss": "MSELoss",
+    # The tutorial's LeNet calls torch.flatten(x, 1), which autograd records as a view.
+    "View": "flatten",
 }
 
 
@@ -316,13 +329,15 @@ def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int,
         f".after equals net.conv1.bias.grad: {same} (norm {grad.stats.norm:.4g}).",
         2,
     )
-    flows = [e.grad_norm for e in g.edges if e.grad_norm is not None]
+    flows = [n.grad_norm for n in g.nodes if n.grad_norm is not None]
     span = f" (from {min(flows):.2g} to {max(flows):.2g})" if flows else ""
     if no_svg is None:
+        drawn = len(g._dot(None, DEFAULT_MAX_NODES, True).drawn)  # as the picture's title
         say(
             f"The graph from step 4 recorded that backward pass: {graph_file.name} draws its "
-            f"{len(g)} nodes with the gradient norm on every edge{span} and each parameter "
-            "named at the node that reads it.",
+            f"{len(g)} nodes as {drawn} boxes (each AccumulateGrad folded into the op that uses "
+            f"its parameter, which is named there, and views into their edges), "
+            f"{GRAPH_SHOWS}{span}.",
             2,
         )
     else:
@@ -355,12 +370,13 @@ def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int,
     write_report(w, stage / REPORT, graph=last_graph)
     n.say()
     n.say(f"Files in {out}/:")
-    say(f"{graph_file.name:<22} the backward graph of step 5, gradient norms on every node", 2)
-    say(
-        f"{REPORT:<22} open it in a browser: per-parameter table, gradient flow, norms over the "
-        "passes, the last pass's backward graph",
-        2,
-    )
-    say(f"{SUMMARY:<22} this text and the last pass's table", 2)
+    listed = {graph_file.name: FILES[GRAPH_STEM + ".svg"], REPORT: FILES[REPORT]}
+    if no_svg is not None:
+        listed[graph_file.name] = "the backward graph of step 5 as DOT source (see step 5)"
+    for name, what in listed.items():
+        say(f"{name:<22} {what}", 2)
+    # summary.txt holds the narration up to here: the line about itself goes to the stream only.
+    narration = list(n.lines)
+    say(f"{SUMMARY:<22} {FILES[SUMMARY]}", 2)
     summary = str(w.summary(final))
-    (stage / SUMMARY).write_text("\n".join([*n.lines, "", summary, ""]), encoding="utf-8")
+    (stage / SUMMARY).write_text("\n".join([*narration, "", summary, ""]), encoding="utf-8")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from .._errors import GradscopeError
-from .demo import DEFAULT_STEPS, run_demo
+from .demo import DEFAULT_STEPS, FILES, run_demo
 from .progress import Progress
 from .target import DTYPES as DTYPE_NAMES
 from .target import LOSSES
@@ -62,6 +63,7 @@ def _shape(text: str) -> tuple[int, ...]:
 def _cmd_graph(args: argparse.Namespace) -> int:
     from .._files import atomic_write
     from .._graph.build import graph
+    from .._graph.graph import DEFAULT_MAX_NODES
     from .._graph.module_tags import install_module_tagging
     from .target import DTYPES, build_model, make_inputs, to_loss
 
@@ -110,6 +112,10 @@ def _cmd_graph(args: argparse.Namespace) -> int:
         data, notes = drawn.data, drawn.notes
     atomic_write(out, data)
     extra = ", gradient norms on the edges" if args.grads else ""
+    if not focus:  # say what the picture holds, not only what was walked: its title's count
+        boxes = len(g._dot(args.depth, DEFAULT_MAX_NODES, True).drawn)
+        how = "" if args.depth is None else f": modules collapsed at depth {args.depth}"
+        extra = f" ({boxes} drawn{how})" + extra
     print(f"wrote {out}: backward graph of {type(model).__name__}, {whole} nodes{focus}{extra}")
     for note in notes:
         print(f"  note: {note}")
@@ -155,11 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run PyTorch's LeNet tutorial step by step and write a report",
-        description=(
+        description=textwrap.fill(
             "Runs the 'Neural Networks' part of PyTorch's 60-minute introduction on its LeNet, "
-            "explaining what each step shows about the gradients, then writes report.html and "
-            "summary.txt into --out."
+            "explaining what each step shows about the gradients, then writes these files into "
+            "--out:",
+            78,
+        )
+        + "".join(
+            "\n"
+            + textwrap.fill(what, 78, initial_indent=f"  {name:<19} ", subsequent_indent=" " * 22)
+            for name, what in FILES.items()
         ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
         "--out",
@@ -203,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_shape,
         metavar="SHAPE",
-        help="shape of one input, e.g. 1,1,32,32; repeat for several inputs",
+        help="shape of one input, e.g. 1,1,32,32 (or 1x1x32x32); repeat for several inputs",
     )
     draw.add_argument(
         "--dtype",

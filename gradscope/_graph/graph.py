@@ -61,10 +61,12 @@ class Graph:
 
     @property
     def edges(self) -> tuple[GraphEdge, ...]:
+        """Every edge, as plain data: from a node to the node that receives its gradient."""
         return self._data().edges
 
     @property
     def roots(self) -> tuple[GraphNode, ...]:
+        """The nodes backward starts from (the loss's ``grad_fn``)."""
         data = self._data()
         return tuple(data.by_id[i] for i in data.roots)
 
@@ -105,6 +107,7 @@ class Graph:
         return data.origins
 
     def node(self, node_id: int) -> GraphNode:
+        """The node with this id."""
         return self._data().by_id[node_id]
 
     def children(self, node: GraphNode | int) -> list[tuple[int, GraphNode]]:
@@ -369,6 +372,7 @@ class Graph:
         timeout: float = 30.0,
         engine: str | None = None,
     ) -> str:
+        """The picture as SVG text (see :meth:`render` for the options)."""
         return self.render(
             "svg", depth=depth, max_nodes=max_nodes, fold=fold, timeout=timeout, engine=engine
         ).decode()

@@ -32,6 +32,7 @@ class StateCheck:
 
     @property
     def failed(self) -> bool:
+        """True when this state entry did not match the reference rule."""
         return self.verdict == FAIL
 
 
@@ -61,6 +62,7 @@ class ParamCheck:
 
     @property
     def failed(self) -> bool:
+        """True when this parameter's step did not match the reference."""
         return self.verdict == FAIL
 
 

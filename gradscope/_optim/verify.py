@@ -131,6 +131,7 @@ class OptimizerVerifier:
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` ran (or the verifier was garbage collected)."""
         return not self._finalizer.alive
 
     @property

@@ -24,7 +24,7 @@ from .._version import __version__
 from .._watch.records import BackwardRecord, GradRecord, names_in
 from .graph_view import GRAPH_CSS, GRAPH_JS, graph_section
 from .plots import PLOT_HINT, LayerFlow, NormSeries, flow_svg, norms_svg
-from .sparkline import fmt_number, sparkline
+from .sparkline import SparkScale, fmt_number, sparkline
 from .summary import Summary
 
 __all__ = ["Reportable", "layer_flow", "norm_series", "render_report", "write_report"]
@@ -91,17 +91,28 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor:
 def layer_flow(record: BackwardRecord, order: Sequence[str] = ()) -> tuple[list[LayerFlow], bool]:
     """Mean and max |grad| per layer (parameters grouped by module) in one pass.
 
-    Returns the layers in the order of their parameters in ``order`` and whether exact means
-    were available: when the pass's tensors were not kept (``keep="none"``, an older pass, or
-    ``.grad`` changed in place after the pass, as ``clip_grad_norm_`` does), the root mean
-    square ``norm / sqrt(numel)`` stands in for the mean and the max is unknown.
+    A layer none of whose parameters received a gradient comes back with ``missing`` set to
+    ``"no gradient"`` or ``"frozen"`` and no values. Returns the layers in the order of their
+    parameters in ``order`` and whether exact means were available: when the pass's tensors
+    were not kept (``keep="none"``, an older pass, or ``.grad`` changed in place after the
+    pass, as ``clip_grad_norm_`` does), the root mean square ``norm / sqrt(numel)`` stands in
+    for the mean and the max is unknown.
     """
     layers: dict[str, list[GradRecord]] = {}
-    for name in _ordered(list(record.grads), order):
-        layers.setdefault(_layer_of(name), []).append(record.grads[name])
+    # Layers none of whose parameters got a gradient are kept, as gaps that say why: a chart
+    # that silently left them out would hide exactly the layer that does not learn.
+    absent = {name: "no gradient" for name in record.missing}
+    absent.update((name, "frozen") for name in record.frozen)
+    for name in _ordered([*record.grads, *(n for n in absent if n not in record.grads)], order):
+        grad = record.grads.get(name)
+        layers.setdefault(_layer_of(name), []).extend([grad] if grad is not None else [])
     flows = []
     exact = True
     for layer, grads in layers.items():
+        if not grads:
+            why = {absent[n] for n in absent if _layer_of(n) == layer}
+            flows.append(LayerFlow(layer, None, None, missing=" / ".join(sorted(why))))
+            continue
         tensors = [_tensor_of(g) for g in grads]
         if any(t is None for t in tensors):
             exact = False
@@ -188,7 +199,8 @@ background:var(--soft);border:1px solid var(--line)}
 .flag.bad{color:#fff;background:var(--bad);border-color:var(--bad)}
 .spark polyline{fill:none;stroke:var(--accent);stroke-width:1.3}
 .spark circle{fill:var(--accent)}.spark circle.bad{fill:var(--bad)}
-.chart svg,.graph svg{max-width:100%;height:auto}
+.scale{font-weight:normal;font-size:11px;color:var(--muted)}
+.chart svg{width:100%;height:auto}.graph svg{max-width:100%;height:auto}
 .graph{overflow:auto;border:1px solid var(--line);padding:8px;max-height:900px}
 .note-box{padding:10px 12px;background:var(--soft);border:1px dashed var(--line)}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;background:var(--soft);
@@ -247,6 +259,7 @@ def _table(summary: Summary, series: dict[str, NormSeries], record: BackwardReco
         "flags",
         "norm over passes",
     ]
+    scale = SparkScale.of(list(series.values()))  # one scale for every row: heights compare
     rows = []
     for row in summary.rows:
         flags = []
@@ -278,12 +291,17 @@ def _table(summary: Summary, series: dict[str, NormSeries], record: BackwardReco
                 "–" if nonfinite is None else str(nonfinite), -1 if nonfinite is None else nonfinite
             ),
             _cell(" ".join(flags), len(flags), "note"),
-            _cell(sparkline(series.get(row.name)), 0),
+            _cell(sparkline(series.get(row.name), scale), 0),
         ]
         rows.append(f'<tr class="{classes}">' + "".join(cells) + "</tr>")
     header = "".join(
-        f'<th class="note">{h}</th>' if h == "flags" else f"<th>{h}</th>" for h in head
+        f'<th class="note">{h}</th>' if h == "flags" else f"<th>{h}</th>" for h in head[:-1]
     )
+    header += (
+        f'<th title="every row on the same scale, a faint line per power of 10">{head[-1]}'
+        f'<br><span class="scale">{html.escape(scale.caption)}</span></th>'
+    )
+
     return (
         '<input id="filter" type="search" placeholder="filter parameters" '
         'aria-label="filter parameters">'

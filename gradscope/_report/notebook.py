@@ -17,7 +17,7 @@ from .._optim.step_report import FAIL, StateCheck, StepReport
 from .._watch.records import BackwardRecord
 from .html import Reportable, norm_series
 from .plots import NormSeries
-from .sparkline import fmt_number, sparkline
+from .sparkline import SparkScale, fmt_number, sparkline
 from .summary import Summary
 
 __all__ = ["record_html", "step_report_html", "summary_html", "table_html", "watch_html"]
@@ -75,7 +75,8 @@ def summary_html(summary: Summary, series: Sequence[NormSeries] = ()) -> str:
     """The per-parameter table of one pass; ``series`` adds a norm-over-passes sparkline."""
     by_name = {s.name: s for s in series}
     headers = ["parameter", "shape", "norm", "mean", "std", "abs max", "nan", "inf", "zero%"]
-    headers += ["note"] + (["norm over passes"] if by_name else [])
+    scale = SparkScale.of(series)  # one scale for every row: heights compare
+    headers += ["note"] + ([f"norm over passes ({scale.caption})"] if by_name else [])
     rows, styles = [], []
     for row in summary.rows:
         cells = [
@@ -91,7 +92,7 @@ def summary_html(summary: Summary, series: Sequence[NormSeries] = ()) -> str:
             html.escape(row.note),
         ]
         if by_name:
-            cells.append(sparkline(by_name.get(row.name)))
+            cells.append(sparkline(by_name.get(row.name), scale))
         rows.append(cells)
         bad = bool(row.nan) or bool(row.inf)
         styles.append(_BAD_ROW if bad else (_MUTED_ROW if row.norm is None else ""))

@@ -29,6 +29,7 @@ class LayerFlow:
     mean_abs: float | None
     max_abs: float | None
     finite: bool = True
+    missing: str = ""  # why the layer has no bar: "no gradient" or "frozen"; "" when it has one
 
 
 @dataclass(frozen=True)
@@ -68,24 +69,46 @@ def _positive(value: float | None) -> float:
 def flow_svg(layers: Sequence[LayerFlow], title: str) -> str:
     """Bars of mean and max |grad| per layer on a log axis, input side first.
 
+    A layer without a gradient keeps its place on the axis, with no bar and its reason written
+    where the bar would be, in grey.
+
     >>> svg = flow_svg([LayerFlow("fc", 1e-3, 1e-1)], "pass 1")  # doctest: +SKIP
     """
     if not layers:
         raise GradscopeError("flow_svg() needs at least one layer")
     figure = require_matplotlib()
-    fig = figure.Figure(figsize=(max(5.0, 0.7 * len(layers) + 2.0), 3.6))
+    # As wide as the report's column (about 11 inches at 96 dpi), so it is drawn at its size.
+    fig = figure.Figure(figsize=(max(11.0, 0.35 * len(layers) + 2.0), 4.2))
     ax = fig.add_subplot()
     xs = range(len(layers))
-    maxima = [_positive(layer.max_abs) for layer in layers]
-    means = [_positive(layer.mean_abs) for layer in layers]
-    ax.bar(xs, maxima, width=0.8, color="#9ecae1", label="max |grad|", zorder=2)
-    ax.bar(xs, means, width=0.45, color="#08519c", label="mean |grad|", zorder=3)
+    drawn = [(x, layer) for x, layer in zip(xs, layers, strict=True) if not layer.missing]
+    maxima = [_positive(layer.max_abs) for _, layer in drawn]
+    means = [_positive(layer.mean_abs) for _, layer in drawn]
+    bar_xs = [x for x, _ in drawn]
+    ax.bar(bar_xs, maxima, width=0.8, color="#9ecae1", label="max |grad|", zorder=2)
+    ax.bar(bar_xs, means, width=0.45, color="#08519c", label="mean |grad|", zorder=3)
     ax.set_yscale("log")
     shown = [v for v in [*maxima, *means] if v > _LOG_FLOOR]
     if shown:
         ax.set_ylim(min(shown) / 10, max(shown) * 10)
+    else:
+        ax.set_ylim(1e-3, 1e1)
+    ax.set_xlim(-0.6, len(layers) - 0.4)
     for x, layer in zip(xs, layers, strict=True):
-        if not layer.finite:
+        if layer.missing:
+            ax.axvspan(x - 0.4, x + 0.4, color="#eaeef2", zorder=1)
+            ax.text(
+                x,
+                0.5,
+                layer.missing,
+                transform=ax.get_xaxis_transform(),
+                rotation=90,
+                ha="center",
+                va="center",
+                color="#57606a",
+                fontsize=9,
+            )
+        elif not layer.finite:
             ax.annotate(
                 "NaN/Inf",
                 (x, 1.0),
@@ -97,7 +120,9 @@ def flow_svg(layers: Sequence[LayerFlow], title: str) -> str:
             )
     ax.set_xticks(list(xs), [printable(layer.layer) for layer in layers], rotation=45, ha="right")
     for label, layer in zip(ax.get_xticklabels(), layers, strict=True):
-        if not layer.finite:
+        if layer.missing:
+            label.set_color("#57606a")
+        elif not layer.finite:
             label.set_color("#cb181d")
     ax.set_ylabel("|gradient| (log scale)")
     ax.set_title(title, fontsize=10)
@@ -114,7 +139,7 @@ def norms_svg(series: Sequence[NormSeries], title: str) -> str:
     if not series:
         raise GradscopeError("norms_svg() needs at least one parameter")
     figure = require_matplotlib()
-    fig = figure.Figure(figsize=(7.5, 3.8))
+    fig = figure.Figure(figsize=(11.0, 4.2))  # the report's column width, as the flow chart
     ax = fig.add_subplot()
     finite_values = [v for s in series for v in s.norms if math.isfinite(v) and v > 0]
     for s in series:

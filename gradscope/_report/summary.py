@@ -31,6 +31,23 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.3e}"
 
 
+def _finite_part(numel: int, nonfinite: int) -> str:
+    """Says what mean/std/abs max of a NaN/Inf gradient were taken over: its finite elements.
+
+    Without it a row whose finite part is all zero (``0.000e+00``) reads as a contradiction
+    next to a row with no finite element at all (``-``).
+
+    >>> _finite_part(6, 2), _finite_part(6, 6)
+    ('stats over the 4 finite of 6 elements', 'no finite element')
+    """
+    finite = numel - nonfinite
+    return (
+        "no finite element"
+        if finite == 0
+        else f"stats over the {finite} finite of {numel} elements"
+    )
+
+
 def _count(value: int | None) -> str:
     return "-" if value is None else str(value)
 
@@ -67,6 +84,7 @@ class Summary:
             notes = []
             if not stats.finite:
                 notes.append("NON-FINITE")
+                notes.append(_finite_part(stats.numel, stats.nan + stats.inf))
             if not grad.accumulated:
                 notes.append("autograd.grad")
             if grad.aliases:

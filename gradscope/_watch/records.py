@@ -101,14 +101,17 @@ class GradRecord:
 
     @property
     def before(self) -> torch.Tensor | None:
+        """``.grad`` as it was when this pass started (None: there was none)."""
         return self._shared(self._before, "before")
 
     @property
     def after(self) -> torch.Tensor | None:
+        """``.grad`` when this pass ended: ``before`` plus what the pass added."""
         return self._shared(self._after, "after")
 
     @property
     def delta(self) -> torch.Tensor | None:
+        """What this pass added to ``.grad`` (``after - before``)."""
         return self._shared(self._delta, "delta")
 
     @property

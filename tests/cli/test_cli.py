@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -117,7 +118,8 @@ def test_graph_of_a_module_factory(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     torch.manual_seed(0)
     expected = plain_walk_count(gradscope.LeNet()(torch.randn(1, 1, 32, 32)).sum())
-    assert f"backward graph of LeNet, {expected} nodes, gradient norms" in done.stdout
+    assert f"backward graph of LeNet, {expected} nodes (" in done.stdout
+    assert "drawn), gradient norms on the edges" in done.stdout
     root = ET.parse(tmp_path / "lenet.svg").getroot()
     text = " ".join(t.text or "" for t in root.iter() if t.tag.endswith("text"))
     for name in ("fc3.bias", "conv1.weight", "AddmmBackward0", "|g|"):
@@ -157,11 +159,21 @@ def test_graph_of_a_file_factory_with_two_inputs(
         )
         == 0
     )
-    assert "wrote two.dot: backward graph of Two" in capsys.readouterr().out
+    message = capsys.readouterr().out
+    assert "wrote two.dot: backward graph of Two" in message
     dot = (tmp_path / "two.dot").read_text()
+    assert re.search(r"\((\d+) drawn\)", dot).group(0) in message  # type: ignore[union-attr]
     assert dot.startswith("digraph") and "a.0.weight" in dot and "MseLossBackward0" in dot
+    full = re.search(r"\((\d+) drawn\)", dot)
+    assert full is not None
     assert main(["graph", "two.py:make", *inputs, "--depth", "1", "-o", "one.dot"]) == 0
-    assert "collapsed at depth 1" in (tmp_path / "one.dot").read_text()
+    one = (tmp_path / "one.dot").read_text()
+    assert "collapsed at depth 1" in one
+    # the message says what the picture holds, the same count as the picture's own title
+    drawn = re.search(r"\((\d+) drawn\)", one)
+    assert drawn is not None
+    message = capsys.readouterr().out
+    assert f"({drawn.group(1)} drawn: modules collapsed at depth 1)" in message
     assert main(["graph", "two.py:make", "--input", "2,3", "-o", "x.dot"]) == 1
     assert "forward failed on input shape (2, 3)" in capsys.readouterr().err
     written = sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__")
@@ -220,6 +232,23 @@ def test_graph_bad_input(
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_input_shape_with_x_is_documented_and_means_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--input 8x16` is read as 8,16 on purpose; --help says so, and both draw the same."""
+    graph_help = run("graph", "--help").stdout
+    assert "1x1x32x32" in " ".join(graph_help.split())
+    (tmp_path / "mlp.py").write_text(
+        "from torch import nn\n\ndef make():\n    return nn.Sequential(nn.Linear(16, 4))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["graph", "mlp.py:make", "--input", "8x16", "-o", "x.dot"]) == 0
+    assert main(["graph", "mlp.py:make", "--input", "8,16", "-o", "comma.dot"]) == 0
+    assert (tmp_path / "x.dot").read_text() == (tmp_path / "comma.dot").read_text()
+    x_line, comma_line = capsys.readouterr().out.splitlines()
+    assert x_line.split(":", 1)[1] == comma_line.split(":", 1)[1]
 
 
 ATTENTION_MODEL = (

@@ -15,7 +15,8 @@ from torch import nn, optim
 import gradscope
 import gradscope._cli.demo
 from gradscope import GradscopeError
-from gradscope._cli.demo import LEARNING_RATE, run_demo
+from gradscope._cli.demo import FILES, GRAPH_SHOWS, LEARNING_RATE, run_demo
+from gradscope._cli.main import build_parser
 from gradscope._cli.progress import Progress
 
 
@@ -83,7 +84,8 @@ def test_demo_follows_the_tutorial(demo: tuple[str, Path]) -> None:
     assert losses[-1] < losses[0]
     chain = (
         "input -> conv2d [conv1] -> relu -> maxpool2d -> conv2d [conv2] -> relu -> maxpool2d "
-        "-> view -> linear [fc1] -> relu -> linear [fc2] -> relu -> linear [fc3] -> MSELoss -> loss"
+        "-> flatten -> linear [fc1] -> relu -> linear [fc2] -> relu -> linear [fc3] -> MSELoss "
+        "-> loss"
     )
     assert chain in " ".join(text.split())
     steps = [int(s) for s in re.findall(r"^Step (\d+)\.", text, flags=re.M)]
@@ -181,3 +183,34 @@ def test_without_a_graphviz_renderer_the_demo_keeps_going(
         stream.getvalue().split()
     )
     assert "captured but could not be drawn" in (out / "report.html").read_text()
+
+
+def test_demo_text_agrees_with_the_svg_title(demo: tuple[str, Path]) -> None:
+    """What step 5 says the picture holds is what the picture's own title says."""
+    text, out = demo
+    root = ET.parse(out / "backward-graph.svg").getroot()
+    texts = [t.text or "" for t in root.iter() if t.tag.endswith("text")]
+    title = next(t for t in texts if t.startswith("backward graph:"))
+    found = re.match(r"backward graph: (\d+) nodes, \d+ edges \((\d+) drawn\)", title)
+    assert found, title
+    nodes, drawn = found.groups()
+    flat = " ".join(text.split())
+    assert f"backward-graph.svg draws its {nodes} nodes as {drawn} boxes" in flat
+    # the same words for what the graph shows, in step 5 and in the file list
+    assert flat.count(GRAPH_SHOWS) == 2
+    assert "on every edge" not in flat and "on every node" not in flat
+
+
+def test_every_file_is_listed_once_and_in_help(demo: tuple[str, Path]) -> None:
+    text, out = demo
+    written = sorted(p.name for p in out.iterdir())
+    assert sorted(FILES) == written
+    listing = text[text.index("Files in ") :]
+    for name in written:
+        assert re.search(rf"^  {re.escape(name)}\s", listing, flags=re.M), name
+    demo_help = build_parser()._subparsers._group_actions[0].choices["demo"].format_help()  # type: ignore[union-attr]
+    for name in written:
+        assert name in demo_help, f"gradscope demo --help leaves out {name}"
+    summary = (out / "summary.txt").read_text()
+    assert not re.search(r"^  summary\.txt\s", summary, flags=re.M), "summary.txt lists itself"
+    assert re.search(r"^  report\.html\s", summary, flags=re.M)
