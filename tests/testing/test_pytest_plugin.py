@@ -328,3 +328,70 @@ def test_artifacts_fall_back_to_dot_source_and_say_why(
         svg = folder / "graph.svg"
         svg.write_bytes(gradscope._graph.render.render(source).data)
         assert len(_svg_nodes(svg)) == 4
+
+
+def test_summary_is_the_last_pass_and_each_watch_has_its_own(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        _MODEL
+        + """
+def test_fails(gradscope_watch):
+    first, second = model(), model()
+    w0, w1 = gradscope_watch(first), gradscope_watch(second)
+    for _ in range(3):
+        first(torch.randn(2, 3)).sum().backward()
+    second(torch.ones(2, 3)).sum().backward()
+    assert False
+"""
+    )
+    out = pytester.path / "artifacts"
+    result = pytester.runpytest(f"--gradscope-artifacts={out}")
+    result.assert_outcomes(failed=1)
+    (folder,) = out.iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["watch0-summary.txt", "watch1-summary.txt"]
+    first = (folder / "watch0-summary.txt").read_text()
+    second = (folder / "watch1-summary.txt").read_text()
+    # the summary of the newest pass (3 of 3), not the first one
+    assert first.startswith("gradscope: backward pass 3, 4 parameters")
+    assert second.startswith("gradscope: backward pass 1, 4 parameters")
+    # oracle: with ones as input, the last layer's bias gradient is the batch size, 2
+    (bias_row,) = [line for line in second.splitlines() if line.startswith("2.bias ")]
+    assert "2.000e+00" in bias_row
+    result.stdout.fnmatch_lines([f"saved to {folder}: watch0-summary.txt, watch1-summary.txt"])
+
+
+def test_a_graph_that_cannot_be_saved_leaves_a_note_not_an_internal_error(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        _MODEL
+        + """
+def test_fails(gradscope_watch, monkeypatch):
+    net = model()
+    w = gradscope_watch(net)
+    loss = net(torch.randn(2, 3)).sum()
+    w.graph(loss)
+    loss.backward()
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(type(w.last_graph), "to_svg", broken)
+    monkeypatch.setattr(type(w.last_graph), "to_dot", broken)
+    assert False, "the model is wrong"
+"""
+    )
+    out = pytester.path / "artifacts"
+    result = pytester.runpytest(f"--gradscope-artifacts={out}")
+    result.assert_outcomes(failed=1)
+    assert "INTERNALERROR" not in result.stdout.str()
+    (folder,) = out.iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["graph-error.txt", "summary.txt"]
+    note = (folder / "graph-error.txt").read_text()
+    assert note == "could not save the backward graph: RuntimeError('disk on fire')\n"
+    result.stdout.fnmatch_lines(
+        [
+            "*the model is wrong*",
+            f"saved to {folder}: summary.txt, graph-error.txt "
+            "(could not save the backward graph: disk on fire)",
+        ]
+    )
