@@ -68,6 +68,8 @@ def test_integer_parameters_must_match_exactly() -> None:
 def test_empty_and_non_finite_parameters_give_a_finite_bound() -> None:
     assert tolerance(torch.empty(0), torch.empty(0)) == 0.0
     assert tolerance(torch.tensor([float("inf"), 1.0]), torch.tensor([1.0, 1.0])) == 0.0
+    assert tolerance(torch.tensor([float("nan"), 1.0]), torch.tensor([1.0, 1.0])) == 0.0
+    assert tolerance(torch.tensor([2.0, 1.0]), torch.tensor([float("nan"), 1.0])) == 0.0
 
 
 @settings(max_examples=40, deadline=None)

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch import nn
@@ -87,9 +87,15 @@ def test_grads_finite_lists_every_bad_parameter(
     hnp.arrays(
         np.float32,
         hnp.array_shapes(min_dims=1, max_dims=3, max_side=5),
-        elements=st.floats(width=32, allow_nan=True, allow_infinity=True),
+        # non-finite values often, and several of them: the first one must be told apart
+        elements=st.one_of(
+            st.floats(width=32, allow_nan=False, allow_infinity=False),
+            st.sampled_from([math.nan, math.inf, -math.inf]),
+        ),
     )
 )
+@example(np.array([1.0, math.inf, 2.0, -math.inf], dtype=np.float32))  # Inf only, two of them
+@example(np.array([[0.0, -math.inf], [math.nan, math.inf]], dtype=np.float32))
 def test_grads_finite_counts_agree_with_numpy(values: np.ndarray) -> None:
     p = nn.Parameter(torch.zeros(values.shape))
     p.grad = torch.from_numpy(values.copy())
@@ -104,8 +110,9 @@ def test_grads_finite_counts_agree_with_numpy(values: np.ndarray) -> None:
         int(np.isneginf(values).sum()),
     )
     first = np.unravel_index(int(np.flatnonzero(~np.isfinite(values))[0]), values.shape)
+    where = tuple(int(i) for i in first)
     expected = f"{nan} NaN, {pos} +Inf, {neg} -Inf of {values.size} elements; first at index "
-    assert expected + str(tuple(int(i) for i in first)) in _message(excinfo)
+    assert f"{expected}{where} = {float(values[where])}" in _message(excinfo)
 
 
 def test_grads_finite_needs_a_backward_first(lenet: nn.Module) -> None:
