@@ -3,8 +3,10 @@
 - fixture ``gradscope_watch``: ``w = gradscope_watch(model, **watch_kwargs)``; closed at teardown.
 - ``--gradscope-artifacts DIR``: when a test that used the fixture fails, each watch's summary
   table (and, where ``w.graph(...)`` captured one, the backward graph as SVG, or as DOT source
-  when no Graphviz renderer is installed) is saved under ``DIR/<test id>/`` and the path is
-  printed in the failure report. Nothing is written on success.
+  when no Graphviz renderer is installed) is saved under ``DIR/<test id>-<hash>/`` and the path
+  is printed in the failure report. Nothing is written on success. DIR is checked and made
+  absolute when the session starts, so a test that changes the working directory does not
+  move it, and a DIR that cannot be a folder is a usage error rather than a crash later.
 - marker ``@pytest.mark.gradscope_finite`` (or ``gradscope_finite = true`` in the ini file): the
   test fails if any backward pass recorded by its watches left a NaN or Inf gradient.
 
@@ -14,6 +16,8 @@ torch nor gradscope when it loads (``import torch`` costs seconds); the fixture 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["gradscope_watch"]
 
 _WATCHES = pytest.StashKey[list["Watch"]]()
+_ARTIFACTS = pytest.StashKey["Path | None"]()
 _MARKER = "gradscope_finite"
 
 
@@ -54,6 +59,29 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{_MARKER}: fail the test if a backward pass recorded by a gradscope_watch watch left "
         "a NaN or Inf gradient",
     )
+    config.stash[_ARTIFACTS] = _artifacts_folder(config.getoption("gradscope_artifacts"))
+
+
+def _artifacts_folder(value: str | None) -> Path | None:
+    """``--gradscope-artifacts``, absolute, once checked to be a folder that can be written."""
+    if not value:
+        return None
+    path = Path(os.path.abspath(os.path.expanduser(value)))
+    usage = f"--gradscope-artifacts {value}"
+    if path.exists() and not path.is_dir():
+        raise pytest.UsageError(
+            f"{usage}: {path} is a file, not a folder; pass a folder (created when a test fails)"
+        )
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise pytest.UsageError(
+            f"{usage}: {existing} is a file, so the folder {path} cannot be created under it"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise pytest.UsageError(f"{usage}: cannot write to {existing}, so {path} cannot be made")
+    return path
 
 
 @pytest.fixture
@@ -100,8 +128,10 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 
 
 def _folder_name(nodeid: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_.")
-    return name[:150] or "test"
+    """A readable, filesystem-safe name that is unique per test id (``test_x[a/b]`` and
+    ``test_x[a_b]`` read alike once made safe, so a hash of the id tells them apart)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_.")[:120] or "test"
+    return f"{name}-{hashlib.sha1(nodeid.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def _save(directory: Path, item: pytest.Item, watches: list[Watch]) -> tuple[Path, list[str]]:
@@ -154,11 +184,15 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    directory = item.config.getoption("gradscope_artifacts")
+    directory = item.config.stash.get(_ARTIFACTS, None)
     watches = item.stash.get(_WATCHES, None)
     if report.when == "call" and report.failed and directory and watches:
-        folder, written = _save(Path(directory), item, watches)
-        text = f"saved to {folder}: {', '.join(written)}"
+        try:
+            folder, written = _save(directory, item, watches)
+        except OSError as error:  # the disk filled up, the folder vanished...: say so, go on
+            text = f"could not save under {directory}: {error}"
+        else:
+            text = f"saved to {folder}: {', '.join(written)}"
         addsection = getattr(report.longrepr, "addsection", None)
         if callable(addsection):  # shown right under the traceback
             addsection("gradscope artifacts", text)

@@ -1,7 +1,9 @@
 """Parameter names: unwrap DDP and torch.compile wrappers, resolve tied aliases, suggest names.
 
-Every public function that takes ``params=`` (a module or a name -> tensor mapping) goes through
-:func:`named_parameters` so the same parameter gets the same name everywhere in gradscope.
+Every public function that takes ``params=`` (a module, a name -> tensor mapping, or any
+iterable of tensors or (name, tensor) pairs, such as ``net.parameters()``) goes through
+:func:`named_parameters` so the same parameter gets the same name everywhere in gradscope, and
+through :func:`reject_meta` where it needs values.
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ __all__ = [
     "ParamNames",
     "describe",
     "named_parameters",
+    "reject_meta",
     "suggest",
     "unwrap_module",
 ]
 
-ParamsLike = nn.Module | Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
+ParamsLike = (
+    nn.Module
+    | Mapping[str, torch.Tensor]
+    | Iterable[torch.Tensor]
+    | Iterable[tuple[str, torch.Tensor]]
+)
 
 
 def describe(obj: object) -> str:
@@ -98,11 +106,17 @@ def suggest(name: str, known: Iterable[str]) -> str:
 
 
 def named_parameters(params: ParamsLike, *, argument: str = "params") -> ParamNames:
-    """Resolve ``params`` (a module, a mapping or (name, tensor) pairs) to a :class:`ParamNames`.
+    """Resolve ``params`` to a :class:`ParamNames`.
 
-    >>> names = named_parameters(nn.Linear(2, 1))
-    >>> list(names.params)
+    ``params`` is a module (its parameter names), a mapping of name -> tensor, or an iterable
+    (list, generator such as ``net.parameters()``) of tensors, named by position ``"[0]"``,
+    ``"[1]"``..., or of (name, tensor) pairs such as ``net.named_parameters()``.
+
+    >>> net = nn.Linear(2, 1)
+    >>> list(named_parameters(net).params)
     ['weight', 'bias']
+    >>> list(named_parameters(net.parameters()).params)
+    ['[0]', '[1]']
     """
     if isinstance(params, nn.Module):
         pairs: Iterable[tuple[str, torch.Tensor]] = unwrap_module(params).named_parameters(
@@ -110,14 +124,20 @@ def named_parameters(params: ParamsLike, *, argument: str = "params") -> ParamNa
         )
     elif isinstance(params, Mapping):
         pairs = params.items()
-    elif isinstance(params, torch.Tensor) or not isinstance(params, Iterable):
+        for name in params:
+            if not isinstance(name, str):
+                raise GradscopeError(
+                    f"{argument}= mapping keys are parameter names (str), got {describe(name)}"
+                )
+    elif isinstance(params, (torch.Tensor, str, bytes)) or not isinstance(params, Iterable):
         raise GradscopeError(
-            f"{argument}= takes an nn.Module or a mapping of name -> tensor, "
-            f"not {describe(params)}; pass the model itself (e.g. {argument}=net) "
-            f"or dict(net.named_parameters())"
+            f"{argument}= takes an nn.Module, a mapping of name -> tensor, or an iterable of "
+            f"tensors or (name, tensor) pairs, not {describe(params)}; pass the model itself "
+            f"(e.g. {argument}=net), net.parameters() or dict(net.named_parameters())"
+            + (f", or [{argument}] for a single tensor" if isinstance(params, torch.Tensor) else "")
         )
     else:
-        pairs = params
+        pairs = _pairs(params, argument)
     names = ParamNames()
     by_id: dict[int, str] = {}
     for name, tensor in pairs:
@@ -128,3 +148,42 @@ def named_parameters(params: ParamsLike, *, argument: str = "params") -> ParamNa
         if first == name:
             names.params[name] = tensor
     return names
+
+
+def _pairs(items: Iterable[object], argument: str) -> list[tuple[str, torch.Tensor]]:
+    """Tensors, named by position, or (name, tensor) pairs, from any iterable (read once)."""
+    pairs: list[tuple[str, torch.Tensor]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, torch.Tensor):
+            pairs.append((f"[{i}]", item))
+        elif (
+            isinstance(item, tuple | list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], torch.Tensor)
+        ):
+            pairs.append((item[0], item[1]))
+        else:
+            hint = (
+                "; pass the model itself, or nn.ModuleList([...]) of several modules"
+                if isinstance(item, nn.Module)
+                else ""
+            )
+            raise GradscopeError(
+                f"{argument}= entry {i} is {describe(item)}: an iterable passed as {argument}= "
+                f"must hold tensors or (name, tensor) pairs{hint}"
+            )
+    return pairs
+
+
+def reject_meta(tensors: Mapping[str, torch.Tensor], caller: str, what: str = "parameters") -> None:
+    """Raise when any tensor is on the meta device: it has a shape but no values."""
+    meta = [name for name, tensor in tensors.items() if tensor.is_meta]
+    if meta:
+        shown = ", ".join(meta[:3]) + (f" and {len(meta) - 3} more" if len(meta) > 3 else "")
+        raise GradscopeError(
+            f"{caller}: {len(meta)} of {len(tensors)} {what} are on the meta device "
+            f"({shown}): they have shapes but no values, so there are no gradients to look at; "
+            "materialize the model first (model.to_empty(device='cpu') and initialise it, or "
+            "load a checkpoint), or build it outside torch.device('meta')"
+        )

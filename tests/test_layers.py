@@ -19,6 +19,7 @@ LAYERS = {
     "gradscope._version": 0,
     "gradscope._naming": 1,
     "gradscope._files": 1,
+    "gradscope._hooks": 1,
     "gradscope._lenet": 1,
     "gradscope._text": 1,
     "gradscope._graph": 2,

@@ -47,3 +47,28 @@ def test_unknown_names_and_bad_input_are_explained() -> None:
     with pytest.raises(GradscopeError, match="entry 'x' is int 3"):
         named_parameters({"x": 3})  # type: ignore[dict-item]
     assert describe("a" * 100).endswith("...'") or describe("a" * 100).endswith("...")
+
+
+def test_iterables_of_tensors_are_named_by_position_and_read_once() -> None:
+    net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    assert list(named_parameters(net.parameters()).params) == ["[0]", "[1]", "[2]", "[3]"]
+    params = list(net.parameters())
+    names = named_parameters([*params, params[0]])  # the same tensor twice: one entry
+    assert list(names.params) == ["[0]", "[1]", "[2]", "[3]"] and names.resolve("[4]") == "[0]"
+    pairs = named_parameters(iter(net.named_parameters()))
+    assert list(pairs.params) == [n for n, _ in net.named_parameters()]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ([torch.zeros(2), 3], r"entry 1 is int 3: an iterable passed as params= must hold"),
+        ([nn.Linear(2, 2)], r"entry 0 is Linear.*pass the model itself, or nn.ModuleList"),
+        ([("w", 3)], r"entry 0 is tuple"),
+        ("weight", r"not str 'weight'"),
+        ({1: torch.zeros(2)}, r"mapping keys are parameter names \(str\), got int 1"),
+    ],
+)
+def test_bad_iterables_are_explained(params: object, message: str) -> None:
+    with pytest.raises(GradscopeError, match=message):
+        named_parameters(params)  # type: ignore[arg-type]

@@ -17,9 +17,12 @@ from .._errors import GradscopeError
 from .demo import DEFAULT_STEPS, FILES, run_demo
 from .progress import Progress
 from .target import DTYPES as DTYPE_NAMES
+from .target import INPUT_DTYPES as INPUT_DTYPE_NAMES
 from .target import LOSSES
 
 if TYPE_CHECKING:
+    import torch
+
     from .._graph.graph import Graph
 
 __all__ = ["build_parser", "main"]
@@ -65,7 +68,7 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     from .._graph.build import graph
     from .._graph.graph import DEFAULT_MAX_NODES
     from .._graph.module_tags import install_module_tagging
-    from .target import DTYPES, build_model, make_inputs, to_loss
+    from .target import DTYPES, build_model, check_memory, make_inputs, to_loss, vocab_of
 
     out = Path(args.output)
     if out.suffix.lower() not in _GRAPH_FORMATS:
@@ -88,10 +91,14 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     model = build_model(args.target)
     dtype = DTYPES[args.dtype]
     model.to(dtype)
+    kinds = _input_dtypes(args, dtype)
+    vocab = args.vocab if args.vocab is not None else vocab_of(model)
+    check_memory(args.input, kinds)
+    inputs = make_inputs(args.input, kinds, vocab=vocab)
     # note which module runs each op, so every op lands in its module's cluster
     handles = install_module_tagging(model)
     try:
-        loss = to_loss(model, make_inputs(args.input, dtype), args.loss)
+        loss = to_loss(model, inputs, args.loss)
     finally:
         for handle in handles:
             handle.remove()
@@ -123,6 +130,33 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     if origin is not None:
         print(f"  first non-finite gradient: {origin}")
     return 0
+
+
+def _input_dtypes(args: argparse.Namespace, dtype: torch.dtype) -> list[torch.dtype]:
+    """One dtype per --input: --input-dtype once for all, once per input, or --dtype."""
+    from .target import INPUT_DTYPES
+
+    given = args.input_dtype or []
+    if len(given) > 1 and len(given) != len(args.input):
+        raise GradscopeError(
+            f"--input-dtype was given {len(given)} times for {len(args.input)} --input shapes: "
+            "give it once (for every input) or once per --input, in the same order"
+        )
+    if not given:
+        return [dtype] * len(args.input)
+    if len(given) == 1:
+        given = given * len(args.input)
+    return [INPUT_DTYPES[name] for name in given]
+
+
+def _vocab(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of token ids")
+    return value
 
 
 def _focused(g: Graph, focus: str, radius: int) -> tuple[Graph, str]:
@@ -223,6 +257,22 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(DTYPE_NAMES),
         default="float32",
         help="dtype of the inputs and the model (default: float32)",
+    )
+    draw.add_argument(
+        "--input-dtype",
+        action="append",
+        choices=sorted(INPUT_DTYPE_NAMES),
+        metavar="DTYPE",
+        help="dtype of the inputs (default: --dtype): once for all inputs or once per --input; "
+        "int64/int32 give token ids for embedding models",
+    )
+    draw.add_argument(
+        "--vocab",
+        type=_vocab,
+        default=None,
+        metavar="N",
+        help="integer inputs are drawn from 0 to N-1 (default: the smallest nn.Embedding size "
+        "in the model)",
     )
     draw.add_argument(
         "--loss",

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .._errors import GradscopeError
-from .._naming import describe, named_parameters
+from .._naming import ParamsLike, describe, named_parameters, reject_meta
 from .grad_flow import GradRecorder
 from .graph import Graph
 from .module_tags import install_module_tagging, module_paths
@@ -47,13 +47,14 @@ def _roots(outputs: tuple[Any, ...]) -> list[torch.Tensor]:
 
 def graph(
     *outputs: Any,
-    params: nn.Module | Mapping[str, torch.Tensor] | None = None,
+    params: ParamsLike | None = None,
     grads: bool = False,
     saved: bool = True,
 ) -> Graph:
     """Walk the backward graph behind ``outputs`` (usually the loss).
 
-    ``params`` (a module or a name -> tensor mapping) names the ``AccumulateGrad`` leaves.
+    ``params`` (a module, a name -> tensor mapping, or an iterable of tensors or (name, tensor)
+    pairs such as ``net.parameters()``) names the ``AccumulateGrad`` leaves.
     ``grads=True``, called before ``backward()``, records the gradient through every node.
     Saved tensors (shapes, bytes) are read when first asked for; ``saved=True`` also reads them
     when backward starts (it frees them) if the graph is still alive. ``saved=False`` skips
@@ -82,6 +83,8 @@ def graph(
     if not isinstance(saved, bool):
         raise GradscopeError(f"saved= takes True or False, not {describe(saved)}")
     roots = _roots(outputs)
+    if grads:  # gradients on the meta device have no values to record
+        reject_meta({f"output {k}": t for k, t in enumerate(roots)}, "graph(grads=True)", "outputs")
     names: dict[int, str] = {}
     ptrs: set[int] = set()
     if params is not None:
@@ -128,7 +131,7 @@ def graph(
 def _graph_of_module(
     model: nn.Module,
     inputs: tuple[Any, ...],
-    params: nn.Module | Mapping[str, torch.Tensor] | None,
+    params: ParamsLike | None,
     grads: bool,
     saved: bool,
 ) -> Graph:

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .._hooks import CopySafe
+
 __all__ = ["ModulePaths", "install_module_tagging", "module_path_of", "module_paths"]
 
 _peek = torch._C._autograd._get_sequence_nr
@@ -76,8 +78,9 @@ def install_module_tagging(root: nn.Module) -> list[RemovableHandle]:
     """Hook every submodule of ``root`` (itself included, path ``""``); return the handles."""
     handles: list[RemovableHandle] = []
     for path, module in root.named_modules():
-        handles.append(module.register_forward_pre_hook(_make_pre(path)))
-        handles.append(module.register_forward_hook(_make_post(path), always_call=True))
+        # CopySafe: a deepcopy or pickle of the model carries inert hooks instead of these
+        handles.append(module.register_forward_pre_hook(CopySafe(_pre, path)))
+        handles.append(module.register_forward_hook(CopySafe(_post, path), always_call=True))
     return handles
 
 
@@ -120,32 +123,26 @@ def module_paths() -> ModulePaths:
     return ModulePaths(list(_CALLS.history), list(_CALLS.starts))
 
 
-def _make_pre(path: str) -> Any:
-    def pre(module: nn.Module, args: Any) -> None:
-        _CALLS.stack.append((id(module), path, _peek()))
-
-    return pre
+def _pre(path: str, module: nn.Module, args: Any) -> None:
+    _CALLS.stack.append((id(module), path, _peek()))
 
 
-def _make_post(path: str) -> Any:
-    def post(module: nn.Module, args: Any, output: Any) -> None:
-        calls = _CALLS.stack
-        key = id(module)
-        # pop to our own entry even if an inner forward raised and skipped its hook
-        while calls and calls[-1][0] != key:
-            calls.pop()
-        if not calls:
-            return
-        _, _, start = calls.pop()
-        end = _peek()
-        if end == start:
-            return  # no node created (no_grad, inference mode, or no differentiable input)
-        _CALLS.done.append((start, end, len(calls), path))
-        if not calls:
-            done, _CALLS.done = _CALLS.done, []
-            _remember(start, end, done)
-
-    return post
+def _post(path: str, module: nn.Module, args: Any, output: Any) -> None:
+    calls = _CALLS.stack
+    key = id(module)
+    # pop to our own entry even if an inner forward raised and skipped its hook
+    while calls and calls[-1][0] != key:
+        calls.pop()
+    if not calls:
+        return
+    _, _, start = calls.pop()
+    end = _peek()
+    if end == start:
+        return  # no node created (no_grad, inference mode, or no differentiable input)
+    _CALLS.done.append((start, end, len(calls), path))
+    if not calls:
+        done, _CALLS.done = _CALLS.done, []
+        _remember(start, end, done)
 
 
 def _remember(start: int, end: int, calls: list[tuple[int, int, int, str]]) -> None:

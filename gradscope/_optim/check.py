@@ -209,8 +209,9 @@ def check_step(
     structural checks only. ``shadow=True`` also compares the optimizer's state entries
     (``exp_avg``, ``momentum_buffer``, ``step``...) with the rule's; pass a
     :class:`gradscope.Shadow` to keep that memory across consecutive checks. ``params=`` (a
-    module or name -> tensor mapping) names the parameters and finds those missing from the
-    optimizer; pass a list of optimizers to check them together (SparseAdam + Adam).
+    module, a name -> tensor mapping, or tensors or (name, tensor) pairs) names the parameters
+    and finds those missing from the optimizer; pass a list of optimizers to check them
+    together (SparseAdam + Adam).
     ``manual=True`` checks a block that updates the parameters by hand against the update
     the optimizer would make (the tutorial's loop against SGD).
 

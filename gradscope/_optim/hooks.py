@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .._errors import GradscopeError
-from .._naming import ParamNames, ParamsLike, describe, named_parameters
+from .._naming import ParamNames, ParamsLike, describe, named_parameters, reject_meta
 from .references import Rule, builtin_names, builtin_reference, user_rule
 
 __all__ = ["Inputs", "grads_after_closure", "outermost", "resolve_inputs"]
@@ -119,6 +119,13 @@ def resolve_inputs(
             f"param, not {describe(reference)}"
         )
     names = None if params is None else named_parameters(params)
+    for opt in optimizers:
+        tensors = {
+            f"group{g}.param{i}": t
+            for g, group in enumerate(opt.param_groups)
+            for i, t in enumerate(group["params"])
+        }
+        reject_meta(tensors, f"{caller}()")
     rules: list[Rule | None] = []
     for opt in optimizers:
         if not values:

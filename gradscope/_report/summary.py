@@ -60,6 +60,8 @@ class Summary:
     rows: tuple[SummaryRow, ...]
     loss_scale: float | None = None
     errors: int = 0
+    failed: bool = False
+    dropped: str | None = None
 
     @classmethod
     def of(cls, record: BackwardRecord) -> Summary:
@@ -105,7 +107,14 @@ class Summary:
                     note="; ".join(notes),
                 )
             )
-        return cls(record.index, tuple(rows), record.loss_scale, len(record.errors))
+        return cls(
+            record.index,
+            tuple(rows),
+            record.loss_scale,
+            len(record.errors),
+            failed=record.failed,
+            dropped=record.dropped,
+        )
 
     def _repr_html_(self) -> str:
         """Jupyter/VS Code: the same table in HTML."""
@@ -142,6 +151,10 @@ class Summary:
         title = f"gradscope: backward pass {self.index}, {len(self.rows)} parameters"
         if self.loss_scale is not None:
             title += f" (statistics unscaled by GradScaler scale {self.loss_scale:g})"
+        if self.failed:
+            title += "; this pass raised before it finished: only the gradients that arrived"
+        if self.dropped == "max_bytes":
+            title += '; tensors dropped to stay within max_bytes (keep="all")'
         out = [title, line(_COLUMNS), line(tuple("-" * w for w in widths))]
         out += [line(c) for c in cells]
         if self.errors:

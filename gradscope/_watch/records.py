@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .._errors import GradscopeError, UnknownParameterError
+from .._naming import describe, suggest
+from .reading import Reading
 from .stats import GradStats, full_stats
 
 __all__ = ["BackwardRecord", "GradRecord"]
@@ -17,29 +19,36 @@ class GradRecord:
     """One parameter in one backward pass.
 
     ``before`` is ``p.grad`` just before the pass accumulated into it, ``after`` is ``p.grad`` when
-    the pass finished and ``delta`` is what the pass added (``after == before + delta``). Under
-    ``torch.autograd.grad`` nothing is accumulated (``accumulated`` is False): ``delta`` holds the
-    gradient autograd computed and ``before``/``after`` the untouched ``.grad``. Under
-    DistributedDataParallel ``after`` is the averaged gradient the optimizer will use, ``local``
-    the gradient this process computed and ``delta`` is ``after - before``.
+    the pass finished and ``delta`` is what the pass added (``after == before + delta``), after
+    every tensor hook on the parameter, whatever their order. Under ``torch.autograd.grad``
+    nothing is accumulated (``accumulated`` is False): ``delta`` holds the gradient autograd
+    computed and ``before``/``after`` the untouched ``.grad``. Under DistributedDataParallel
+    ``after`` is the averaged gradient the optimizer will use, ``local`` the gradient this
+    process computed and ``delta`` is ``after - before``. A sparse gradient gives sparse
+    tensors.
 
-    Tensors are None once dropped (see ``watch(keep=...)``). Without ``watch(copy=True)`` the
-    watch keeps the very tensor ``.grad`` held at the end of the pass instead of a copy; reading
-    ``after`` then returns a copy, and raises if code changed ``.grad`` in place since (for
-    example ``clip_grad_norm_`` or ``GradScaler.unscale_``), because that value is gone.
+    Tensors are None once dropped (see ``watch(keep=..., max_bytes=...)`` and
+    ``BackwardRecord.dropped``). Without ``watch(copy=True)`` the watch keeps the very tensor
+    ``.grad`` held at the end of the pass instead of a copy; reading ``after`` then returns a
+    copy, and raises if ``.grad`` was changed in place since (``clip_grad_norm_``,
+    ``GradScaler.unscale_``, ``zero_grad(set_to_none=False)``, ``p.grad.data.mul_``...), because
+    that value is gone. The change is found from the version counter, the scaler's state and the
+    gradient's norm (recomputed and compared), so rescaling that does not bump the version
+    counter (``GradScaler.unscale_``, ``p.grad.data.mul_``) is caught too.
     """
 
     __slots__ = (
         "_after",
-        "_after_version",
         "_before",
-        "_cheap",
         "_delta",
         "_full",
         "_handed_out",
+        "_intact",
         "_local",
-        "_norm",
-        "_resolve",
+        "_reading",
+        "_rescaled",
+        "_slot",
+        "_source_version",
         "accumulated",
         "aliases",
         "index",
@@ -68,35 +77,60 @@ class GradRecord:
         self._after: torch.Tensor | None = None
         self._delta: torch.Tensor | None = None
         self._local: torch.Tensor | None = None
-        # Set when _after is the live .grad tensor rather than a copy: its version then.
-        self._after_version: int | None = None
+        # Set when the statistics' source (``after``, or ``delta`` under autograd.grad) is a
+        # tensor the training loop also holds (.grad, autograd.grad's result): its version then.
+        self._source_version: int | None = None
+        # None: check the source on every read; True: an unshared copy, checked; False: changed.
+        self._intact: bool | None = None
+        # Whether code that rescales .grad without bumping its version ran since the pass
+        # (GradScaler.unscale_), when the watch knows the scaler.
+        self._rescaled: Callable[[], bool] | None = None
         self._handed_out = False  # a tensor handed to the user is never reused as a buffer
-        self._cheap: GradStats | None = None
-        self._norm: float | None = None  # a finite norm: ``_cheap`` is built from it on demand
-        # Reads back the pass's norms when they are still on their way from the device.
-        self._resolve: Callable[[], None] | None = None
+        self._reading: Reading | None = None  # the pass's norms and NaN/Inf counts
+        self._slot = 0
         self._full: GradStats | None = None
+
+    def _source(self) -> torch.Tensor | None:
+        return self._after if self.accumulated else self._delta
+
+    def _check(self) -> bool:
+        """Whether the statistics' source still holds what it held when the pass ended."""
+        if self._intact is not None:
+            return self._intact
+        source = self._source()
+        if source is None:
+            return True
+        shared = self._source_version is not None
+        ok = (
+            (not shared or source._version == self._source_version)
+            and not (self._rescaled is not None and self._rescaled())
+            and (self._reading is None or self._reading.unchanged(self._slot, source))
+        )
+        if not ok or not shared:  # a copy of our own cannot change once checked
+            self._intact = ok
+        return ok
 
     @property
     def modified(self) -> bool:
         """True when ``.grad`` was changed in place after the pass, so ``after`` is lost."""
-        return (
-            self._after is not None
-            and self._after_version is not None
-            and self._after._version != self._after_version
-        )
+        return self._source() is not None and not self._check()
 
     def _shared(self, tensor: torch.Tensor | None, what: str) -> torch.Tensor | None:
-        if tensor is None or tensor is not self._after or self._after_version is None:
+        if tensor is None:
+            return None
+        if tensor is not self._source():
             self._handed_out = True
             return tensor
-        if self.modified:
+        if not self._check():
             raise GradscopeError(
                 f"{self.name}.grad was changed in place after backward pass {self.index} ended "
                 f"(by clip_grad_norm_, GradScaler.unscale_, zero_grad(set_to_none=False)?), so "
                 f"its {what} value from that pass is gone; the norm and NaN/Inf counts recorded "
                 f"then still hold. Use gradscope.watch(model, copy=True) to keep exact copies."
             )
+        if self._source_version is None:
+            self._handed_out = True
+            return tensor
         return tensor.clone()
 
     @property
@@ -125,12 +159,12 @@ class GradRecord:
 
         numel, norm and the NaN/Inf counts are recorded for every pass; mean, std, min, max,
         abs_max and zero_fraction are computed on first read while the tensors are kept (and
-        unmodified), and stay None otherwise.
+        unmodified), and stay None otherwise. The norm is always the recorded one.
         """
-        if self._full is None and not self.modified:
-            source = self._after if self.accumulated else self._delta
-            if source is not None:
-                stats = full_stats(source)
+        if self._full is None:
+            source = self._source()
+            if source is not None and self._check():
+                stats = full_stats(source, self._raw())
                 if self.loss_scale is not None:
                     stats = stats.scaled(1.0 / self.loss_scale)
                 self._full = stats
@@ -138,34 +172,53 @@ class GradRecord:
             return self._full
         return self.recorded
 
+    def _raw(self) -> tuple[float, int, int]:
+        if self._reading is None:
+            raise GradscopeError(f"no statistics were recorded for {self.name!r}")
+        return self._reading.get(self._slot)
+
     @property
     def recorded(self) -> GradStats:
         """The statistics taken when the pass ended: numel, norm, NaN and Inf counts."""
-        if self._cheap is None and self._resolve is not None:
-            self._resolve()
-        if self._cheap is None and self._norm is not None:
-            stats = GradStats(numel=self.shape.numel(), norm=self._norm, nan=0, inf=0)
-            self._cheap = stats if self.loss_scale is None else stats.scaled(1.0 / self.loss_scale)
-        if self._cheap is None:
-            raise GradscopeError(f"no statistics were recorded for {self.name!r}")
-        return self._cheap
+        norm, nan, inf = self._raw()
+        assert self._reading is not None
+        numel = self._reading.numel(self._slot)
+        numel = self.shape.numel() if numel is None else numel
+        stats = GradStats(numel=numel, norm=norm, nan=nan, inf=inf)
+        return stats if self.loss_scale is None else stats.scaled(1.0 / self.loss_scale)
 
     def _replace(self, old: torch.Tensor, new: torch.Tensor) -> None:
         """Swap a live ``.grad`` reference for a copy of it (before backward adds into it)."""
-        if self._after is None or self._after is not old or self._after_version != old._version:
-            return  # not ours, or already changed in place: leave ``modified`` to say so
-        self._after, self._after_version = new, None
+        if self._after is not old or self._source_version is None:
+            return  # not ours
+        if old._version != self._source_version or (
+            self._rescaled is not None and self._rescaled()
+        ):
+            self._intact = False  # already changed in place: ``modified`` says so
+            return
+        self._after, self._source_version, self._rescaled = new, None, None
         if self._delta is old:
             self._delta = new
 
     def drop_tensors(self) -> list[torch.Tensor]:
-        """Forget the tensors, keeping the statistics; return the ones that are free to reuse."""
-        tensors = [
-            t for t in (self._before, self._after, self._delta, self._local) if t is not None
-        ]
-        reusable = not self._handed_out and self._after_version is None
+        """Forget the tensors, keeping the statistics; return the ones that are free to reuse.
+
+        Each tensor is returned once, even where ``after`` and ``delta`` are the same one.
+        """
+        unique: dict[int, torch.Tensor] = {}
+        if not self._handed_out and self._source_version is None:
+            for tensor in (self._before, self._after, self._delta, self._local):
+                if tensor is not None:
+                    unique.setdefault(id(tensor), tensor)
         self._before = self._after = self._delta = self._local = None
-        return tensors if reusable else []
+        return list(unique.values())
+
+    def nbytes(self) -> int:
+        """Bytes of the tensors this record holds (each counted once)."""
+        unique = {
+            id(t): t for t in (self._before, self._after, self._delta, self._local) if t is not None
+        }
+        return sum(_nbytes(t) for t in unique.values())
 
     def __repr__(self) -> str:
         stats = self.stats
@@ -176,6 +229,12 @@ class GradRecord:
         )
 
 
+def _nbytes(tensor: torch.Tensor) -> int:
+    if tensor.layout == torch.sparse_coo:
+        return _nbytes(tensor._values()) + _nbytes(tensor._indices())
+    return tensor.numel() * tensor.element_size()
+
+
 @dataclass(eq=False)
 class BackwardRecord(Mapping[str, GradRecord]):
     """Every watched parameter in one backward pass, by name (tied aliases resolve).
@@ -184,6 +243,13 @@ class BackwardRecord(Mapping[str, GradRecord]):
     the ones with ``requires_grad=False``, ``replaced`` names whose ``nn.Parameter`` was swapped
     for a new object since the previous pass (the watch follows the new one), ``shapes`` the
     shape of every watched parameter, with or without a gradient.
+
+    One ``backward()`` call is one record, also when reentrant activation checkpointing runs
+    nested backward passes inside it. ``failed`` is True when the pass raised before it finished
+    (an error in a backward function, KeyboardInterrupt, out of memory): ``grads`` then holds
+    the gradients that arrived and ``missing`` the ones that did not. ``dropped`` says why the
+    tensors were let go, statistics kept: None while they are kept, ``"keep"`` (``keep="last"``
+    keeps the newest pass only), ``"max_bytes"`` (``keep="all"`` reached its memory bound).
     """
 
     index: int
@@ -195,6 +261,8 @@ class BackwardRecord(Mapping[str, GradRecord]):
     loss_scale: float | None = None
     errors: list[BaseException] = field(default_factory=list)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    failed: bool = False
+    dropped: str | None = None
 
     @property
     def nonfinite(self) -> list[str]:
@@ -209,11 +277,22 @@ class BackwardRecord(Mapping[str, GradRecord]):
         return bool(self.nonfinite)
 
     def __getitem__(self, name: str) -> GradRecord:
+        if not isinstance(name, str):
+            raise UnknownParameterError(
+                f"a backward record is looked up by parameter name (a str), not by "
+                f"{describe(name)}; e.g. record[{next(iter(self.grads), 'fc1.weight')!r}], or "
+                f"list(record) for the names (watch.records[i] for the i-th pass)"
+            )
         canonical = self.aliases.get(name, name)
         try:
             return self.grads[canonical]
         except KeyError:
             pass
+        if canonical in self.missing and self.failed:
+            raise UnknownParameterError(
+                f"{name!r} received no gradient in backward pass {self.index}, which raised "
+                f"before it reached this parameter (record.failed); see record.missing"
+            )
         if canonical in self.missing:
             raise UnknownParameterError(
                 f"{name!r} received no gradient in backward pass {self.index}: it is not "
@@ -224,8 +303,6 @@ class BackwardRecord(Mapping[str, GradRecord]):
                 f"{name!r} has requires_grad=False, so backward pass {self.index} gave it no "
                 f"gradient; see record.frozen"
             )
-        from .._naming import suggest
-
         raise UnknownParameterError(
             f"the watch has no parameter named {name!r}{suggest(name, self.aliases or self.grads)}"
         )
@@ -240,6 +317,10 @@ class BackwardRecord(Mapping[str, GradRecord]):
         """Forget every tensor; return, by name, the ones never handed out to the user."""
         return {name: record.drop_tensors() for name, record in self.grads.items()}
 
+    def nbytes(self) -> int:
+        """Bytes of the tensors this record holds (a tensor shared by two passes counts twice)."""
+        return sum(record.nbytes() for record in self.grads.values())
+
     def _repr_html_(self) -> str:
         """Jupyter/VS Code: this pass's per-parameter table."""
         from .._report.notebook import record_html
@@ -247,8 +328,9 @@ class BackwardRecord(Mapping[str, GradRecord]):
         return record_html(self)
 
     def __repr__(self) -> str:
+        failed = ", failed" if self.failed else ""
         return (
-            f"BackwardRecord(pass {self.index}: {len(self.grads)} gradients, "
+            f"BackwardRecord(pass {self.index}{failed}: {len(self.grads)} gradients, "
             f"missing={self.missing}, frozen={self.frozen}, nonfinite={self.nonfinite})"
         )
 

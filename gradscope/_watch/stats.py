@@ -1,34 +1,40 @@
-"""Gradient statistics: cheap ones batched on device per backward pass, the rest on demand.
+"""Gradient statistics and what they are computed over.
 
 Definitions (a numpy reference in the tests checks each one):
 
 - ``norm`` is the L2 norm over every element, so a NaN anywhere makes it NaN and an Inf makes it
-  Inf: it is the number ``clip_grad_norm_`` would see.
+  Inf: it is the number ``clip_grad_norm_`` would see. It never overflows or underflows for a
+  finite gradient: float32 accumulation is redone in float64 where it could have, and float64
+  gradients are rescaled by a power of two where their squares would (see :func:`exact_norm`).
+  A record's norm is computed once, when its pass ends, and every later read returns that number.
 - ``mean``, ``std`` (population, ddof=0), ``min``, ``max`` and ``abs_max`` are over the *finite*
   elements only, so a single NaN does not hide what the rest of the gradient looks like; they are
   None when no element is finite.
 - ``nan`` and ``inf`` count elements; ``zero_fraction`` is the share of elements exactly 0.
 
-Low-precision tensors (float16, bfloat16) are reduced in float32; float64 stays float64.
+Complex gradients: the norm is ``sqrt(sum |z|^2)``; mean, std, min, max and abs_max describe the
+magnitudes ``|z|``; an element counts as NaN when either part is NaN, as Inf when a part is
+infinite and neither is NaN. Sparse gradients: everything is over the stored values (after
+coalescing), and ``numel`` counts those values. Low-precision tensors (float16, bfloat16) are
+reduced in float32; float64 stays float64.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 __all__ = [
     "GradStats",
-    "PendingNorms",
-    "batched_norms",
-    "cheap_stats",
+    "count_nonfinite",
+    "exact_norm",
+    "finite_part_norm",
     "full_stats",
-    "nonfinite_counts",
-    "norm_tensor",
+    "norm_source",
+    "reduction_dtype",
+    "robust_norms64",
+    "stat_view",
 ]
 
 
@@ -79,32 +85,89 @@ class GradStats:
         )
 
 
-def _reduction_dtype(dtype: torch.dtype) -> torch.dtype:
+def reduction_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 tensors, float32 for every narrower floating type."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def nonfinite_counts(tensor: torch.Tensor) -> tuple[int, int]:
-    """(number of NaN elements, number of +-Inf elements)."""
-    if not (tensor.is_floating_point() or tensor.is_complex()):
+def stat_view(tensor: torch.Tensor) -> torch.Tensor:
+    """The elements statistics describe: a sparse tensor's stored values, else the tensor itself."""
+    tensor = tensor.detach()
+    if tensor.layout == torch.sparse_coo:
+        return tensor.coalesce().values()
+    if tensor.layout != torch.strided:  # CSR and friends: their values are the stored elements
+        return tensor.values()
+    return tensor
+
+
+def norm_source(values: torch.Tensor) -> torch.Tensor:
+    """A real tensor with the same L2 norm (a complex one as its real and imaginary parts)."""
+    if values.is_complex():
+        return torch.view_as_real(values.resolve_conj())
+    return values
+
+
+# Power-of-two rescaling is exact, so it changes no digit of a norm it brings into range.
+_DOWN, _UP = 2.0**-600, 2.0**600
+
+
+def robust_norms64(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norms of float64 tensors (one device), as a float64 vector on that device, no host sync.
+
+    Squares of elements beyond about 1e154 overflow float64 and those below 1e-154 underflow, so
+    norms outside (1e-150, 1e150) are recomputed on the tensor scaled by 2**-600 or 2**600.
+    """
+    plain = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64))
+    down = torch.stack(torch._foreach_norm(torch._foreach_mul(tensors, _DOWN), 2)) * _UP
+    up = torch.stack(torch._foreach_norm(torch._foreach_mul(tensors, _UP), 2)) * _DOWN
+    return torch.where(plain > 1e150, down, torch.where(plain < 1e-150, up, plain))
+
+
+def exact_norm(values: torch.Tensor) -> float:
+    """The L2 norm of ``values`` (a stat view) accumulated in float64, never over/underflowing."""
+    source = norm_source(values)
+    if source.numel() == 0:
+        return 0.0
+    if source.dtype == torch.float64:
+        return float(robust_norms64([source.reshape(-1)])[0])
+    return float(torch.linalg.vector_norm(source, dtype=torch.float64))
+
+
+def count_nonfinite(values: torch.Tensor) -> tuple[int, int]:
+    """(number of NaN elements, number of +-Inf elements) of a stat view."""
+    if not (values.is_floating_point() or values.is_complex()):
         return 0, 0
-    nan = int(torch.isnan(tensor).sum())
-    inf = int(torch.isinf(tensor).sum())
-    return nan, inf
+    nan = torch.isnan(values)
+    inf = torch.isinf(values)
+    if values.is_complex():  # inf + nan*j is a NaN, not an Inf
+        inf &= ~nan
+    return int(nan.sum()), int(inf.sum())
 
 
-def full_stats(tensor: torch.Tensor) -> GradStats:
-    """Every statistic of ``tensor`` (several passes over its memory: use on demand)."""
-    values = tensor.detach()
-    if values.layout != torch.strided:
-        values = values.to_dense()
-    values = values.to(_reduction_dtype(values.dtype)).reshape(-1)
+def full_stats(tensor: torch.Tensor, recorded: tuple[float, int, int] | None = None) -> GradStats:
+    """Every statistic of ``tensor`` (several passes over its memory: use on demand).
+
+    ``recorded`` gives (norm, nan, inf) measured before, so the norm of a record never changes
+    with when or how often it is read.
+    """
+    values = stat_view(tensor)
     numel = values.numel()
+    if recorded is None:
+        nan, inf = count_nonfinite(values)
+        recorded = (exact_norm(values), nan, inf)
+    norm, nan, inf = recorded
     if numel == 0:
         return GradStats(numel=0, norm=0.0, nan=0, inf=0, zero_fraction=0.0)
-    nan, inf = nonfinite_counts(values)
-    norm = float(torch.linalg.vector_norm(values, dtype=torch.float64))
-    zero_fraction = float((values == 0).sum()) / numel
-    finite = values if nan == 0 and inf == 0 else values[torch.isfinite(values)]
+    if values.is_complex():
+        finite_mask = torch.isfinite(values)
+        zeros = int((values == 0).sum())
+        flat = values.to(torch.complex128).abs().reshape(-1)  # |z| of a finite z may pass 3e38
+    else:
+        flat = values.to(reduction_dtype(values.dtype)).reshape(-1)
+        finite_mask = torch.isfinite(flat)
+        zeros = int((flat == 0).sum())
+    zero_fraction = zeros / numel
+    finite = flat if nan == 0 and inf == 0 else flat[finite_mask.reshape(-1)]
     if finite.numel() == 0:
         return GradStats(numel, norm, nan, inf, zero_fraction=zero_fraction)
     std, mean = torch.std_mean(finite, correction=0)
@@ -123,146 +186,8 @@ def full_stats(tensor: torch.Tensor) -> GradStats:
     )
 
 
-_SAFE_NORM_LOW, _SAFE_NORM_HIGH = 1e-15, 1e15
-
-
-def norm_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """The L2 norm of ``tensor`` as a 0-d tensor on its device (no host transfer)."""
-    norm: torch.Tensor = torch.linalg.vector_norm(
-        tensor.detach(), dtype=_reduction_dtype(tensor.dtype)
-    )
-    return norm
-
-
-class PendingNorms:
-    """L2 norms of many tensors: one fused kernel and one host transfer per (device, dtype).
-
-    The kernels are launched at once; the values are read on first use. On a CUDA device the copy
-    to the host is asynchronous (pinned memory and an event), so recording never stalls the
-    training loop: reading waits for these norms only, not for the work queued after them.
-    ``known`` may hold norms already computed on device (0-d tensors) for some of the tensors.
-    Calling ``.item()`` per tensor would synchronise once per parameter (2.3-2.6x a training step
-    measured on CPU); ``_foreach_norm`` plus one transfer per pass costs a few percent.
-    """
-
-    def __init__(
-        self,
-        tensors: Sequence[torch.Tensor],
-        known: Sequence[torch.Tensor | None] | None = None,
-        pinned: dict[tuple[int, torch.dtype], torch.Tensor] | None = None,
-    ) -> None:
-        self._tensors: list[torch.Tensor] | None = list(tensors)
-        self._reads: list[tuple[list[int], torch.Tensor, Any]] = []
-        self._values: list[float] | None = None
-        if tensors and (known is None or not any(k is not None for k in known)):
-            # The common case, kept short (it runs once per backward pass): one device, one
-            # dtype, plain dense tensors.
-            first = tensors[0]
-            dtype, device = first.dtype, first.get_device()
-            plain = not first.is_complex()
-            detach = False
-            for t in tensors:
-                if (
-                    t.dtype != dtype
-                    or t.get_device() != device
-                    or t.layout != torch.strided
-                    or not t.numel()
-                ):
-                    plain = False
-                    break
-                detach = detach or t.requires_grad
-            if plain:
-                group = [t.detach() for t in tensors] if detach else list(tensors)
-                fused = torch._foreach_norm(group, 2, dtype=_reduction_dtype(dtype))
-                self._read_back(list(range(len(tensors))), torch.stack(fused), pinned)
-                return
-        results: list[torch.Tensor | None] = list(known) if known else [None] * len(tensors)
-        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        for i, tensor in enumerate(tensors):
-            if results[i] is not None:
-                continue
-            if tensor.layout != torch.strided or tensor.is_complex() or tensor.numel() == 0:
-                results[i] = torch.linalg.vector_norm(tensor.detach().to_dense().abs().double())
-                continue
-            groups.setdefault((tensor.device, tensor.dtype), []).append(i)
-        for (_, dtype), indices in groups.items():
-            group = [tensors[i].detach() for i in indices]
-            fused = torch._foreach_norm(group, 2, dtype=_reduction_dtype(dtype))
-            for i, norm in zip(indices, fused, strict=True):
-                results[i] = norm
-        by_kind: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        for i, result in enumerate(results):
-            assert result is not None
-            by_kind.setdefault((result.device, result.dtype), []).append(i)
-        for indices in by_kind.values():
-            self._read_back(indices, torch.stack([results[i] for i in indices]), pinned)  # type: ignore[misc]
-
-    def _read_back(
-        self,
-        indices: list[int],
-        stacked: torch.Tensor,
-        pinned: dict[tuple[int, torch.dtype], torch.Tensor] | None,
-    ) -> None:
-        event = None
-        if stacked.device.type == "cuda":
-            # Pinned host memory is slow to allocate: reuse the caller's buffer when given
-            # (it must not be read by an earlier PendingNorms any more).
-            key = (stacked.numel(), stacked.dtype)
-            host = pinned.get(key) if pinned is not None else None
-            if host is None:
-                host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
-                if pinned is not None:
-                    pinned[key] = host
-            host.copy_(stacked, non_blocking=True)
-            event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-            event.record()
-            stacked = host
-        self._reads.append((indices, stacked, event))
-
-    @property
-    def deferred(self) -> bool:
-        """True while a device-to-host copy is still outstanding (CUDA only)."""
-        return self._values is None and any(event is not None for _, _, event in self._reads)
-
-    def values(self) -> list[float]:
-        """The norms as floats (waits for their copy to the host the first time)."""
-        if self._values is None:
-            assert self._tensors is not None
-            norms = [0.0] * len(self._tensors)
-            for indices, host, event in self._reads:
-                if event is not None:
-                    event.synchronize()
-                for i, value in zip(indices, host.tolist(), strict=True):
-                    if not _SAFE_NORM_LOW < value < _SAFE_NORM_HIGH:
-                        # Squares of tiny (vanishing) or huge gradients under/overflow float32:
-                        # redo this one in float64 (~13x slower, so only where it matters).
-                        tensor = self._tensors[i].detach()
-                        value = float(torch.linalg.vector_norm(tensor, dtype=torch.float64))
-                    norms[i] = value
-            self._values = norms
-            self._reads = []
-        return self._values
-
-    def take(self) -> tuple[list[torch.Tensor], list[float]]:
-        """The tensors and their norms; lets go of the tensors."""
-        values = self.values()
-        tensors, self._tensors = self._tensors or [], None
-        return tensors, values
-
-
-def batched_norms(
-    tensors: Sequence[torch.Tensor], known: Sequence[torch.Tensor | None] | None = None
-) -> list[float]:
-    """L2 norms of many tensors, read back at once (see :class:`PendingNorms`)."""
-    return PendingNorms(tensors, known).values()
-
-
-def cheap_stats(tensor: torch.Tensor, norm: float) -> GradStats:
-    """The statistics recorded for every pass: numel, norm and the NaN/Inf counts.
-
-    A finite norm proves there is no NaN or Inf, so the counts cost nothing in the common case.
-    """
-    if math.isfinite(norm):
-        return GradStats(numel=tensor.numel(), norm=norm, nan=0, inf=0)
-    nan, inf = nonfinite_counts(tensor)
-    return GradStats(numel=tensor.numel(), norm=norm, nan=nan, inf=inf)
+def finite_part_norm(values: torch.Tensor) -> float:
+    """The L2 norm of the finite elements only (a fingerprint for a gradient holding NaN/Inf)."""
+    source = norm_source(values)
+    kept = source[torch.isfinite(source)]
+    return exact_norm(kept) if kept.numel() else 0.0

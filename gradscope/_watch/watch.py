@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .._errors import GradscopeError, GradscopeWarning, UnknownParameterError
-from .._naming import describe, suggest
+from .._naming import describe, named_parameters, reject_meta, suggest
 from .recorder import Keep, Recorder
 from .records import BackwardRecord, GradRecord
 
@@ -49,24 +49,30 @@ class Watch:
         scaler: Any = None,
         copy: bool = False,
         tag_modules: bool = True,
+        max_bytes: int | None = None,
     ) -> None:
         if not isinstance(module, nn.Module):
             raise GradscopeError(
                 f"watch() takes an nn.Module, not {describe(module)}; "
                 "pass the model whose parameters you want to watch, e.g. watch(net)"
             )
-        if keep not in _KEEP_CHOICES:
+        if not isinstance(keep, str) or keep not in _KEEP_CHOICES:
             raise GradscopeError(
                 f"keep={keep!r} is not one of {', '.join(map(repr, _KEEP_CHOICES))}"
             )
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise GradscopeError(f"every={every!r}: pass a positive int (record every N-th pass)")
-        if history is not None and (not isinstance(history, int) or history < 1):
-            raise GradscopeError(f"history={history!r}: pass a positive int, or None for no bound")
+        _positive(every, "every", "(record every N-th pass)")
+        if history is not None:
+            _positive(history, "history", "(the newest records kept), or None for no bound")
+        if max_bytes is not None:
+            _positive(max_bytes, "max_bytes", 'bytes of tensors keep="all" may hold, or None')
+        for flag, value in (("copy", copy), ("tag_modules", tag_modules)):
+            if not isinstance(value, bool):
+                raise GradscopeError(f"{flag}= takes True or False, not {describe(value)}")
         if scaler is not None and not hasattr(scaler, "get_scale"):
             raise GradscopeError(f"scaler= takes a torch.amp.GradScaler, not {describe(scaler)}")
-        include_list = [include] if isinstance(include, str) else list(include or [])
-        exclude_list = [exclude] if isinstance(exclude, str) else list(exclude or [])
+        include_list = _patterns(include, "include")
+        exclude_list = _patterns(exclude, "exclude")
+        reject_meta(named_parameters(module).params, "watch()")
         self._recorder = Recorder(
             module,
             include=include_list,
@@ -76,6 +82,7 @@ class Watch:
             history=history,
             scaler=scaler,
             copy=copy,
+            max_bytes=max_bytes,
         )
         if not self._recorder.names.params and not self._recorder.frozen_names():
             self._recorder.close()
@@ -90,6 +97,7 @@ class Watch:
         self._recorder.install_forward_hooks(module, tag_modules)
         self.last_graph: Graph | None = None
         self._warned_errors = 0
+        self._warned_notes = 0
 
     # ----------------------------------------------------------------------------- public API
     @property
@@ -133,15 +141,20 @@ class Watch:
         return self._recorder.scaler
 
     @property
+    def max_bytes(self) -> int:
+        """How many bytes of gradient tensors ``keep="all"`` holds at most."""
+        return self._recorder.max_bytes
+
+    @property
     def records(self) -> list[BackwardRecord]:
         """One record per recorded backward pass, oldest first (at most ``history``)."""
-        self._warn_new_errors()
+        self._catch_up()
         return list(self._recorder.records)
 
     @property
     def last(self) -> BackwardRecord:
         """The newest record; raises GradscopeError if no backward pass was recorded yet."""
-        self._warn_new_errors()
+        self._catch_up()
         if not self._recorder.records:
             raise GradscopeError(self._why_no_record())
         return self._recorder.records[-1]
@@ -157,12 +170,19 @@ class Watch:
         [1.0, 2.0, 3.0]
         """
         canonical = self._resolve(name)
+        self._catch_up()
         return [r.grads[canonical] for r in self._recorder.records if canonical in r.grads]
 
     def summary(self, record: BackwardRecord | None = None) -> Summary:
         """A per-parameter table of the newest pass (or ``record``); ``str()`` it to read it."""
         from .._report.summary import Summary
 
+        if record is not None and not isinstance(record, BackwardRecord):
+            hint = f"; for one parameter over the passes use w.history({record!r})"
+            raise GradscopeError(
+                f"summary() takes a BackwardRecord (e.g. w.records[0]) or nothing for the "
+                f"newest pass, not {describe(record)}" + (hint if isinstance(record, str) else "")
+            )
         return Summary.of(record if record is not None else self.last)
 
     def graph(self, *outputs: torch.Tensor, grads: bool = True) -> Graph:
@@ -191,6 +211,7 @@ class Watch:
         """
         from .._report.html import write_report
 
+        self._catch_up()
         if not self._recorder.records:
             raise GradscopeError(
                 "report(): nothing to report, "
@@ -262,7 +283,9 @@ class Watch:
             ]
         return "no backward pass was recorded yet; likely because " + "; or ".join(reasons)
 
-    def _warn_new_errors(self) -> None:
+    def _catch_up(self) -> None:
+        """End a pass whose backward() raised, then warn about what happened since last time."""
+        self._recorder.poll()
         errors = self._recorder.errors
         if len(errors) > self._warned_errors:
             new = errors[self._warned_errors :]
@@ -273,6 +296,36 @@ class Watch:
                 GradscopeWarning,
                 stacklevel=3,
             )
+        notes = self._recorder.notes
+        for note in notes[self._warned_notes :]:
+            warnings.warn(f"gradscope: {note}", GradscopeWarning, stacklevel=3)
+        self._warned_notes = len(notes)
+
+
+def _positive(value: object, name: str, what: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise GradscopeError(f"{name}={value!r}: pass a positive int {what}")
+
+
+def _patterns(value: object, argument: str) -> list[str]:
+    """``include=``/``exclude=``: one glob pattern or an iterable of them."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, torch.Tensor) or not isinstance(value, Iterable):
+        raise GradscopeError(
+            f"{argument}= takes a glob pattern on parameter names or a list of them, such as "
+            f"'fc*' or ['*.weight', 'head.*'], not {describe(value)}"
+        )
+    patterns = list(value)
+    for item in patterns:
+        if not isinstance(item, str):
+            raise GradscopeError(
+                f"{argument}= entries must be glob patterns (str), got {describe(item)} in "
+                f"{argument}={patterns!r}"
+            )
+    return patterns
 
 
 def watch(
@@ -286,13 +339,17 @@ def watch(
     scaler: Any = None,
     copy: bool = False,
     tag_modules: bool = True,
+    max_bytes: int | None = None,
 ) -> Watch:
     """Record every parameter's gradient before and after each backward pass of ``module``.
 
-    ``include``/``exclude`` take glob patterns on parameter names; ``keep`` says which passes keep
-    their tensors ("last": the newest only, until the next forward pass once ``zero_grad()``
-    released them, older passes keep their statistics; "all"; "none": statistics only);
-    ``every=N`` records every N-th pass; ``history`` bounds the records kept;
+    ``include``/``exclude`` take glob patterns on parameter names (a tied parameter matches
+    under any of its names); ``keep`` says which passes keep their tensors ("last": the newest
+    only, until the next forward pass once ``zero_grad()`` released them, older passes keep their
+    statistics; "all": every pass's, within ``max_bytes`` (default: 16 times the model's
+    gradients, at least 256 MiB; past it the oldest passes let go of theirs, with a warning);
+    "none": statistics only); ``every=N`` records every N-th pass; ``history`` bounds the
+    records kept;
     ``scaler`` (a GradScaler) makes statistics unscaled; ``copy=True`` copies ``.grad`` at the
     end of every pass, so ``after`` survives in-place changes such as ``clip_grad_norm_`` (by
     default the watch keeps the tensor itself and copies only when backward is about to add into
@@ -315,4 +372,5 @@ def watch(
         scaler=scaler,
         copy=copy,
         tag_modules=tag_modules,
+        max_bytes=max_bytes,
     )

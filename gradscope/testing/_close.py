@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import cast
 
 import torch
 from torch import nn
@@ -42,10 +43,16 @@ def _expected_grads(
     elif isinstance(expected, Mapping):
         items = expected.items()
         what = "expected"
+    elif isinstance(expected, Iterable) and not isinstance(expected, (torch.Tensor, str)):
+        # parameters of the reference, as the module under test was given (a list, pairs...)
+        ref = named_parameters(cast(ParamsLike, expected), argument="expected")
+        items = ((n, grad_of(p)) for n, p in ref.params.items())
+        what = "the expected parameters"
     else:
         raise GradscopeError(
-            f"{function}: expected= takes a module (e.g. a float64 copy after its own backward) "
-            f"or a mapping of parameter name -> expected gradient, not {describe(expected)}"
+            f"{function}: expected= takes a module (e.g. a float64 copy after its own backward), "
+            f"its parameters in the form the module under test was given, or a mapping of "
+            f"parameter name -> expected gradient, not {describe(expected)}"
         )
     out: dict[str, torch.Tensor | None] = {}
     unknown = []
@@ -77,7 +84,8 @@ def _compare(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: fl
         return None
     bad = int((~close).sum())
     total = close.numel()
-    a64, e64 = a.to(torch.float64), e.to(torch.float64)
+    wide = torch.complex128 if common.is_complex else torch.float64
+    a64, e64 = a.to(wide), e.to(wide)
     diff = (a64 - e64).abs()
     # NaN differences count as the worst, like torch.testing reports them.
     diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
@@ -93,13 +101,13 @@ def _compare(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: fl
         f"{index_of(a.shape, i_abs)} (up to {atol:g} allowed); greatest relative difference "
         f"{fmt_num(float(rel.reshape(-1)[i_rel]))} at index {index_of(a.shape, i_rel)} "
         f"(up to {rtol:g} allowed); first at index {index_of(a.shape, i_first)}: got "
-        f"{fmt_num(float(flat_a[i_first]))}, expected {fmt_num(float(flat_e[i_first]))}"
+        f"{fmt_num(flat_a[i_first].item())}, expected {fmt_num(flat_e[i_first].item())}"
     )
 
 
 def assert_grads_close(
     module: ParamsLike,
-    expected: nn.Module | Mapping[str, torch.Tensor | None],
+    expected: nn.Module | Mapping[str, torch.Tensor | None] | ParamsLike,
     *,
     rtol: float | None = None,
     atol: float | None = None,
@@ -109,7 +117,8 @@ def assert_grads_close(
     """The module's gradients match ``expected`` within torch.testing.assert_close tolerances.
 
     ``expected`` is a second module that ran its own backward (a float64 copy, a reference
-    implementation) or a mapping name -> gradient. Without ``rtol``/``atol`` the defaults of
+    implementation), its parameters in the same form as ``module`` (a list, pairs...), or a
+    mapping name -> gradient. Without ``rtol``/``atol`` the defaults of
     torch.testing for the two dtypes apply; give both or neither.
 
     >>> import copy, gradscope.testing as gt

@@ -17,7 +17,14 @@ from typing import cast
 import torch
 
 from .._errors import GradientAssertionError, GradscopeError, UnknownParameterError
-from .._naming import ParamNames, ParamsLike, describe, named_parameters, suggest
+from .._naming import (
+    ParamNames,
+    ParamsLike,
+    describe,
+    named_parameters,
+    reject_meta,
+    suggest,
+)
 
 __all__ = [
     "Failure",
@@ -53,7 +60,7 @@ def shape_of(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(s) for s in t.shape)
 
 
-def fmt_num(x: float) -> str:
+def fmt_num(x: float | complex) -> str:
     """A number short enough for a one-line message but exact enough to compare (4 digits)."""
     return f"{x:.4g}"
 
@@ -67,18 +74,21 @@ def index_of(shape: Sequence[int], flat: int) -> tuple[int, ...]:
     return tuple(reversed(index))
 
 
-def worst_abs(t: torch.Tensor) -> tuple[float, tuple[int, ...]]:
-    """The element of largest magnitude (signed value) and its index; NaN counts as the largest."""
+def worst_abs(t: torch.Tensor) -> tuple[float | complex, tuple[int, ...]]:
+    """The element of largest magnitude (its value, signed or complex) and its index; NaN counts
+    as the largest."""
     flat = t.detach().reshape(-1)
     if flat.numel() == 0:
         return 0.0, ()
     nan = torch.isnan(flat)
     i = int(nan.nonzero()[0, 0]) if bool(nan.any()) else int(flat.abs().argmax())
-    return float(flat[i]), index_of(t.shape, i)
+    value = complex(flat[i]) if flat.is_complex() else float(flat[i])
+    return value, index_of(t.shape, i)
 
 
 def as_names(module: object, *, function: str) -> ParamNames:
-    """Resolve a module or name -> tensor mapping; an empty one or a bare tensor is an error."""
+    """Resolve a module, a name -> tensor mapping or an iterable of tensors or (name, tensor)
+    pairs (see ``named_parameters``); an empty one, a bare tensor or meta tensors are errors."""
     if isinstance(module, torch.Tensor):
         raise GradscopeError(
             f"{function}: expected an nn.Module or a mapping of name -> parameter, got "
@@ -89,6 +99,7 @@ def as_names(module: object, *, function: str) -> ParamNames:
         names = named_parameters(cast(ParamsLike, module), argument="module")
     except GradscopeError as err:
         raise GradscopeError(f"{function}: {err}") from None
+    reject_meta(names.params, function)
     if not names.params:
         raise GradscopeError(
             f"{function}: {describe(module)} has no parameters, so there is nothing to check; "

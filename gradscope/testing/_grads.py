@@ -10,6 +10,7 @@ import torch
 from .._errors import GradscopeError
 from .._naming import ParamNames, describe
 from .._naming import ParamsLike as Params
+from .._watch.stats import count_nonfinite, exact_norm
 from ._common import (
     Failure,
     as_names,
@@ -91,13 +92,20 @@ def assert_grads_finite(
         if not bool(bad.any()):
             continue
         flat = grad.detach().reshape(-1)
-        nan = int(torch.isnan(flat).sum())
-        pos = int((flat == math.inf).sum())
-        neg = int((flat == -math.inf).sum())
         first = int(bad.reshape(-1).nonzero()[0, 0])
+        if flat.is_complex():
+            nan, inf = count_nonfinite(flat)
+            counts = f"{nan} NaN, {inf} Inf"
+            value: complex | float = complex(flat[first])
+        else:
+            nan = int(torch.isnan(flat).sum())
+            pos = int((flat == math.inf).sum())
+            neg = int((flat == -math.inf).sum())
+            counts = f"{nan} NaN, {pos} +Inf, {neg} -Inf"
+            value = float(flat[first])
         problem = (
-            f"{nan} NaN, {pos} +Inf, {neg} -Inf of {flat.numel()} elements; first at index "
-            f"{index_of(grad.shape, first)} = {float(flat[first])}"
+            f"{counts} of {flat.numel()} elements; first at index "
+            f"{index_of(grad.shape, first)} = {value}"
         )
         weights_bad = int((~torch.isfinite(param.detach())).sum())
         if weights_bad:
@@ -192,9 +200,10 @@ def _bound(value: object, argument: str, function: str) -> float | None:
 
 
 def _norm(grad: torch.Tensor) -> float:
-    # float64 so that a norm over millions of float16/bfloat16 elements neither overflows nor
-    # loses the small ones; one host sync per parameter is fine in a test.
-    return float(torch.linalg.vector_norm(grad.detach().to(torch.float64)))
+    # accumulated in float64 so that a norm over millions of float16/bfloat16 elements neither
+    # overflows nor loses the small ones; complex gradients keep their imaginary part; one host
+    # sync per parameter is fine in a test.
+    return exact_norm(grad.detach())
 
 
 def assert_grad_norms(

@@ -67,11 +67,13 @@ def assert_step_matches_reference(
             f"{function}: step= must be a callable that runs one training step ending in "
             f"optimizer.step(), not {describe(step)}; pass the function itself (step, not step())"
         )
-    with check_step(optimizer, params=params, reference=reference) as report:
+    # resolved once: a generator such as net.parameters() can be read only once
+    resolved = None if params is None else dict(named_parameters(params).params)
+    with check_step(optimizer, params=resolved, reference=reference) as report:
         result = step()
     if report.ok:
         return result
-    shapes = _shapes(optimizer, params)
+    shapes = _shapes(optimizer, resolved)
     failures = [Failure("(whole step)", None, text) for text in report.problems]
     for check in report.failures:
         numbers = ""

@@ -18,6 +18,8 @@ __all__ = ["assert_watch_finite"]
 
 
 def _first_index(record: GradRecord) -> str:
+    if record.modified:  # changed in place since (GradScaler.unscale_, clipping): value gone
+        return ""
     tensor = record.after if record.accumulated else record.delta
     if tensor is None:  # the tensors of older passes are dropped under keep="last"
         return ""

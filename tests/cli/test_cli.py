@@ -213,6 +213,33 @@ def test_graph_errors_through_a_subprocess(tmp_path: Path, target: str, message:
         (["gradscope:LeNet", "--input", "1,1,32,32", "-o", "no/g.svg"], 1, "does not exist"),
         (["gradscope:LeNet", "--input", "1,1,32,32", "--depth", "0"], 1, "--depth 0"),
         (["gradscope:LeNet", "--input", "1,1,32,32", "--loss", "l1"], 2, "invalid choice: 'l1'"),
+        (
+            ["gradscope:LeNet", "--input", "99999999999999999999999,4"],
+            2,
+            "has 4e+23 elements, more than a tensor can hold",
+        ),
+        (
+            ["gradscope:LeNet", "--input", "1000000,1000000,1000"],
+            1,
+            "needs 3.55 PiB for the inputs alone",
+        ),
+        ([":LeNet", "--input", "1,1,32,32"], 1, "has no module part before ':LeNet'"),
+        (
+            ["torch.nn:Embedding", "--input", "2,3"],
+            1,
+            "the factory 'torch.nn:Embedding' raised TypeError",
+        ),
+        (
+            ["gradscope:LeNet", "--input", "1,1,32,32", "--input-dtype", "int64"],
+            1,
+            "integer inputs need --vocab N",
+        ),
+        (
+            ["gradscope:LeNet", "--input", "2", "--input", "3"] + ["--input-dtype", "int64"] * 3,
+            1,
+            "--input-dtype was given 3 times for 2 --input shapes",
+        ),
+        (["gradscope:LeNet", "--input", "1,1,32,32", "--vocab", "0"], 2, "--vocab: '0' is not"),
     ],
 )
 def test_graph_bad_input(
@@ -249,6 +276,38 @@ def test_input_shape_with_x_is_documented_and_means_the_same(
     assert (tmp_path / "x.dot").read_text() == (tmp_path / "comma.dot").read_text()
     x_line, comma_line = capsys.readouterr().out.splitlines()
     assert x_line.split(":", 1)[1] == comma_line.split(":", 1)[1]
+
+
+def test_graph_exit_from_the_factory_is_a_message_not_a_silent_status(tmp_path: Path) -> None:
+    (tmp_path / "quits.py").write_text("def make():\n    raise SystemExit(3)\n")
+    done = run("graph", "quits.py:make", "--input", "1,3", "-o", "g.dot", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "the factory 'quits.py:make' called sys.exit(3)" in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_the_console_script_finds_modules_in_the_folder_it_runs_in(tmp_path: Path) -> None:
+    (tmp_path / "mymodels.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Tagger(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.emb, self.head = nn.Embedding(11, 4), nn.Linear(4, 1)\n\n"
+        "    def forward(self, tokens):\n"
+        "        return self.head(self.emb(tokens))\n\n"
+        "def make_net():\n    return Tagger()\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [str(SCRIPT), "graph", "mymodels:make_net", "--input", "2,5", "-o", "g.dot"]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1  # found, but float inputs for an embedding: say so
+    assert "--input-dtype int64" in done.stderr and "no module named" not in done.stderr
+    done = subprocess.run(
+        [*args, "--input-dtype", "int64"], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    dot = (tmp_path / "g.dot").read_text()
+    assert "EmbeddingBackward0" in dot and "emb.weight" in dot
 
 
 ATTENTION_MODEL = (

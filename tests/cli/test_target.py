@@ -11,7 +11,15 @@ from torch import nn
 
 import gradscope
 from gradscope import GradscopeError
-from gradscope._cli.target import build_model, load_factory, make_inputs, parse_shape, to_loss
+from gradscope._cli.target import (
+    build_model,
+    check_memory,
+    load_factory,
+    make_inputs,
+    parse_shape,
+    to_loss,
+    vocab_of,
+)
 
 
 def test_module_factory() -> None:
@@ -43,7 +51,7 @@ def test_dotted_attribute() -> None:
     [
         ("gradscope._lenet", "has no ':factory' part"),
         ("gradscope._lenet:", "has no ':factory' part"),
-        (":LeNet", "has no ':factory' part"),
+        (":LeNet", "has no module part before ':LeNet'"),
         ("no_such_package_xyz:make", "cannot import 'no_such_package_xyz'"),
         ("gradscope._lenet:LeNt", "did you mean 'LeNet'"),
         ("gradscope:__version__", "not callable"),
@@ -124,3 +132,64 @@ def test_forward_failures_are_explained() -> None:
         to_loss(nn.Identity(), [torch.randn(2)], "sum")
     with pytest.raises(GradscopeError, match="--loss 'l1'"):
         to_loss(net, [torch.randn(1, 1, 32, 32)], "l1")
+
+
+def test_a_factory_or_module_that_exits_is_explained(tmp_path: Path) -> None:
+    source = tmp_path / "exits.py"
+    source.write_text("def make():\n    raise SystemExit(3)\n")
+    with pytest.raises(GradscopeError, match=r"the factory '.*exits.py:make' called sys.exit\(3\)"):
+        build_model(f"{source}:make")
+    script = tmp_path / "script.py"
+    script.write_text("import sys\nsys.exit('usage: script.py ARGS')\n\ndef make():\n    pass\n")
+    with pytest.raises(GradscopeError, match=r"running .* called sys.exit\('usage: script.py"):
+        build_model(f"{script}:make")
+
+
+def test_module_targets_are_found_in_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mymodels_here.py").write_text(
+        "from torch import nn\n\ndef make_net():\n    return nn.Linear(3, 2)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    before = list(sys.path)
+    assert isinstance(build_model("mymodels_here:make_net"), nn.Linear)
+    assert sys.path == before
+    sys.modules.pop("mymodels_here", None)
+
+
+def test_shapes_beyond_what_a_tensor_or_the_memory_holds() -> None:
+    with pytest.raises(GradscopeError, match=r"more than a tensor can hold"):
+        parse_shape("99999999999999999999999,4")
+    with pytest.raises(GradscopeError, match=r"more than a tensor can hold"):
+        parse_shape("4294967296,4294967296")
+    check_memory([(1000, 1000)], [torch.float32], available=4_000_000)
+    with pytest.raises(GradscopeError, match=r"needs 3.81 MiB for the inputs alone.* 3.81 MiB"):
+        check_memory([(1000, 1000), (1,)], [torch.float32, torch.float32], available=4_000_000)
+
+
+class Tagger(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.small = nn.Embedding(7, 4)
+        self.big = nn.Embedding(100, 4)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.small(tokens) + self.big(tokens))
+        return out
+
+
+def test_integer_inputs_for_embedding_models() -> None:
+    net = Tagger()
+    assert vocab_of(net) == 7 and vocab_of(nn.Linear(2, 2)) is None
+    (ids,) = make_inputs([(3, 50)], torch.int64, vocab=7)
+    assert ids.dtype == torch.int64 and int(ids.min()) >= 0 and int(ids.max()) < 7
+    assert to_loss(net, [ids], "sum").grad_fn is not None
+    mixed = make_inputs([(2,), (2,)], [torch.int32, torch.float64], vocab=3)
+    assert [x.dtype for x in mixed] == [torch.int32, torch.float64]
+    with pytest.raises(GradscopeError, match=r"integer inputs need --vocab N"):
+        make_inputs([(2,)], torch.int64)
+    with pytest.raises(GradscopeError, match=r"floating-point inputs.*--input-dtype int64"):
+        to_loss(net, make_inputs([(3, 5)], torch.float32), "sum")

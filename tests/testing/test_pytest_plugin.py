@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -92,7 +94,10 @@ def test_fails_without_fixture():
     result = pytester.runpytest(f"--gradscope-artifacts={out}")
     result.assert_outcomes(passed=1, failed=2)
     folders = sorted(p.name for p in out.iterdir())
-    assert folders == ["test_artifacts_written_on_failure_and_path_printed.py_test_fails"]
+    assert len(folders) == 1
+    assert re.fullmatch(
+        r"test_artifacts_written_on_failure_and_path_printed.py_test_fails-[0-9a-f]{8}", folders[0]
+    )
     summary = (out / folders[0] / "summary.txt").read_text()
     # the saved table is the watch's own summary of the failing test's pass
     for name in ("0.weight", "0.bias", "2.weight", "2.bias"):
@@ -227,10 +232,75 @@ def test_assert_watch_finite_directly(lenet: torch.nn.Module, lenet_input: torch
         gt.assert_watch_finite(lenet)  # type: ignore[arg-type]
 
 
-def test_folder_names_are_safe(tmp_path: Path) -> None:
+def test_folder_names_are_safe_and_unique() -> None:
     from _gradscope_pytest import _folder_name
 
-    assert _folder_name("tests/test_a.py::test_b[x/y-1.5]") == "tests_test_a.py_test_b_x_y-1.5"
+    name = _folder_name("tests/test_a.py::test_b[x/y-1.5]")
+    assert re.fullmatch(r"tests_test_a.py_test_b_x_y-1.5-[0-9a-f]{8}", name)
+    ids = [
+        "t.py::test_x[a/b]",
+        "t.py::test_x[a_b]",
+        "t.py::test_x[..]",
+        "t.py::test_x",
+        "t.py::test_X",
+        "t.py::test_x[\ud800]",
+    ]
+    names = [_folder_name(i) for i in ids]
+    assert len({n.lower() for n in names}) == len(ids)  # unique, even on a case-blind disk
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", n) and len(n) <= 129 for n in names)
+
+
+_COLLIDING = (
+    _MODEL
+    + """
+@pytest.mark.parametrize("case", ["a/b", "a_b", ".."])
+def test_x(gradscope_watch, case):
+    net = model()
+    w = gradscope_watch(net)
+    net(torch.randn(2, 3)).sum().backward()
+    assert False, case
+
+def test_moves(gradscope_watch, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # a relative DIR was resolved when the session started
+    net = model()
+    gradscope_watch(net)
+    assert False
+"""
+)
+
+
+def test_artifact_folders_never_collide_and_stay_where_the_session_started(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(_COLLIDING)
+    result = pytester.runpytest("--gradscope-artifacts=relative/out")
+    result.assert_outcomes(failed=4)
+    out = pytester.path / "relative" / "out"
+    folders = sorted(out.iterdir())
+    assert len(folders) == 4
+    for folder in folders:
+        assert (folder / "summary.txt").is_file()
+        result.stdout.fnmatch_lines([f"*saved to {folder}: summary.txt*"])
+
+
+@pytest.mark.parametrize("where", ["file", "under-a-file", "read-only"])
+def test_an_unusable_artifacts_folder_is_a_usage_error(
+    pytester: pytest.Pytester, where: str
+) -> None:
+    pytester.makepyfile("def test_ok():\n    pass\n")
+    blocker = pytester.path / "blocker"
+    blocker.write_text("not a folder")
+    target = {"file": blocker, "under-a-file": blocker / "out", "read-only": None}[where]
+    if target is None:
+        locked = pytester.mkdir("locked")
+        locked.chmod(0o500)
+        target = locked / "out"
+        if os.access(locked, os.W_OK):  # root ignores permissions
+            pytest.skip("running as a user who can write anywhere")
+    result = pytester.runpytest(f"--gradscope-artifacts={target}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.stderr.fnmatch_lines([f"*--gradscope-artifacts {target}: *"])
 
 
 _GRAPH_TESTS = (
@@ -274,7 +344,7 @@ def test_artifacts_include_the_captured_graph_as_svg(pytester: pytest.Pytester) 
     result = pytester.runpytest(f"--gradscope-artifacts={out}")
     result.assert_outcomes(passed=1, failed=1)
     (folder,) = out.iterdir()  # the passing test wrote nothing
-    assert folder.name.endswith("test_fails_with_graph")
+    assert re.fullmatch(r".*test_fails_with_graph-[0-9a-f]{8}", folder.name)
     assert sorted(p.name for p in folder.iterdir()) == ["graph.svg", "summary.txt"]
     nodes = _svg_nodes(folder / "graph.svg")
     # sum <- addmm(2.*) <- relu <- addmm(0.*): four op nodes, parameters drawn inside them,

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from gradscope import BackwardRecord, GradRecord, GradscopeError, UnknownParameterError
-from gradscope._watch.stats import cheap_stats, full_stats
+from gradscope._watch.reading import Reading
+from gradscope._watch.stats import full_stats
 
 
 def _record(name: str, tensor: torch.Tensor) -> GradRecord:
     record = GradRecord(name, 1, tensor.shape)
     record._after = record._delta = tensor
-    record._cheap = cheap_stats(tensor, float(tensor.norm()))
+    record._reading = Reading([tensor])
     return record
 
 
@@ -35,7 +36,7 @@ def test_stats_are_full_while_kept_and_cheap_after_drop() -> None:
     grad = _record("w", tensor)
     assert grad.stats == full_stats(tensor)
     fresh = _record("w", tensor)
-    assert fresh.drop_tensors() == [tensor, tensor]  # never handed out: reusable
+    assert fresh.drop_tensors() == [tensor]  # never handed out: reusable, once
     assert fresh.after is None and fresh.stats.norm == 5.0 and fresh.stats.mean is None
     handed = _record("w", tensor)
     assert handed.after is tensor

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gradscope._watch.stats import batched_norms, cheap_stats, full_stats
+from gradscope._watch.reading import Reading
+from gradscope._watch.stats import full_stats
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
@@ -73,21 +74,21 @@ def test_full_stats_match_numpy(tensor: torch.Tensor) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(tensors(), min_size=1, max_size=5))
-def test_batched_norms_and_cheap_stats_match_numpy(group: list[torch.Tensor]) -> None:
-    for tensor, norm in zip(group, batched_norms(group), strict=True):
+def test_reading_matches_numpy(group: list[torch.Tensor]) -> None:
+    reading = Reading(group)
+    for i, tensor in enumerate(group):
+        norm, nan, inf = reading.get(i)
         expected = numpy_reference(tensor)
         finite = tensor.to(torch.float64)[torch.isfinite(tensor)]
         scale = float(finite.abs().max()) * max(1, finite.numel()) if finite.numel() else 1.0
         assert close(norm, expected["norm"], scale)  # type: ignore[arg-type]
-        cheap = cheap_stats(tensor, norm)
-        assert (cheap.nan, cheap.inf) == (expected["nan"], expected["inf"])
-        assert cheap.mean is None
+        assert (nan, inf) == (expected["nan"], expected["inf"])
 
 
 def test_bfloat16_norm_is_reduced_in_float32() -> None:
     tensor = torch.full((1000,), 0.01, dtype=torch.bfloat16)
     exact = float(np.linalg.norm(tensor.to(torch.float64).numpy()))
-    (norm,) = batched_norms([tensor])
+    norm, _, _ = Reading([tensor]).get(0)
     assert norm == pytest.approx(exact, rel=1e-6)
 
 
@@ -100,7 +101,7 @@ def test_all_nan_tensor_has_no_finite_statistics() -> None:
 def test_empty_tensor() -> None:
     stats = full_stats(torch.zeros(0))
     assert stats.numel == 0 and stats.norm == 0.0
-    assert batched_norms([torch.zeros(0)]) == [0.0]
+    assert Reading([torch.zeros(0)]).get(0) == (0.0, 0, 0)
 
 
 def test_scaled_undoes_a_loss_scale() -> None:

@@ -13,6 +13,8 @@ from torch import nn
 import gradscope
 from gradscope import GradscopeError, UnknownParameterError
 
+pytestmark = pytest.mark.usefixtures("read_path")
+
 
 def backward(net: nn.Module, x: torch.Tensor, **kwargs: object) -> torch.Tensor:
     loss = net(x).pow(2).sum()

@@ -1,0 +1,124 @@
+"""When a backward pass starts and ends, as the recorder sees it.
+
+A pass starts with the first parameter hook that fires and ends with one callback queued with the
+autograd engine (``Variable._execution_engine.queue_callback``), which runs when the engine has
+finished the whole ``backward()`` call:
+
+- it re-queues itself once, so it runs after every callback queued during the pass, such as
+  DistributedDataParallel's, which writes the averaged gradients;
+- a backward pass run *inside* another one (reentrant activation checkpointing runs one per
+  checkpointed segment, from the segment's backward node) ends first; its callback then sees
+  the outer node still running (``torch._C._current_autograd_node()``) and moves itself to the
+  outer pass, through a hook on that node: one ``backward()`` call is one record;
+- when ``backward()`` raises, the engine drops its callbacks unrun. The pass holds its callback
+  only through a weak reference, so the recorder can tell the pass died and end it as failed
+  the next time it looks (next hook, next forward, next read).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.autograd import Variable
+from torch.utils.hooks import RemovableHandle
+
+__all__ = ["Entry", "Pass", "accumulate_node", "will_accumulate"]
+
+
+def accumulate_node(param: torch.Tensor) -> Any:
+    """The AccumulateGrad node that writes ``param.grad`` (kept alive, it stays the same one)."""
+    return param.view_as(param).grad_fn.next_functions[0][0]  # type: ignore[union-attr]
+
+
+def will_accumulate(node: Any) -> bool:
+    """Whether this backward pass writes ``.grad`` (False under ``torch.autograd.grad``)."""
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except RuntimeError:  # torch refuses the question for leaves during autograd.grad
+        return False
+
+
+@dataclass(slots=True)
+class Entry:
+    """What the hooks saw of one parameter during the pass in progress."""
+
+    grad: torch.Tensor | None  # the incoming gradient (what this pass adds), if held
+    before: torch.Tensor | None
+    accumulated: bool  # False under torch.autograd.grad, which leaves .grad alone
+    old: torch.Tensor | None  # .grad when the gradient arrived, and its version
+    old_version: int
+    incoming: tuple[int, int] | None = None  # (data_ptr, version) of a gradient torch may steal
+    norm: torch.Tensor | None = None  # its norm, taken while it was hot in cache
+
+
+def _current_node() -> Any:
+    """The autograd node being run on this thread (an outer one while its callbacks run)."""
+    current = getattr(torch._C, "_current_autograd_node", None)  # absent from older torch
+    return current() if current is not None else None
+
+
+class _EndOfPass:
+    """The engine callback that ends one pass; see the module docstring."""
+
+    __slots__ = ("__weakref__", "_finish", "_handle", "_requeued")
+
+    def __init__(self, finish: Callable[[], None]) -> None:
+        self._finish = finish
+        self._requeued = False
+        self._handle: RemovableHandle | None = None
+
+    def __call__(self) -> None:
+        if not self._requeued:  # run again after the callbacks queued during the pass
+            self._requeued = True
+            Variable._execution_engine.queue_callback(self)
+            return
+        self._requeued = False
+        outer = _current_node()
+        if outer is not None:  # a nested backward inside a node of an outer one
+            self._handle = outer.register_hook(self._outer_node_done)
+            return
+        self._finish()
+
+    def _outer_node_done(self, *_: Any) -> None:
+        if self._handle is not None:
+            self._handle.remove()  # torch calls a copy of the node's hooks: safe here
+            self._handle = None
+        Variable._execution_engine.queue_callback(self)  # now in the outer pass
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+# Until ``schedule()``: a reference whose callback is already gone.
+_DEAD: weakref.ref[_EndOfPass] = weakref.ref(_EndOfPass(lambda: None))
+
+
+@dataclass(slots=True)
+class Pass:
+    """One backward pass in progress (recorded or skipped by ``every=``)."""
+
+    index: int
+    recording: bool
+    entries: dict[str, Entry] = field(default_factory=dict)
+    errors: list[BaseException] = field(default_factory=list)
+    # The end-of-pass callback, held weakly: only the engine holds it, so this returns None once
+    # the backward pass raised and the engine dropped it unrun.
+    end: weakref.ref[_EndOfPass] = _DEAD
+
+    def schedule(self, finish: Callable[[], None]) -> None:
+        """Queue ``finish`` to run when the engine finishes this ``backward()`` call."""
+        end = _EndOfPass(finish)
+        self.end = weakref.ref(end)
+        Variable._execution_engine.queue_callback(end)
+
+    def cancel(self) -> None:
+        """Remove what a pass that will not end normally left on an outer node."""
+        end = self.end()
+        if end is not None:
+            end.cancel()

@@ -1,0 +1,305 @@
+"""The statistics of one backward pass: computed where the gradients are, read when needed.
+
+When a pass ends the recorder hands every recorded gradient to a :class:`Reading`, which launches
+one fused norm kernel per (device, dtype) and brings the numbers to the host through a
+:class:`HostCopy`:
+
+- on a CPU at once (``CopyNow``): the few gradients whose norm is not finite, or whose float32
+  norm may have under- or overflowed, are looked at again (NaN/Inf counts, a float64 norm) right
+  then, while they still hold exactly what the pass left;
+- on a CUDA device asynchronously (``CopyAsync``: pinned memory and an event), because reading
+  would wait for the whole backward pass. Everything the read needs (norms accumulated in
+  float64, NaN and Inf counts) is computed on the device *before* the copy, so the read never
+  looks at a gradient again: by then the training loop may have zeroed, clipped or unscaled it.
+
+``HostCopy`` is the seam between the two: tests inject one with a fake event so the deferred
+path runs on every machine, not only where a GPU is.
+
+Calling ``.item()`` per tensor would synchronise once per parameter (2.3-2.6x a training step
+measured on CPU); ``_foreach_norm`` plus one transfer per pass costs a few percent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import torch
+
+from .stats import (
+    count_nonfinite,
+    exact_norm,
+    finite_part_norm,
+    norm_source,
+    reduction_dtype,
+    robust_norms64,
+    stat_view,
+)
+
+__all__ = ["CopyAsync", "CopyNow", "HostCopy", "Reading", "device_counts", "host_copy_for"]
+
+# A float32 norm outside this range may have under- or overflowed in its squares: redo it in
+# float64 (~13x slower on CPU, so only where it matters).
+_SAFE_LOW, _SAFE_HIGH = 1e-15, 1e15
+# Elements per temporary when counting NaN/Inf on a device (256 MiB of float32).
+_CHUNK = 1 << 26
+
+Stats = tuple[float, int, int]  # (norm, NaN count, Inf count) of the raw gradient
+
+
+class Event(Protocol):
+    def synchronize(self) -> None: ...
+
+
+class HostCopy(Protocol):
+    """Brings a small tensor of results to the host: now, or later behind an event."""
+
+    deferred: bool
+
+    def __call__(self, values: torch.Tensor) -> tuple[torch.Tensor, Event | None]: ...
+
+
+class CopyNow:
+    """The results are read at once (``tolist()`` waits for them)."""
+
+    deferred = False
+
+    def __call__(self, values: torch.Tensor) -> tuple[torch.Tensor, Event | None]:
+        return values, None
+
+
+class CopyAsync:
+    """A non-blocking copy into pinned host memory, reused pass after pass, and a CUDA event.
+
+    Pinned memory is slow to allocate, so one buffer per size is kept; the recorder reads a
+    pass's results before the next pass starts a copy into the same buffer.
+    """
+
+    deferred = True
+
+    def __init__(self) -> None:
+        self._pinned: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def __call__(self, values: torch.Tensor) -> tuple[torch.Tensor, Event | None]:
+        key = (values.numel(), values.dtype)
+        host = self._pinned.get(key)
+        if host is None:
+            host = self._pinned[key] = torch.empty(key[0], dtype=values.dtype, pin_memory=True)
+        host = host.view(values.shape)
+        host.copy_(values, non_blocking=True)
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        event.record()
+        return host, event
+
+
+def host_copy_for(device: torch.device) -> HostCopy:
+    """How results computed on ``device`` reach the host (the seam tests replace)."""
+    return CopyAsync() if device.type == "cuda" else CopyNow()
+
+
+def device_counts(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Finite and Inf element counts of real tensors (one device, one dtype), as float64
+    vectors there; the NaN count is what is left of ``numel``.
+
+    Nine fused kernels whatever the number of tensors, and no host sync. ``x * 0`` is 0 for a
+    finite x and NaN otherwise; its reciprocal is +-inf or NaN, whose sign is +-1 or 0 (torch's
+    sign maps NaN to 0): summing ``|sign(1 / (x * 0))|`` counts the finite elements.
+    ``clamp(x, -max, max) - x`` is 0 for a finite x, +-inf for an infinite one and NaN for a
+    NaN: summing the ``|sign|`` of that counts the infinite ones. Temporaries are bounded by
+    working through the tensors in chunks.
+    """
+    big = torch.finfo(tensors[0].dtype).max
+    finite: list[torch.Tensor] = []
+    infinite: list[torch.Tensor] = []
+    for chunk in _chunks(tensors):
+        work = torch._foreach_mul(chunk, 0.0)
+        torch._foreach_reciprocal_(work)
+        torch._foreach_sign_(work)
+        finite.append(torch.stack(torch._foreach_norm(work, 1, dtype=torch.float64)))
+        work = torch._foreach_clamp_min(chunk, -big)
+        torch._foreach_clamp_max_(work, big)
+        torch._foreach_sub_(work, chunk)
+        torch._foreach_sign_(work)
+        infinite.append(torch.stack(torch._foreach_norm(work, 1, dtype=torch.float64)))
+    return torch.cat(finite), torch.cat(infinite)
+
+
+def _chunks(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    chunks: list[list[torch.Tensor]] = [[]]
+    size = 0
+    for tensor in tensors:
+        if chunks[-1] and size + tensor.numel() > _CHUNK:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(tensor)
+        size += tensor.numel()
+    return chunks
+
+
+def _deferred_stats(views: list[torch.Tensor], sources: list[torch.Tensor]) -> torch.Tensor:
+    """(3, n) float64 on the device: norms, finite counts, Inf counts; nothing read back."""
+    if sources[0].dtype == torch.float64:
+        norms = robust_norms64(sources)
+    else:  # float64 accumulation cannot over- or underflow for float32 and narrower values
+        norms = torch.stack(torch._foreach_norm(sources, 2, dtype=torch.float64))
+    if any(v.is_complex() for v in views):  # rare: count per complex element, tensor by tensor
+        finite = torch.stack([torch.isfinite(v).sum() for v in views]).double()
+        inf = torch.stack([(torch.isinf(v) & ~torch.isnan(v)).sum() for v in views]).double()
+    else:
+        finite, inf = device_counts(sources)
+    return torch.stack([norms, finite, inf])
+
+
+class Reading:
+    """Norms and NaN/Inf counts of one pass's gradients (raw, before any loss-scale division).
+
+    ``copy_for(device)`` chooses how each device's results reach the host. ``known`` may hold
+    norms already taken on the CPU (0-d float32/float64 tensors) for some tensors.
+    """
+
+    def __init__(
+        self,
+        tensors: Sequence[torch.Tensor],
+        known: Sequence[torch.Tensor | None] | None = None,
+        *,
+        copy_for: Callable[[torch.device], HostCopy] = host_copy_for,
+    ) -> None:
+        n = len(tensors)
+        self._stats: list[Stats] = [(0.0, 0, 0)] * n
+        self._numel: list[int] | None = [0] * n
+        self._marks: dict[int, float] = {}  # finite-part norms of gradients with NaN/Inf
+        self._deferred: set[int] = set()
+        self._pending: list[tuple[list[int], torch.Tensor, Event | None]] = []
+        detach = _plain(tensors)
+        if detach is not None and known is None:
+            # The common case, kept short (it runs once per backward pass): one device, one
+            # dtype, dense real tensors, read now.
+            first = tensors[0]
+            if not copy_for(first.device).deferred:
+                self._numel = None  # each tensor's own
+                group = [t.detach() for t in tensors] if detach else list(tensors)
+                fused = torch._foreach_norm(group, 2, dtype=reduction_dtype(first.dtype))
+                self._read_now(list(range(n)), group, torch.stack(fused).tolist())
+                return
+        views = [stat_view(t) for t in tensors]
+        sources = [norm_source(v) for v in views]
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        self._numel = [v.numel() for v in views]
+        for i, source in enumerate(sources):
+            if source.numel():
+                groups.setdefault((source.device, source.dtype), []).append(i)
+        for (device, dtype), indices in groups.items():
+            copy = copy_for(device)
+            group = [sources[i] for i in indices]
+            if copy.deferred:
+                self._deferred.update(indices)
+                stacked = _deferred_stats([views[i] for i in indices], group)
+                host, event = copy(stacked)
+                self._pending.append((indices, host, event))
+                continue
+            red = reduction_dtype(dtype)
+            norms: list[torch.Tensor | None] = list(known) if known else [None] * n
+            missing = [i for i in indices if norms[i] is None]
+            for i, norm in zip(
+                missing,
+                torch._foreach_norm([sources[i] for i in missing], 2, dtype=red),
+                strict=True,
+            ):
+                norms[i] = norm
+            picked = [norms[i] for i in indices]
+            if any(t.dtype != red for t in picked):  # type: ignore[union-attr]
+                picked = [t.to(red) for t in picked]  # type: ignore[union-attr]
+            values = torch.stack(picked).tolist()  # type: ignore[arg-type]
+            self._read_now(indices, [views[i] for i in indices], values)
+
+    def _read_now(self, indices: list[int], views: list[torch.Tensor], norms: list[float]) -> None:
+        for i, view, norm in zip(indices, views, norms, strict=True):
+            if _SAFE_LOW < norm < _SAFE_HIGH:
+                self._stats[i] = (norm, 0, 0)
+                continue
+            norm = exact_norm(view)  # squares may have under- or overflowed
+            nan, inf = count_nonfinite(view) if not math.isfinite(norm) else (0, 0)
+            if nan or inf:
+                self._marks[i] = finite_part_norm(view)
+            self._stats[i] = (norm, nan, inf)
+
+    @property
+    def pending(self) -> bool:
+        """True while results are still on their way to the host."""
+        return bool(self._pending)
+
+    def wait(self) -> None:
+        """Read every result still in flight (waits for its copy the first time)."""
+        for indices, host, event in self._pending:
+            if event is not None:
+                event.synchronize()
+            norms, finite, infs = host.tolist()
+            numel = self._numel
+            assert numel is not None
+            for k, i in enumerate(indices):
+                inf = round(infs[k])
+                self._stats[i] = (norms[k], numel[i] - round(finite[k]) - inf, inf)
+        self._pending = []
+
+    def get(self, i: int) -> Stats:
+        """(norm, NaN count, Inf count) of tensor ``i``."""
+        if self._pending:
+            self.wait()
+        return self._stats[i]
+
+    def numel(self, i: int) -> int | None:
+        """How many elements the statistics of tensor ``i`` are over (stored values if sparse);
+        None when that is the tensor's own ``numel()``."""
+        return None if self._numel is None else self._numel[i]
+
+    def unchanged(self, i: int, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` still holds what tensor ``i`` held when its statistics were taken.
+
+        The norm is recomputed the same way and compared (to the last bit on the CPU, where the
+        kernel is deterministic; to 1e-12 where a fused device kernel may sum in another order):
+        any rescaling shows, whether or not it bumped the version counter, as
+        ``GradScaler.unscale_`` does not. For a gradient holding NaN/Inf the norm cannot change,
+        so the norm of its finite elements is compared instead (on the CPU, where it was taken
+        when the pass ended; a deferred read could not, and trusts the version counter).
+        """
+        norm, nan, inf = self.get(i)
+        view = stat_view(tensor)
+        if view.numel() != (tensor.numel() if self._numel is None else self._numel[i]):
+            return False
+        if nan or inf:
+            mark = self._marks.get(i)
+            return mark is None or finite_part_norm(view) == mark
+        if view.numel() == 0:
+            return True
+        source = norm_source(view)
+        if i in self._deferred:
+            if source.dtype == torch.float64:
+                now = float(robust_norms64([source])[0])
+            else:
+                now = float(torch._foreach_norm([source], 2, dtype=torch.float64)[0])
+            return math.isclose(now, norm, rel_tol=1e-12)
+        now = float(torch._foreach_norm([source], 2, dtype=reduction_dtype(source.dtype))[0])
+        if not _SAFE_LOW < now < _SAFE_HIGH:
+            now = exact_norm(view)
+        return now == norm
+
+
+def _plain(tensors: Sequence[torch.Tensor]) -> bool | None:
+    """For one device, one dtype, dense, real and non-empty tensors, whether any needs detaching;
+    None when the fast path does not apply."""
+    if not tensors or tensors[0].is_complex():
+        return None
+    first = tensors[0]
+    dtype, device = first.dtype, first.get_device()
+    detach = False
+    for t in tensors:
+        if (
+            t.dtype != dtype
+            or t.get_device() != device
+            or t.layout != torch.strided
+            or not t.numel()
+        ):
+            return None
+        detach = detach or t.requires_grad
+    return detach

@@ -1,0 +1,182 @@
+"""One ``backward()`` call is one record: failed passes end, checkpointed passes stay whole.
+
+The oracle is an unwatched twin of each model (same weights, same inputs), run alongside.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+import gradscope
+from gradscope import GradscopeWarning, UnknownParameterError
+
+pytestmark = pytest.mark.usefixtures("read_path")
+
+
+class Boom(torch.autograd.Function):
+    """Identity forward; its backward raises (an error in a custom backward, OOM, Ctrl-C)."""
+
+    error: type[BaseException] = RuntimeError
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        raise Boom.error("boom in backward")
+
+
+class TwoStage(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor, boom: bool = False) -> torch.Tensor:
+        h = self.first(x)
+        return self.second(Boom.apply(h) if boom else h)
+
+
+def grads(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_backward_that_raises_is_recorded_as_failed_and_the_next_one_records(
+    error: type[BaseException], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Boom, "error", error)
+    net = TwoStage()
+    twin = copy.deepcopy(net)
+    x = torch.randn(3, 4)
+    w = gradscope.watch(net)
+    with pytest.raises(error, match="boom"):
+        net(x, boom=True).sum().backward()
+    arrived = grads(net)
+    with pytest.warns(GradscopeWarning, match="raised before it finished"):
+        failed = w.last
+    assert failed.failed and failed.index == 1 and not w.errors
+    assert set(failed) == set(arrived) == {"second.weight", "second.bias"}
+    assert failed.missing == ["first.weight", "first.bias"]
+    with pytest.raises(UnknownParameterError, match="raised before it reached"):
+        failed["first.weight"]
+    for name, grad in arrived.items():
+        torch.testing.assert_close(failed[name].after, grad, rtol=0, atol=0)
+    assert "raised before it finished" in str(w.summary())
+
+    net.zero_grad()
+    net(x).sum().backward()  # the next backward records normally
+    twin(x).sum().backward()
+    assert [r.index for r in w.records] == [1, 2]
+    assert not w.last.failed and not w.last.missing
+    for name, param in twin.named_parameters():
+        torch.testing.assert_close(w.last[name].after, param.grad)
+    w.close()
+
+
+def test_a_failed_pass_is_ended_by_the_next_backward_without_a_forward() -> None:
+    net = TwoStage()
+    x = torch.randn(3, 4)
+    with gradscope.watch(net, every=2) as w:
+        fine = net(x).sum()
+        bad = net(x, boom=True).sum()
+        with pytest.raises(RuntimeError):
+            bad.backward()  # pass 1, recorded, fails
+        with pytest.raises(RuntimeError):
+            net(x, boom=True).sum().backward()  # pass 2, skipped by every=2, fails
+        fine.backward()  # pass 3: recorded, whole
+        with pytest.warns(GradscopeWarning, match="raised"):
+            records = w.records
+    assert [(r.index, r.failed) for r in records] == [(1, True), (3, False)]
+    assert set(records[1]) == {"first.weight", "first.bias", "second.weight", "second.bias"}
+
+
+class Block(nn.Module):
+    """A transformer-style block: attention, MLP, layer norms, residuals."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        a = self.norm1(h)
+        h = h + self.attn(a, a, a, need_weights=False)[0]
+        return h + self.mlp(self.norm2(h))
+
+
+class TinyLM(nn.Module):
+    """Checkpoints its blocks as Hugging Face models do after gradient_checkpointing_enable()."""
+
+    def __init__(self, use_reentrant: bool | None) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(50, 16)
+        self.blocks = nn.ModuleList(Block(16) for _ in range(3))
+        self.lm_head = nn.Linear(16, 50, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied, as in GPT-2
+        self.use_reentrant = use_reentrant
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.wte(tokens)
+        for block in self.blocks:
+            if self.use_reentrant is None:
+                h = block(h)
+            else:
+                h = checkpoint(block, h, use_reentrant=self.use_reentrant)
+        out: torch.Tensor = self.lm_head(h)
+        return out
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_checkpointed_blocks_give_one_record_per_backward(use_reentrant: bool) -> None:
+    torch.manual_seed(0)
+    net = TinyLM(use_reentrant)
+    twin = TinyLM(None)
+    twin.load_state_dict(net.state_dict())
+    tokens = torch.randint(0, 50, (2, 7))
+    with gradscope.watch(net, keep="all") as w:
+        for _ in range(2):  # accumulate: before and delta across checkpointed passes
+            net(tokens).logsumexp(-1).sum().backward()
+    for _ in range(2):
+        twin(tokens).logsumexp(-1).sum().backward()
+    assert [r.index for r in w.records] == [1, 2]
+    for record in w.records:
+        assert not record.missing and not record.failed
+        assert set(record) == {n for n, _ in twin.named_parameters()}
+    for name, param in twin.named_parameters():
+        torch.testing.assert_close(w.last[name].after, param.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(w.records[0][name].after, w.last[name].before)
+        torch.testing.assert_close(w.last[name].before + w.last[name].delta, w.last[name].after)
+
+
+def test_nested_reentrant_checkpoints_with_no_parameter_outside_them() -> None:
+    """Every parameter hook fires inside a nested backward (two sibling segments, one holding
+    another checkpoint): the pass must end once, when the outer backward() does."""
+    torch.manual_seed(0)
+    net = nn.ModuleDict({"a": nn.Linear(3, 3), "b": nn.Linear(3, 3), "c": nn.Linear(3, 3)})
+
+    def segment(x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(net["c"](checkpoint(net["b"], x, use_reentrant=True)))
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        h = checkpoint(net["a"], x, use_reentrant=True)
+        return checkpoint(segment, h, use_reentrant=True).pow(2).sum()
+
+    x = torch.randn(4, 3, requires_grad=True)
+    loss(x).backward()
+    expected = grads(net)
+    net.zero_grad()
+    with gradscope.watch(net) as w:
+        for _ in range(2):
+            net.zero_grad()
+            loss(x).backward()
+    assert [r.index for r in w.records] == [1, 2]
+    assert not w.last.missing
+    for name, grad in expected.items():
+        torch.testing.assert_close(w.last[name].after, grad)

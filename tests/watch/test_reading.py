@@ -1,0 +1,86 @@
+"""The end-of-pass statistics: both read paths against numpy and against each other.
+
+The deferred path (how a CUDA device reads) runs here on the CPU through ``CopyLater``, the same
+seam ``tests/watch/conftest.py`` uses to run every watch test through both paths.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from read_paths import CopyLater
+
+from gradscope._watch.reading import CopyNow, Reading, device_counts
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+special = st.sampled_from([0.0, -0.0, 1.0, -2.5, math.nan, math.inf, -math.inf, 1e-30, 6e4])
+
+
+@st.composite
+def tensors(draw: st.DrawFn) -> torch.Tensor:
+    dtype = DTYPES[draw(st.sampled_from(sorted(DTYPES)))]
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=7))
+    values = st.one_of(st.floats(-1e4, 1e4, width=32), special)
+    return torch.from_numpy(draw(hnp.arrays(np.float64, shape, elements=values))).to(dtype)
+
+
+def numpy_counts(tensor: torch.Tensor) -> tuple[int, int]:
+    x = tensor.to(torch.float64).numpy()
+    return int(np.isnan(x).sum()), int(np.isinf(x).sum())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(tensors(), min_size=1, max_size=6))
+def test_device_counts_match_numpy(group: list[torch.Tensor]) -> None:
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for tensor in group:
+        by_dtype.setdefault(tensor.dtype, []).append(tensor)
+    for same in by_dtype.values():
+        finite, inf = device_counts(same)
+        counts = [
+            (t.numel() - int(f) - int(i), int(i)) for t, f, i in zip(same, finite, inf, strict=True)
+        ]
+        assert counts == [numpy_counts(t) for t in same]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(tensors(), min_size=1, max_size=6))
+def test_both_read_paths_give_the_same_statistics(group: list[torch.Tensor]) -> None:
+    now = Reading(group, copy_for=lambda device: CopyNow())
+    later = Reading(group, copy_for=lambda device: CopyLater())
+    assert later.pending and not now.pending
+    for i, tensor in enumerate(group):
+        norm_now, *counts_now = now.get(i)
+        norm_later, *counts_later = later.get(i)
+        assert counts_now == counts_later == list(numpy_counts(tensor))
+        exact = math.sqrt(math.fsum(v * v for v in tensor.to(torch.float64).flatten().tolist()))
+        for norm in (norm_now, norm_later):
+            if math.isnan(exact):
+                assert math.isnan(norm)
+            else:
+                assert norm == pytest.approx(exact, rel=1e-6)
+
+
+def test_device_counts_in_chunks_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gradscope._watch.reading as reading
+
+    torch.manual_seed(0)
+    group = [torch.randn(n) for n in (3, 7, 1, 12, 5)]
+    for i, t in enumerate(group):
+        t[i % t.numel()] = [math.nan, math.inf, -math.inf][i % 3]
+    whole = device_counts(group)
+    monkeypatch.setattr(reading, "_CHUNK", 8)  # several chunks, one tensor larger than a chunk
+    assert len(reading._chunks(group)) > 2
+    for a, b in zip(device_counts(group), whole, strict=True):
+        assert torch.equal(a, b)
