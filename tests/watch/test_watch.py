@@ -346,3 +346,18 @@ def test_last_before_any_backward_says_why(lenet, lenet_input) -> None:
     w.close()
     with pytest.raises(GradscopeError, match="closed"):
         w.last  # noqa: B018
+
+
+def test_watch_and_Watch_take_the_same_options() -> None:
+    """watch() repeats Watch()'s keyword options: names, kinds, defaults and types must agree,
+    and its docstring must say what each one does."""
+    import inspect
+
+    function = inspect.signature(gradscope.watch)
+    method = inspect.signature(gradscope.Watch.__init__)
+    ours = list(function.parameters.values())
+    theirs = [p for name, p in method.parameters.items() if name != "self"]
+    assert ours == theirs
+    doc = gradscope.watch.__doc__ or ""
+    for p in ours[1:]:
+        assert f"``{p.name}" in doc, p.name
