@@ -79,12 +79,17 @@ def run_one(module: str, jobs: int) -> int:
 
 
 def equivalents(module: str) -> list[str]:
+    """``path:line: reason`` for each line marked ``# pragma: no mutate (reason)``; a reason too
+    long for the line goes in the next line's comment, ``# (reason)``."""
     lines = (ROOT / module).read_text(encoding="utf-8").splitlines()
-    return [
-        f"{module}:{i}: {m.group(1).strip(' :-') or '(no reason given)'}"
-        for i, line in enumerate(lines, 1)
-        if (m := EQUIVALENT.search(line))
-    ]
+    out = []
+    for i, line in enumerate(lines, 1):
+        if m := EQUIVALENT.search(line):
+            reason = m.group(1).strip(" :-()")
+            if not reason and i < len(lines) and "# (" in lines[i]:
+                reason = lines[i].split("# (", 1)[1].rstrip(")")
+            out.append(f"{module}:{i}: {reason or '(no reason given)'}")
+    return out
 
 
 def score(module: str) -> tuple[int, int, list[str], int]:

