@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 __all__ = [
     "GradientAssertionError",
     "GradscopeError",
     "GradscopeWarning",
     "StepMismatch",
     "UnknownParameterError",
+    "warn_at_caller",
 ]
 
 
@@ -32,3 +37,16 @@ class UnknownParameterError(GradscopeError, KeyError):
 
 class GradscopeWarning(UserWarning):
     """Something gradscope noticed but did not raise for (for example an error inside a hook)."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_at_caller(message: str) -> None:
+    """Warn with :class:`GradscopeWarning`, shown at the first line outside gradscope: the
+    user's, however deep inside gradscope the warning was decided (a fixed ``stacklevel`` is
+    right for one entry point only)."""
+    level, frame = 2, sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(GradscopeWarning(message), stacklevel=level)

@@ -30,7 +30,6 @@ such node is an independent source (``Graph.nonfinite_origins``, in that same or
 from __future__ import annotations
 
 import math
-import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .._errors import GradscopeWarning
+from .._errors import warn_at_caller
 from .walk import ACCUMULATE, NORM_KEEPING, WalkResult
 
 __all__ = ["Flow", "GradRecorder", "Origin"]
@@ -62,6 +61,7 @@ class Flow:
 
 
 Norm = float | torch.Tensor  # a float on CPU, a 0-d float64 tensor on other devices
+_INCOMING = -1  # the slot under which a node's hook records what came into it
 
 
 class GradRecorder:
@@ -70,13 +70,18 @@ class GradRecorder:
     def __init__(self) -> None:
         self.values: dict[int, tuple[tuple[int, ...], list[Norm]]] = {}
         self.order: list[int] = []
-        self.in_pass = False
-        self.passes = 0
+        self.in_pass = False  # pragma: no mutate (None is as false)
+        self.ended = False  # a pass was recorded and has ended
         self.hooked: set[int] = set()
         self.errors: list[Exception] = []
+        self._warned = False  # pragma: no mutate (None is as false)
+        self._new_pass()
+
+    def _new_pass(self) -> None:
+        self.values.clear()
+        self.order.clear()
         self.bad = False  # a non-finite norm was seen (CPU norms are known by the pass end)
         self.pending = False  # some norms are still tensors on a device
-        self._warned = False
         self._flow: Flow | None = None
         self._origins: tuple[Origin, ...] | None = None
 
@@ -102,33 +107,26 @@ class GradRecorder:
         if self.in_pass:
             return
         self.in_pass = True
-        self.values.clear()
-        self.order.clear()
-        self.bad = self.pending = False
-        self._flow = None
-        self._origins = None
+        self._new_pass()
         ref = weakref.ref(self)
 
         def end() -> None:
             rec = ref()
             if rec is not None:
-                rec.in_pass = False
-                rec.passes += 1
+                rec.in_pass = False  # pragma: no mutate (None is as false)
+                rec.ended = True
 
         torch.autograd.Variable._execution_engine.queue_callback(end)
 
     def ready(self) -> bool:
         """A backward pass was recorded and has ended."""
-        if self.passes == 0 or self.in_pass:
+        if not self.ended or self.in_pass:
             return False
         if self.errors and not self._warned:
             self._warned = True  # a warning raised inside a hook (under -W error) breaks backward
-            warnings.warn(
-                GradscopeWarning(
-                    f"gradscope.graph(grads=True) could not record {len(self.errors)} "
-                    f"gradient(s); norms there are missing. First: {self.errors[0]!r}"
-                ),
-                stacklevel=4,
+            warn_at_caller(
+                f"gradscope.graph(grads=True) could not record {len(self.errors)} "
+                f"gradient(s); norms there are missing. First: {self.errors[0]!r}"
             )
         if self.pending:
             _read(self)
@@ -174,9 +172,9 @@ def _make_hook(
                     slots.append(slot)
                     grads.append(g)
             if want_in:
-                for k, g in enumerate(grad_outputs):
+                for g in grad_outputs:
                     if g is not None:
-                        slots.append(-1 - k)
+                        slots.append(_INCOMING)  # the norm of all of them, below
                         grads.append(g)
             rec.values[i] = (tuple(slots), _norms(grads, rec))
             rec.order.append(i)
@@ -200,7 +198,7 @@ def _norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm]:
     rec.pending = True
     if all(g.layout == torch.strided for g in grads):  # pragma: no mutate
         # (the per-tensor branch below gives the same norms, one call each)
-        return list(torch._foreach_norm(grads, 2, dtype=torch.float64))
+        return list(torch._foreach_norm(grads, dtype=torch.float64))  # ord 2
     return [
         torch.linalg.vector_norm(g.coalesce().values() if g.is_sparse else g, dtype=torch.float64)
         for g in grads
@@ -246,7 +244,7 @@ def _resolve(rec: GradRecorder, result: WalkResult) -> Flow:
     for i, (slots, norms) in rec.values.items():
         for slot, norm in zip(slots, norms, strict=True):  # pragma: no mutate (equal lengths)
             v = float(norm)  # ready() has read any device norms
-            if slot < 0:
+            if slot == _INCOMING:
                 incoming[i] = math.hypot(incoming.get(i, 0.0), v)  # several outputs: one norm
             else:
                 out[(i, slot)] = v
@@ -300,7 +298,7 @@ def _origins(
         bad = [
             (slot, v)
             for slot in slots
-            if slot >= 0 and (v := out.get((i, slot))) is not None and not math.isfinite(v)
+            if slot != _INCOMING and (v := out.get((i, slot))) is not None and not math.isfinite(v)
         ]
         if bad:
             said = " and ".join(f"{_kind(v)} for input {slot}" for slot, v in bad)
