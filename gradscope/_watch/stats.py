@@ -69,7 +69,8 @@ class GradStats:
             return None if value is None else value * factor
 
         low, high = mul(self.min), mul(self.max)
-        if factor < 0 and low is not None and high is not None:
+        if factor < 0 and low is not None and high is not None:  # pragma: no mutate
+            # (factor <= 0: at 0 both are 0, swapped or not; low and high are None together)
             low, high = high, low
         return GradStats(
             numel=self.numel,
@@ -117,9 +118,9 @@ def robust_norms64(tensors: list[torch.Tensor]) -> torch.Tensor:
     Squares of elements beyond about 1e154 overflow float64 and those below 1e-154 underflow, so
     norms outside (1e-150, 1e150) are recomputed on the tensor scaled by 2**-600 or 2**600.
     """
-    plain = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64))
-    down = torch.stack(torch._foreach_norm(torch._foreach_mul(tensors, _DOWN), 2)) * _UP
-    up = torch.stack(torch._foreach_norm(torch._foreach_mul(tensors, _UP), 2)) * _DOWN
+    plain = torch.stack(torch._foreach_norm(tensors))  # L2 (the default), in float64
+    down = torch.stack(torch._foreach_norm(torch._foreach_mul(tensors, _DOWN))) * _UP
+    up = torch.stack(torch._foreach_norm(torch._foreach_mul(tensors, _UP))) * _DOWN
     return torch.where(plain > 1e150, down, torch.where(plain < 1e-150, up, plain))
 
 
@@ -189,5 +190,4 @@ def full_stats(tensor: torch.Tensor, recorded: tuple[float, int, int] | None = N
 def finite_part_norm(values: torch.Tensor) -> float:
     """The L2 norm of the finite elements only (a fingerprint for a gradient holding NaN/Inf)."""
     source = norm_source(values)
-    kept = source[torch.isfinite(source)]
-    return exact_norm(kept) if kept.numel() else 0.0
+    return exact_norm(source[torch.isfinite(source)])  # 0.0 when nothing is finite
