@@ -227,7 +227,7 @@ def _read(rec: GradRecorder) -> None:
         for k, v in enumerate(norms):
             if isinstance(v, torch.Tensor):
                 key = (v.device, v.dtype)  # pragma: no mutate (float64 on 1 device without 2 GPUs)
-                groups.setdefault(key, []).append((norms, k, v))
+                groups.setdefault(key, []).append((norms, k, v))  # pragma: no mutate (as above)
     for items in groups.values():
         read = torch.stack([v for _, _, v in items]).tolist()
         for (norms, k, _), value in zip(items, read, strict=True):  # pragma: no mutate

@@ -506,6 +506,16 @@ def test_finite_gradients_that_overflow_when_summed_name_the_node_that_sums_them
     # the two edges into it carried finite gradients
     into = [e for e in g.edges if e.dst == origin.node.id]
     assert len(into) == 2 and all(math.isfinite(e.grad_norm) for e in into)  # type: ignore[arg-type]
+    # with an independent NaN source too (created first, so run after): both are listed
+    a = torch.tensor([-1.0, 4.0], requires_grad=True).sqrt()
+    h = w * 1.0
+    loss = a.sum() + (h * 3e38).sum() + (h * 3e38).sum()
+    g = gradscope.graph(loss, grads=True)
+    loss.backward()
+    assert [(o.node.op, o.input, o.value) for o in g.nonfinite_origins] == [
+        ("MulBackward0", None, "inf"),
+        ("SqrtBackward0", 0, "nan"),
+    ]
 
 
 def test_sparse_gradients_are_normed_after_coalescing() -> None:

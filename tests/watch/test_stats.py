@@ -107,7 +107,7 @@ def test_all_nan_tensor_has_no_finite_statistics() -> None:
 
 def test_empty_tensor() -> None:
     stats = full_stats(torch.zeros(0))
-    assert stats.numel == 0 and stats.norm == 0.0
+    assert stats == GradStats(numel=0, norm=0.0, nan=0, inf=0, zero_fraction=0.0)
     assert Reading([torch.zeros(0)]).get(0) == (0.0, 0, 0)
 
 
@@ -174,3 +174,18 @@ def test_scaled_keeps_missing_statistics_missing() -> None:
         assert (scaled.nan, scaled.inf, scaled.numel) == (1, 1, 2) and math.isnan(scaled.norm)
     bare = GradStats(numel=3, norm=2.0, nan=0, inf=0)  # norm only, as a cheap record keeps
     assert bare.scaled(-2.0) == GradStats(numel=3, norm=4.0, nan=0, inf=0)
+
+
+def test_statistics_of_values_beyond_float32_stay_finite() -> None:
+    """float64 values are reduced in float64, and |z| of a complex64 element in float64: a
+    finite 1e300 or |3e38 + 3e38j| = 4.24e38 must not read as Inf (numpy oracle)."""
+    big = torch.tensor([1e300, -2e300, 4.0], dtype=torch.float64)
+    stats = full_stats(big)
+    assert (stats.max, stats.min, stats.abs_max) == (1e300, -2e300, 2e300)
+    assert stats.mean == pytest.approx(float(np.mean(big.numpy())), rel=1e-12)
+    z = torch.tensor([complex(3e38, 3e38), complex(0, 1)], dtype=torch.complex64)
+    expected = np.abs(z.numpy().astype(np.complex128))
+    stats = full_stats(z)
+    assert stats.abs_max == pytest.approx(float(expected.max()), rel=1e-7)
+    assert stats.mean == pytest.approx(float(expected.mean()), rel=1e-7)
+    assert stats.inf == 0 and math.isfinite(stats.max)  # type: ignore[arg-type]
