@@ -550,3 +550,33 @@ def test_views_and_one_consumer_leaves_are_read_through_not_hooked() -> None:
     norms = {n.param: n.grad_norm for n in g.nodes if n.kind == "parameter"}
     assert norms["x"] == pytest.approx(float(x.grad.norm()), rel=1e-6)  # type: ignore[union-attr]
     assert norms["w"] == pytest.approx(float(w.grad.norm()), rel=1e-6)  # type: ignore[union-attr]
+
+
+class _SparseAndDense(torch.autograd.Function):
+    """One node that sends a sparse gradient to one input and a dense one to the other."""
+
+    @staticmethod
+    def forward(ctx: object, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return a.sum() * 2 + b.sum() * 3
+
+    @staticmethod
+    def backward(ctx: object, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        sparse = torch.sparse_coo_tensor([[0, 2, 0]], [2.0, 2.0, 2.0], (4,)) * g
+        return sparse, torch.full((3,), 3.0) * g
+
+
+@pytest.mark.parametrize("path", ["host", "device"])
+def test_a_node_with_sparse_and_dense_gradients(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gradscope._graph.grad_flow as grad_flow
+
+    if path == "device":
+        monkeypatch.setattr(grad_flow, "HOST", ())
+    a = torch.ones(4, requires_grad=True)
+    b = torch.ones(3, requires_grad=True)
+    loss = _SparseAndDense.apply(a * 1.0, b * 1.0)
+    g = gradscope.graph(loss, grads=True)
+    loss.backward()
+    (node,) = [n for n in g.nodes if n.op == "_SparseAndDenseBackward"]
+    # index 0 twice: coalesced, element 0 holds 4 (an uncoalesced norm would say sqrt(12))
+    norms = sorted(e.grad_norm for e in g.edges if e.src == node.id)  # type: ignore[type-var]
+    assert norms == pytest.approx(sorted([math.hypot(4.0, 2.0), math.sqrt(27.0)]), rel=1e-12)
