@@ -66,6 +66,8 @@ def run_one(module: str, jobs: int) -> int:
     import mutmut.configuration as cfg
     from mutmut.__main__ import cli
 
+    # which test covers which function is cached per run: another module's is of no use here
+    (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     config = cfg._load_config()
     config.only_mutate = [module]
     config.pytest_add_cli_args_test_selection = list(MODULES[module])

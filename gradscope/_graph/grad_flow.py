@@ -71,7 +71,8 @@ class GradRecorder:
         self.values: dict[int, tuple[tuple[int, ...], list[Norm]]] = {}
         self.order: list[int] = []
         self.in_pass = False  # pragma: no mutate (None is as false)
-        self.ended = False  # a pass was recorded and has ended
+        # a pass was recorded and has ended
+        self.ended = False  # pragma: no mutate (None is as false)
         self.hooked: set[int] = set()
         self.errors: list[Exception] = []
         self._warned = False  # pragma: no mutate (None is as false)
@@ -80,7 +81,8 @@ class GradRecorder:
     def _new_pass(self) -> None:
         self.values.clear()
         self.order.clear()
-        self.bad = False  # a non-finite norm was seen (CPU norms are known by the pass end)
+        # a non-finite norm was seen (CPU norms are known by the pass end)
+        self.bad = False  # pragma: no mutate (None is as false)
         self.pending = False  # some norms are still tensors on a device
         self._flow: Flow | None = None
         self._origins: tuple[Origin, ...] | None = None

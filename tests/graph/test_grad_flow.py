@@ -580,3 +580,13 @@ def test_a_node_with_sparse_and_dense_gradients(path: str, monkeypatch: pytest.M
     # index 0 twice: coalesced, element 0 holds 4 (an uncoalesced norm would say sqrt(12))
     norms = sorted(e.grad_norm for e in g.edges if e.src == node.id)  # type: ignore[type-var]
     assert norms == pytest.approx(sorted([math.hypot(4.0, 2.0), math.sqrt(27.0)]), rel=1e-12)
+
+
+def test_a_leaf_given_as_an_output_does_not_stop_the_recording_of_the_others() -> None:
+    x = torch.tensor([3.0, 4.0], requires_grad=True)
+    loss = (x * 2).sum()
+    g = gradscope.graph(x, loss, grads=True)  # x itself has no grad_fn: a leaf root
+    loss.backward()
+    (mul,) = [n for n in g.nodes if n.op == "MulBackward0"]
+    assert mul.grad_norm == pytest.approx(math.sqrt(2.0))  # the ones SumBackward0 sends
+    assert g.first_nonfinite is None
