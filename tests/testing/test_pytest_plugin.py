@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -146,10 +147,16 @@ def test_nan_without_marker(gradscope_watch):
     net = model()
     gradscope_watch(net)
     (net(torch.randn(2, 3)).sum() * float("nan")).backward()
+
+@pytest.mark.parametrize("k", [1])
+def test_nan_with_another_marker(gradscope_watch, k):
+    net = model()
+    gradscope_watch(net)
+    (net(torch.randn(2, 3)).sum() * float("nan")).backward()
 """
     )
     result = pytester.runpytest()
-    result.assert_outcomes(passed=2, failed=1)
+    result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(
         [
             "*watch 0 of 1 (gradscope_finite)",
@@ -237,6 +244,18 @@ def test_folder_names_are_safe_and_unique() -> None:
 
     name = _folder_name("tests/test_a.py::test_b[x/y-1.5]")
     assert re.fullmatch(r"tests_test_a.py_test_b_x_y-1.5-[0-9a-f]{8}", name)
+    # capitals kept, only "_" and "." stripped at the ends, at most 120 characters before the
+    # hash, and a name that is all punctuation falls back to "test"
+    digest = hashlib.sha1(b"X/t.py::test_X").hexdigest()[:8]
+    assert _folder_name("X/t.py::test_X") == f"X_t.py_test_X-{digest}"
+    assert _folder_name("_.t::X._") == f"t_X-{hashlib.sha1(b'_.t::X._').hexdigest()[:8]}"
+    assert (
+        _folder_name("t.py::" + "x" * 300)
+        == ("t.py_" + "x" * 300)[:120]
+        + "-"
+        + (hashlib.sha1(("t.py::" + "x" * 300).encode()).hexdigest()[:8])
+    )
+    assert _folder_name("::/") == f"test-{hashlib.sha1(b'::/').hexdigest()[:8]}"
     ids = [
         "t.py::test_x[a/b]",
         "t.py::test_x[a_b]",
@@ -404,22 +423,29 @@ def test_summary_is_the_last_pass_and_each_watch_has_its_own(pytester: pytest.Py
     pytester.makepyfile(
         _MODEL
         + """
-def test_fails(gradscope_watch):
+def test_fails(gradscope_watch, tmp_path_factory):
     first, second = model(), model()
     w0, w1 = gradscope_watch(first), gradscope_watch(second)
     for _ in range(3):
         first(torch.randn(2, 3)).sum().backward()
     second(torch.ones(2, 3)).sum().backward()
+    expected = tmp_path_factory.getbasetemp() / "expected"
+    expected.mkdir()
+    for i, w in enumerate((w0, w1)):
+        (expected / f"{i}.txt").write_text(str(w.summary()), encoding="utf-8")
     assert False
 """
     )
     out = pytester.path / "artifacts"
-    result = pytester.runpytest(f"--gradscope-artifacts={out}")
+    result = pytester.runpytest(f"--gradscope-artifacts={out}", f"--basetemp={pytester.path / 't'}")
     result.assert_outcomes(failed=1)
     (folder,) = out.iterdir()
     assert sorted(p.name for p in folder.iterdir()) == ["watch0-summary.txt", "watch1-summary.txt"]
-    first = (folder / "watch0-summary.txt").read_text()
-    second = (folder / "watch1-summary.txt").read_text()
+    first = (folder / "watch0-summary.txt").read_text(encoding="utf-8")
+    second = (folder / "watch1-summary.txt").read_text(encoding="utf-8")
+    # each file is that watch's own summary table, as str() gives it, and a newline
+    for i, text in enumerate((first, second)):
+        assert text == (pytester.path / "t" / "expected" / f"{i}.txt").read_text("utf-8") + "\n"
     # the summary of the newest pass (3 of 3), not the first one
     assert first.startswith("gradscope: backward pass 3, 4 parameters")
     assert second.startswith("gradscope: backward pass 1, 4 parameters")
@@ -465,3 +491,26 @@ def test_fails(gradscope_watch, monkeypatch):
             "(could not save the backward graph: disk on fire)",
         ]
     )
+
+
+def test_a_second_session_into_the_same_folder_replaces_the_artifacts(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        _MODEL
+        + """
+def test_fails(gradscope_watch):
+    net = model()
+    gradscope_watch(net)
+    net(torch.randn(2, 3)).sum().backward()
+    assert False
+"""
+    )
+    out = pytester.path / "artifacts"
+    for _ in range(2):  # the folder exists the second time
+        result = pytester.runpytest(f"--gradscope-artifacts={out}")
+        result.assert_outcomes(failed=1)
+        assert "INTERNALERROR" not in result.stdout.str()
+        (folder,) = out.iterdir()
+        result.stdout.fnmatch_lines([f"saved to {folder}: summary.txt"])
+        assert (folder / "summary.txt").read_text().startswith("gradscope: backward pass 1")
