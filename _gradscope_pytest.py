@@ -36,13 +36,16 @@ _MARKER = "gradscope_finite"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("gradscope", "gradient debugging with gradscope")
+    group = parser.getgroup(
+        "gradscope",  # pragma: no mutate (a key; --help shows the description below)
+        "gradient debugging with gradscope",
+    )
     group.addoption(
         "--gradscope-artifacts",
         metavar="DIR",
         default=None,
         help="when a test using the gradscope_watch fixture fails, save each watch's summary "
-        "and captured backward graph (SVG) under DIR/<test id>/",
+        "and captured backward graph (SVG) under DIR/<test id>-<hash>/",
     )
     parser.addini(
         _MARKER,
@@ -131,7 +134,8 @@ def _folder_name(nodeid: str) -> str:
     """A readable, filesystem-safe name that is unique per test id (``test_x[a/b]`` and
     ``test_x[a_b]`` read alike once made safe, so a hash of the id tells them apart)."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_.")[:120] or "test"
-    return f"{name}-{hashlib.sha1(nodeid.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+    raw = nodeid.encode("utf-8", "surrogatepass")  # pragma: no mutate ("UTF-8" is the same)
+    return f"{name}-{hashlib.sha1(raw).hexdigest()[:8]}"
 
 
 def _write(path: Path, text: str) -> None:

@@ -514,3 +514,16 @@ def test_fails(gradscope_watch):
         (folder,) = out.iterdir()
         result.stdout.fnmatch_lines([f"saved to {folder}: summary.txt"])
         assert (folder / "summary.txt").read_text().startswith("gradscope: backward pass 1")
+
+
+def test_help_lists_the_option_and_the_ini_setting(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    text = " ".join(result.stdout.str().split())  # help is wrapped to the terminal's width
+    assert "gradient debugging with gradscope: --gradscope-artifacts=DIR when a test using" in text
+    assert (
+        "save each watch's summary and captured backward graph (SVG) under "
+        "DIR/<test id>-<hash>/" in text
+    )
+    assert "gradscope_finite (bool): fail every test using gradscope_watch" in text
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.gradscope_finite: fail the test if a backward*"])
