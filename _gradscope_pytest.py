@@ -43,7 +43,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--gradscope-artifacts",
         metavar="DIR",
-        default=None,
         help="when a test using the gradscope_watch fixture fails, save each watch's summary "
         "and captured backward graph (SVG) under DIR/<test id>-<hash>/",
     )
