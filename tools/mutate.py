@@ -66,8 +66,10 @@ def run_one(module: str, jobs: int) -> int:
     import mutmut.configuration as cfg
     from mutmut.__main__ import cli
 
-    # which test covers which function is cached per run: another module's is of no use here
-    (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    # a fresh start for this module: mutmut would keep an unmutated copy made by another
+    # module's run, and its map of which test covers which function
+    for stale in (module, module + ".meta", "mutmut-stats.json"):
+        (ROOT / "mutants" / stale).unlink(missing_ok=True)
     config = cfg._load_config()
     config.only_mutate = [module]
     config.pytest_add_cli_args_test_selection = list(MODULES[module])
