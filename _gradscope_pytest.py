@@ -49,7 +49,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         _MARKER,
         type="bool",
-        default=False,
+        default=False,  # pragma: no mutate (None reads as false too)
         help="fail every test using gradscope_watch whose recorded backward passes left a "
         "NaN/Inf gradient (as @pytest.mark.gradscope_finite does for one test)",
     )

@@ -524,6 +524,27 @@ def test_help_lists_the_option_and_the_ini_setting(pytester: pytest.Pytester) ->
         "save each watch's summary and captured backward graph (SVG) under "
         "DIR/<test id>-<hash>/" in text
     )
-    assert "gradscope_finite (bool): fail every test using gradscope_watch" in text
+    assert (
+        "gradscope_finite (bool): fail every test using gradscope_watch whose recorded backward "
+        "passes left a NaN/Inf gradient (as @pytest.mark.gradscope_finite does for one test)"
+    ) in text
     result = pytester.runpytest("--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.gradscope_finite: fail the test if a backward*"])
+    text = " ".join(result.stdout.str().split())
+    assert (
+        "@pytest.mark.gradscope_finite: fail the test if a backward pass recorded by a "
+        "gradscope_watch watch left a NaN or Inf gradient"
+    ) in text
+
+
+def test_finite_ini_option_false_is_off(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ngradscope_finite = false\n")
+    pytester.makepyfile(
+        _MODEL
+        + """
+def test_nan(gradscope_watch):
+    net = model()
+    gradscope_watch(net)
+    (net(torch.randn(2, 3)).sum() * float("nan")).backward()
+"""
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
