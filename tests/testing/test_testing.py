@@ -532,6 +532,92 @@ def test_no_grad_allow_zero(lenet: gradscope.LeNet) -> None:
     gt.assert_no_grad(lenet, allow_zero=True)  # nothing else has a gradient
 
 
+def test_no_grad_message_in_full() -> None:
+    """Every word of the message, for numbers worked out by hand: [3, -4] has norm 5 and its
+    largest |element| 4 at index 1; [[0], [2]] has norm 2, one non-zero element at (1, 0)."""
+    a, b, c = (
+        nn.Parameter(torch.zeros(2)),
+        nn.Parameter(torch.zeros(2, 1)),
+        nn.Parameter(torch.zeros(3)),
+    )
+    a.grad = torch.tensor([3.0, -4.0])
+    b.grad = torch.tensor([[0.0], [2.0]])
+    hint = (
+        "Hint: keep a parameter out of the graph with param.requires_grad_(False), by using it "
+        "under torch.no_grad() or by .detach()ing its output; a zero tensor left by "
+        "zero_grad(set_to_none=False) passes with allow_zero=True"
+    )
+    row_a = "  a (2,): has a gradient: norm 5, largest |element| 4 at index (1,), "
+    row_a += "2 of 2 elements non-zero"
+    row_b = "  b (2, 1): has a gradient: norm 2, largest |element| 2 at index (1, 0), "
+    row_b += "1 of 2 elements non-zero"
+    with pytest.raises(GradientAssertionError) as excinfo:
+        gt.assert_no_grad({"a": a, "b": b, "c": c}, msg="frozen")
+    assert _message(excinfo) == "\n".join(
+        [
+            "frozen",
+            "assert_no_grad: 2 of 3 parameters that must stay out of the graph have a gradient",
+            row_a,
+            row_b,
+            hint,
+        ]
+    )
+    with pytest.raises(GradientAssertionError) as excinfo:
+        gt.assert_no_grad({"a": a, "b": b, "c": c}, ignore="b")
+    assert _message(excinfo) == "\n".join(
+        [
+            "assert_no_grad: 1 of 2 parameters that must stay out of the graph has a gradient",
+            row_a,
+            hint,
+        ]
+    )
+    # c has no gradient and b is allowed an all-zero one: checked one by one, not stopped early
+    b.grad = torch.zeros(2, 1)
+    gt.assert_no_grad({"c": c, "b": b}, allow_zero=True)
+    with pytest.raises(GradientAssertionError, match=r"b \(2, 1\): has a gradient: norm 0,"):
+        gt.assert_no_grad({"c": c, "b": b})
+    with pytest.raises(GradscopeError, match=r"assert_no_grad: ignore= "):
+        gt.assert_no_grad({"a": a}, ignore=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "function", ["assert_grads_finite", "assert_all_params_have_grad", "assert_grad_norms"]
+)
+def test_nothing_to_check_message_in_full(function: str) -> None:
+    params = {"c": nn.Parameter(torch.zeros(3)), "d": nn.Parameter(torch.zeros(1))}
+    with pytest.raises(GradientAssertionError) as excinfo:
+        kwargs = {"max": 1.0} if function == "assert_grad_norms" else {}
+        getattr(gt, function)(params, msg="step 3", **kwargs)
+    text = _message(excinfo)
+    if function == "assert_all_params_have_grad":  # says which ones instead
+        assert text.startswith(f"step 3\n{function}: ")
+        return
+    assert text == (
+        f"step 3\n{function}: none of the 2 parameters checked has a gradient\n"
+        "Hint: none of the parameters has a gradient yet; call loss.backward() before asserting "
+        "(or check that the loss depends on the model at all)"
+    )
+
+
+def test_norm_bounds_are_checked_and_zero_is_a_bound() -> None:
+    a = nn.Parameter(torch.zeros(2))
+    a.grad = torch.zeros(2)
+    gt.assert_grad_norms({"a": a}, max=0.0)  # an all-zero gradient has norm 0 <= 0
+    gt.assert_grad_norms({"a": a}, min=0)
+    for kwargs, said in [
+        ({"max": "x"}, "assert_grad_norms: max= takes a number, not str 'x'"),
+        ({"min": True}, "assert_grad_norms: min= takes a number, not bool True"),
+        ({"min": -1.0}, "assert_grad_norms: min=-1.0 is not a valid gradient norm; norms are >= 0"),
+        (
+            {"max": math.nan},
+            "assert_grad_norms: max=nan is not a valid gradient norm; norms are >= 0",
+        ),
+    ]:
+        with pytest.raises(GradscopeError) as excinfo:
+            gt.assert_grad_norms({"a": a}, **kwargs)  # type: ignore[arg-type]
+        assert str(excinfo.value) == said
+
+
 # --- bad input, shared by all ------------------------------------------------------------------
 
 
@@ -560,6 +646,41 @@ def test_unknown_names_suggest_the_close_ones(lenet: nn.Module) -> None:
         gt.assert_no_grad(lenet, "fc3.bais")
     with pytest.raises(GradscopeError, match="not a tensor of shape"):
         gt.assert_grads_finite(lenet, ignore=torch.zeros(2))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: gt.assert_grads_finite(m),
+        lambda m: gt.assert_all_params_have_grad(m),
+        lambda m: gt.assert_grad_norms(m, max=1.0),
+        lambda m: gt.assert_grads_close(m, {}),
+        lambda m: gt.assert_params_updated(m, lambda: None),
+        lambda m: gt.assert_no_grad(m),
+    ],
+)
+def test_pytest_hides_the_assertions_frames(call: object) -> None:
+    """``__tracebackhide__`` is set, and true, in each assertion's frame when it raises (read
+    from the frame by a tracer, so it holds whatever wraps the function)."""
+    import sys
+
+    values: list[object] = []
+
+    def tracer(frame: object, event: str, arg: object) -> object:
+        code = frame.f_code  # type: ignore[attr-defined]
+        if "gradscope" in code.co_filename and "__tracebackhide__" in code.co_varnames:
+            if event == "exception" and "function" in frame.f_locals:  # type: ignore[attr-defined]
+                values.append(frame.f_locals.get("__tracebackhide__"))  # type: ignore[attr-defined]
+            return tracer
+        return None
+
+    sys.settrace(tracer)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(GradscopeError):
+            call(torch.zeros(3))  # type: ignore[operator]
+    finally:
+        sys.settrace(None)
+    assert values and all(v is True for v in values), values
 
 
 @pytest.mark.parametrize("name", gt.__all__)
