@@ -618,6 +618,31 @@ def test_norm_bounds_are_checked_and_zero_is_a_bound() -> None:
         assert str(excinfo.value) == said
 
 
+def test_grad_norms_nan_total_and_bounds_at_the_edge() -> None:
+    """Norms worked out by hand: [3, -4] -> 5, [nan, 1] -> nan, [0, 1] -> 1, [2, 0] -> 2."""
+    grads = {"a": [3.0, -4.0], "b": [math.nan, 1.0], "c": [0.0, 1.0], "d": [2.0, 0.0]}
+    params = {}
+    for name, values in grads.items():
+        params[name] = nn.Parameter(torch.zeros(2))
+        params[name].grad = torch.tensor(values)
+    # a NaN total names the allowed range and lists the NaN first, then the largest norms
+    for kwargs, allowed in [({"max": 100}, "[0, 100]"), ({"min": 0.5}, "[0.5, inf]")]:
+        with pytest.raises(GradientAssertionError) as excinfo:
+            gt.assert_grad_norms(params, per_param=False, **kwargs)  # type: ignore[arg-type]
+        assert (
+            f"  total over 4 parameters (8,): gradient norm is nan (allowed: {allowed}); "
+            "largest norms: b nan, a 5, d 2"
+        ) in _message(excinfo).splitlines()
+    # a norm equal to a bound is inside it; min == max is a valid range
+    only_a = {"a": params["a"]}
+    gt.assert_grad_norms(only_a, min=5.0, max=5.0)
+    gt.assert_grad_norms(only_a, min=5, max=5, per_param=False)
+    with pytest.raises(GradientAssertionError, match=r"a \(2,\): gradient norm 5 > max=4.99"):
+        gt.assert_grad_norms(only_a, max=4.99)
+    with pytest.raises(GradientAssertionError, match=r"a \(2,\): gradient norm 5 < min=5.01"):
+        gt.assert_grad_norms(only_a, min=5.01)
+
+
 # --- bad input, shared by all ------------------------------------------------------------------
 
 
