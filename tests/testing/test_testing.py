@@ -643,6 +643,50 @@ def test_grad_norms_nan_total_and_bounds_at_the_edge() -> None:
         gt.assert_grad_norms(only_a, min=5.01)
 
 
+def test_grad_norms_message_in_full() -> None:
+    """Norms by hand: a 5, c 1, d 2, e 1.5; total sqrt(25 + 1 + 4 + 2.25) = 5.679."""
+    params = {}
+    for name, values in {
+        "a": [3.0, -4.0],
+        "c": [0.0, 1.0],
+        "d": [2.0, 0.0],
+        "e": [0.0, 1.5],
+    }.items():
+        params[name] = nn.Parameter(torch.zeros(2))
+        params[name].grad = torch.tensor(values)
+    vanishing = (
+        "vanishing gradients: check the initialisation, saturating activations (sigmoid/tanh), "
+        "deep stacks without residuals or normalisation, or a loss already near 0; lower min= "
+        "if this size is expected"
+    )
+    exploding = (
+        "exploding gradients: lower the learning rate, clip with "
+        "torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm), or check the loss scale "
+        "(sum instead of mean?); raise max= if this size is expected"
+    )
+    with pytest.raises(GradientAssertionError) as excinfo:
+        gt.assert_grad_norms(params, min=1.2, max=3, msg="m")
+    assert _message(excinfo) == "\n".join(
+        [
+            "m",
+            "assert_grad_norms: 2 of 4 gradient norms outside the bounds",
+            "  a (2,): gradient norm 5 > max=3; largest |element| 4 at index (1,) of 2 elements",
+            "  c (2,): gradient norm 1 < min=1.2; largest |element| 1 at index (1,) of 2 elements",
+            f"Hint: {vanishing}; {exploding}",
+        ]
+    )
+    with pytest.raises(GradientAssertionError) as excinfo:
+        gt.assert_grad_norms(params, max=3, per_param=False)
+    assert _message(excinfo) == "\n".join(
+        [
+            "assert_grad_norms: the total gradient norm is outside the bounds",
+            "  total over 4 parameters (8,): gradient norm 5.679 > max=3; "
+            "largest norms: a 5, d 2, e 1.5",
+            f"Hint: {exploding}",
+        ]
+    )
+
+
 # --- bad input, shared by all ------------------------------------------------------------------
 
 
