@@ -561,8 +561,9 @@ class _SparseAndDense(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: object, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        sparse = torch.sparse_coo_tensor([[0, 2, 0]], [2.0, 2.0, 2.0], (4,)) * g
-        return sparse, torch.full((3,), 3.0) * g
+        values = torch.tensor([2.0, 2.0, 2.0])
+        sparse = torch.sparse_coo_tensor([[0, 2, 0]], values, (4,), check_invariants=True)
+        return sparse * g, torch.full((3,), 3.0) * g
 
 
 @pytest.mark.parametrize("path", ["host", "device"])
