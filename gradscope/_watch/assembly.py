@@ -1,8 +1,13 @@
-"""From what the hooks saw of one parameter in one pass to its :class:`GradRecord`."""
+"""From what the hooks saw of each parameter in one pass to its :class:`GradRecord`.
+
+:func:`assemble` runs once per pass over every parameter that received a gradient, so its
+common case (``.grad`` was None and the pass stole the incoming gradient into it) is inlined;
+everything else goes through :func:`make_grad_record`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -11,7 +16,58 @@ from .keeping import Keep
 from .passes import Entry
 from .records import GradRecord
 
-__all__ = ["arrived", "make_grad_record", "scaler_moved"]
+__all__ = ["arrived", "assemble", "loss_scale", "make_grad_record", "scaler_moved"]
+
+Copy = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+def assemble(
+    entries: Mapping[str, Entry],
+    params: Mapping[str, torch.Tensor],
+    aliases: Mapping[str, tuple[str, ...]],
+    index: int,
+    scale: float | None,
+    failed: bool,
+    keep: Keep,
+    copy: Copy | None,
+    ddp: bool,
+    live_records: dict[str, GradRecord],
+) -> tuple[dict[str, GradRecord], list[torch.Tensor], list[torch.Tensor | None]]:
+    """The records of one pass, the tensors their statistics describe and norms already taken.
+
+    A record's ``_slot`` is its place in those lists. ``live_records`` gets, by name, each
+    record whose ``after`` is ``.grad`` itself (the copy-on-write list of the recorder).
+    """
+    records: dict[str, GradRecord] = {}
+    sources: list[torch.Tensor] = []
+    known: list[torch.Tensor | None] = []
+    simple = keep != "none" and copy is None and not ddp
+    for name, entry in entries.items():
+        param = params.get(name)
+        if param is None or (failed and not arrived(entry, param)):
+            continue
+        live = param.grad
+        if simple and entry.incoming is not None and entry.before is None and live is not None:
+            # .grad was None: the pass stored its gradient there, so after == delta == .grad
+            record = GradRecord(name, index, param.shape, loss_scale=scale, aliases=aliases[name])
+            record._after = record._delta = live
+            version = record._source_version = live._version
+            norm = entry.norm
+            if norm is not None and entry.incoming != (live.data_ptr(), version):
+                norm = None  # .grad is not the very gradient the hook measured (another hook?)
+            source: torch.Tensor | None = live
+            live_records[name] = record
+        else:
+            record, source, norm = make_grad_record(
+                name, param, entry, index, scale, aliases[name], keep, copy, ddp
+            )
+            if record.accumulated and record._source_version is not None:
+                live_records[name] = record
+        record._slot = len(sources)
+        records[name] = record
+        sources.append(source if source is not None else torch.zeros(0))
+        known.append(norm)
+    return records, sources, known
 
 
 def make_grad_record(
@@ -21,9 +77,8 @@ def make_grad_record(
     index: int,
     scale: float | None,
     aliases: tuple[str, ...],
-    *,
     keep: Keep,
-    copy: Callable[[str, torch.Tensor], torch.Tensor] | None,
+    copy: Copy | None,
     ddp: bool,
 ) -> tuple[GradRecord, torch.Tensor | None, torch.Tensor | None]:
     """The record, the tensor its statistics describe, and that tensor's norm if known.
@@ -66,6 +121,13 @@ def arrived(entry: Entry, param: torch.Tensor) -> bool:
         return True
     live = param.grad
     return not (live is entry.old and (live is None or live._version == entry.old_version))
+
+
+def loss_scale(scaler: Any) -> float | None:
+    """The GradScaler's current scale; None without a scaler or with a disabled one."""
+    if scaler is None or not getattr(scaler, "is_enabled", lambda: True)():
+        return None
+    return float(scaler.get_scale())
 
 
 def _states(scaler: Any) -> Any:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
+from itertools import repeat
+from operator import attrgetter
+from types import SimpleNamespace
 from typing import Literal
 
 import torch
@@ -22,6 +25,8 @@ __all__ = ["Keep", "Keeper", "default_max_bytes"]
 Keep = Literal["last", "all", "none"]
 
 _MIB = 1 << 20
+_grad_of, _after_of = attrgetter("grad"), attrgetter("_after")
+_NO_PARAM = SimpleNamespace(grad=None)  # a parameter removed from the module
 
 
 def default_max_bytes(params: Mapping[str, torch.Tensor]) -> int:
@@ -85,22 +90,29 @@ class Keeper:
         """
         if record is self._dropped:
             return
+        grads = record.grads
+        # Attribute reads in C (map): this runs before every forward pass.
+        lives = map(_grad_of, map(params.get, grads, repeat(_NO_PARAM)))
         kept = 0
-        for name, grad in record.grads.items():
-            if grad._after is None:
+        for grad, after, live in zip(
+            grads.values(), map(_after_of, grads.values()), lives, strict=True
+        ):
+            if after is None:
                 continue
-            param = params.get(name)
-            orphan = param is None or param.grad is not grad._after
-            if grad._source_version is not None and orphan:
-                grad.drop_tensors()
+            if grad._source_version is not None and live is not after:  # an orphan
+                grad._before = grad._after = grad._delta = grad._local = None
             else:
                 kept += 1
         if not kept:
             self._dropped = record  # nothing left to drop or recycle
             record.dropped = "keep"
 
-    def added(self, record: BackwardRecord, oldest: BackwardRecord | None) -> None:
-        """Account for a new record under ``keep="all"``; ``oldest`` is about to leave history."""
+    def added(self, record: BackwardRecord, oldest: BackwardRecord | None) -> str | None:
+        """Account for a new record under ``keep="all"``; ``oldest`` is about to leave history.
+
+        Returns a note for the user the first time the bound is reached.
+        """
+        reached = self.bound_reached
         if oldest is not None and self._holding and self._holding[0][0] is oldest:
             self._held_bytes -= self._holding.popleft()[1]
         size = record.nbytes()
@@ -112,3 +124,10 @@ class Keeper:
             old.dropped = "max_bytes"
             self._held_bytes -= old_size
             self.bound_reached = True
+        if self.bound_reached and not reached:
+            return (
+                f'keep="all" reached max_bytes={self.max_bytes:,}: the oldest passes let go '
+                f'of their tensors (their statistics stay; record.dropped == "max_bytes"); '
+                f"raise max_bytes= or lower history= to keep more"
+            )
+        return None

@@ -26,7 +26,7 @@ import torch
 from torch.autograd import Variable
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["Entry", "Pass", "accumulate_node", "will_accumulate"]
+__all__ = ["Entry", "Pass", "accumulate_node", "take_accumulated", "will_accumulate"]
 
 
 def accumulate_node(param: torch.Tensor) -> Any:
@@ -53,6 +53,25 @@ class Entry:
     old_version: int
     incoming: tuple[int, int] | None = None  # (data_ptr, version) of a gradient torch may steal
     norm: torch.Tensor | None = None  # its norm, taken while it was hot in cache
+
+
+def take_accumulated(node: Any, entry: Entry) -> None:
+    """Make ``entry`` hold the gradient accumulator ``node`` adds into ``.grad`` this pass.
+
+    The accumulator's pre-hooks run after every tensor hook, so this one-shot pre-hook sees the
+    final gradient, whatever hooks were registered after the watch's.
+    """
+    handles: list[RemovableHandle] = []
+
+    def final(grads: tuple[torch.Tensor, ...]) -> None:
+        for handle in handles:
+            handle.remove()
+        grad = grads[0]
+        if entry.grad is not None:
+            entry.grad = grad.detach().clone() if grad.requires_grad else grad
+        entry.norm = None
+
+    handles.append(node.register_prehook(final))
 
 
 def _current_node() -> Any:

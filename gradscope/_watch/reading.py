@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from itertools import repeat
+from operator import attrgetter
 from typing import Protocol
 
 import torch
@@ -44,6 +46,10 @@ __all__ = ["CopyAsync", "CopyNow", "HostCopy", "Reading", "device_counts", "host
 _SAFE_LOW, _SAFE_HIGH = 1e-15, 1e15
 # Elements per temporary when counting NaN/Inf on a device (256 MiB of float32).
 _CHUNK = 1 << 26
+
+_dtype, _layout = attrgetter("dtype"), attrgetter("layout")
+_requires_grad = attrgetter("requires_grad")
+_get_device, _numel = torch.Tensor.get_device, torch.Tensor.numel
 
 Stats = tuple[float, int, int]  # (norm, NaN count, Inf count) of the raw gradient
 
@@ -166,22 +172,32 @@ class Reading:
         copy_for: Callable[[torch.device], HostCopy] = host_copy_for,
     ) -> None:
         n = len(tensors)
-        self._stats: list[Stats] = [(0.0, 0, 0)] * n
-        self._numel: list[int] | None = [0] * n
         self._marks: dict[int, float] = {}  # finite-part norms of gradients with NaN/Inf
         self._deferred: set[int] = set()
         self._pending: list[tuple[list[int], torch.Tensor, Event | None]] = []
         detach = _plain(tensors)
-        if detach is not None and known is None:
+        if detach is not None and not copy_for(tensors[0].device).deferred:
             # The common case, kept short (it runs once per backward pass): one device, one
             # dtype, dense real tensors, read now.
-            first = tensors[0]
-            if not copy_for(first.device).deferred:
-                self._numel = None  # each tensor's own
-                group = [t.detach() for t in tensors] if detach else list(tensors)
-                fused = torch._foreach_norm(group, 2, dtype=reduction_dtype(first.dtype))
-                self._read_now(list(range(n)), group, torch.stack(fused).tolist())
-                return
+            self._numel: list[int] | None = None  # each tensor's own
+            group = [t.detach() for t in tensors] if detach else list(tensors)
+            red = reduction_dtype(tensors[0].dtype)
+            if known is None:
+                taken = list(torch._foreach_norm(group, 2, dtype=red))
+            else:  # those taken already are in the reduction dtype too
+                unmeasured = [t for t, norm in zip(group, known, strict=True) if norm is None]
+                fresh = iter(torch._foreach_norm(unmeasured, 2, dtype=red))
+                taken = [norm if norm is not None else next(fresh) for norm in known]
+            values: list[float] = torch.stack(taken).tolist()
+            self._stats: list[Stats] = list(zip(values, repeat(0), repeat(0)))
+            # norms are >= 0 or NaN, so their sum is finite exactly when none is NaN or Inf
+            if not (
+                math.isfinite(sum(values)) and min(values) > _SAFE_LOW and max(values) < _SAFE_HIGH
+            ):
+                odd = [i for i, v in enumerate(values) if not _SAFE_LOW < v < _SAFE_HIGH]
+                self._read_now(odd, [group[i] for i in odd], [values[i] for i in odd])
+            return
+        self._stats = [(0.0, 0, 0)] * n
         views = [stat_view(t) for t in tensors]
         sources = [norm_source(v) for v in views]
         groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
@@ -287,19 +303,15 @@ class Reading:
 
 def _plain(tensors: Sequence[torch.Tensor]) -> bool | None:
     """For one device, one dtype, dense, real and non-empty tensors, whether any needs detaching;
-    None when the fast path does not apply."""
+    None when the fast path does not apply. (Checked with map(), in C: it runs every pass.)"""
     if not tensors or tensors[0].is_complex():
         return None
-    first = tensors[0]
-    dtype, device = first.dtype, first.get_device()
-    detach = False
-    for t in tensors:
-        if (
-            t.dtype != dtype
-            or t.get_device() != device
-            or t.layout != torch.strided
-            or not t.numel()
-        ):
-            return None
-        detach = detach or t.requires_grad
-    return detach
+    first, n = tensors[0], len(tensors)
+    if (
+        list(map(_dtype, tensors)).count(first.dtype) != n
+        or list(map(_get_device, tensors)).count(first.get_device()) != n
+        or list(map(_layout, tensors)).count(torch.strided) != n
+        or not all(map(_numel, tensors))
+    ):
+        return None
+    return any(map(_requires_grad, tensors))

@@ -205,11 +205,13 @@ class GradRecord:
 
         Each tensor is returned once, even where ``after`` and ``delta`` are the same one.
         """
+        if self._handed_out or self._source_version is not None:  # none of them is ours
+            self._before = self._after = self._delta = self._local = None
+            return []
         unique: dict[int, torch.Tensor] = {}
-        if not self._handed_out and self._source_version is None:
-            for tensor in (self._before, self._after, self._delta, self._local):
-                if tensor is not None:
-                    unique.setdefault(id(tensor), tensor)
+        for tensor in (self._before, self._after, self._delta, self._local):
+            if tensor is not None:
+                unique.setdefault(id(tensor), tensor)
         self._before = self._after = self._delta = self._local = None
         return list(unique.values())
 

@@ -129,3 +129,39 @@ def test_sparse_gradients_are_recorded_as_sparse_tensors() -> None:
     assert stats.norm == pytest.approx(float(np.linalg.norm(values)), rel=1e-6)
     assert stats.mean == pytest.approx(float(values.mean()), rel=1e-6)
     assert second.recorded.norm == stats.norm
+
+
+def test_norms_taken_inside_the_hooks_match_numpy_under_every_hook_order() -> None:
+    """Large gradients (>= 65536 elements) get their norm inside the hook, while hot; the
+    others at the end of the pass. Both kinds, mixed in one pass, must give the norm of the final
+    ``.grad``: with a fresh ``.grad``, with accumulation, and with a hook registered after the
+    watch's that changes the gradient (the norm taken in the hook is then stale)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(300, 256), nn.Tanh(), nn.Linear(256, 3))
+    assert net[0].weight.numel() >= 1 << 16 > net[2].weight.numel()
+    x = torch.randn(5, 300)
+
+    def expected() -> dict[str, float]:
+        return {
+            n: float(np.linalg.norm(p.grad.double().numpy().ravel()))
+            for n, p in net.named_parameters()
+        }
+
+    with gradscope.watch(net) as w:
+        net(x).sum().backward()
+        fresh = expected()
+        net(x).pow(2).sum().backward()  # accumulates into the existing .grad
+        accumulated = expected()
+        net.zero_grad()
+        loss = net(x).sum()
+        late = net[0].weight.register_hook(lambda g: g * 3)  # runs after the watch's hook
+        loss.backward()
+        changed = expected()
+        net.zero_grad()
+        net(x).sum().backward()  # the watch's hook now runs last: it sees the tripled gradient
+        moved = expected()
+        late.remove()
+    references = (fresh, accumulated, changed, moved)
+    for record, reference in zip(w.records, references, strict=True):
+        for name, norm in reference.items():
+            assert record[name].stats.norm == pytest.approx(norm, rel=1e-5), (record.index, name)

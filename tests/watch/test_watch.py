@@ -207,6 +207,57 @@ def test_replaced_parameter_is_followed() -> None:
     assert "replaced" in str(w.summary())
 
 
+def test_parameters_added_and_removed_after_watch_started_are_followed() -> None:
+    """A parameter set to None drops out (its last record lets go of its tensor at the next
+    forward); one registered later is hooked and recorded from the next pass on."""
+
+    class Growing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Parameter(torch.ones(3))
+            self.b: nn.Parameter | None = nn.Parameter(torch.ones(3))
+            self.c: nn.Parameter | None = None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = x * self.a
+            for extra in (self.b, self.c):
+                if extra is not None:
+                    out = out * extra
+            return out.sum()
+
+    net = Growing()
+    x = torch.arange(3.0)
+    with gradscope.watch(net) as w:
+        net(x).backward()
+        first = w.last
+        assert set(first) == {"a", "b"}
+        net.b = None  # removed: nn.Module keeps the slot, holding None
+        net.zero_grad()
+        net(x).backward()
+        assert set(w.last) == {"a"} and not w.last.missing
+        assert first.dropped == "keep" and first["b"].after is None
+        net.c = nn.Parameter(torch.full((3,), 2.0))
+        net.zero_grad()
+        net(x).backward()
+    assert set(w.last) == {"a", "c"}
+    torch.testing.assert_close(w.last["c"].after, x)
+    torch.testing.assert_close(w.last["a"].after, 2 * x)
+
+
+def test_a_replaced_submodule_is_followed() -> None:
+    """Its new parameters are hooked and recorded, not reported missing (they were, before the
+    change check covered submodule slots)."""
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    x = torch.randn(4, 2)
+    with gradscope.watch(net) as w:
+        net(x).sum().backward()
+        net[1] = nn.Linear(2, 1)
+        net.zero_grad()
+        net(x).sum().backward()
+    assert not w.last.missing and sorted(w.last.replaced) == ["1.bias", "1.weight"]
+    assert torch.equal(w.last["1.weight"].after, net[1].weight.grad)
+
+
 def test_weight_tying_gives_one_record_for_every_alias() -> None:
     class Tied(nn.Module):
         def __init__(self) -> None:
