@@ -63,11 +63,11 @@ def mutant_prefix(module: str) -> str:
 
 def run_one(module: str, jobs: int, survivors: bool) -> int:
     """Mutate ``module`` and run its mutants against its tests (in this process); with
-    ``survivors``, run again only the mutants the last run left alive (after adding tests)."""
+    ``survivors``, run again only the mutants the last run left alive or did not reach."""
     import mutmut.configuration as cfg
     from mutmut.__main__ import cli
 
-    alive = score(module)[2] if survivors else []
+    alive = _unfinished(module) if survivors else []
     if survivors and not alive:
         return 0
     # a fresh start for this module: mutmut would keep an unmutated copy made by another
@@ -111,6 +111,13 @@ def score(module: str) -> tuple[int, int, list[str], int]:
     return len(killed), len(codes), alive, pending
 
 
+def _unfinished(module: str) -> list[str]:
+    """The mutants the last run of ``module`` left alive or did not reach."""
+    meta = ROOT / "mutants" / (module + ".meta")
+    codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+    return sorted((k for k, c in codes.items() if c not in KILLED), key=_order)
+
+
 def _order(name: str) -> tuple[str, int]:
     stem, _, n = name.rpartition("_")
     return stem, int(n) if n.isdigit() else 0
@@ -123,7 +130,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
     parser.add_argument("--report-only", action="store_true", help="print the cached scores")
     parser.add_argument(
-        "--survivors", action="store_true", help="rerun only the last run's survivors"
+        "--survivors", action="store_true", help="rerun only the last run's survivors and unreached mutants"
     )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
