@@ -130,7 +130,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
     parser.add_argument("--report-only", action="store_true", help="print the cached scores")
     parser.add_argument(
-        "--survivors", action="store_true", help="rerun only the last run's survivors and unreached mutants"
+        "--survivors", action="store_true", help="rerun the last run's survivors and unreached"
     )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
