@@ -8,6 +8,7 @@
 torch.Size([6])
 """
 
+from ._distributed.replicas import ReplicaMismatch, ReplicaReport, check_replicas
 from ._errors import (
     GradientAssertionError,
     GradscopeError,
@@ -44,6 +45,8 @@ __all__ = [
     "NonfiniteGradient",
     "OptimizerVerifier",
     "ParamCheck",
+    "ReplicaMismatch",
+    "ReplicaReport",
     "SavedTensor",
     "Shadow",
     "StateCheck",
@@ -53,6 +56,7 @@ __all__ = [
     "UnknownParameterError",
     "Watch",
     "__version__",
+    "check_replicas",
     "check_step",
     "graph",
     "verify_optimizer",

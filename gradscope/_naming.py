@@ -23,6 +23,7 @@ __all__ = [
     "named_parameters",
     "reject_meta",
     "suggest",
+    "unsharded_aliases",
     "unwrap_module",
 ]
 
@@ -58,6 +59,24 @@ def unwrap_module(module: nn.Module) -> nn.Module:
             continue
         break
     return module
+
+
+def unsharded_aliases(module: nn.Module, names: dict[int, str]) -> dict[int, str]:
+    """FSDP2: ``id`` of each parameter's unsharded copy (what autograd sees) -> its name.
+
+    ``names`` maps ``id`` of the sharded (DTensor) parameters to their names. FSDP2 runs forward
+    and backward on unsharded copies it keeps per parameter; empty for any other model.
+    """
+    aliases: dict[int, str] = {}
+    for sub in module.modules():
+        get_state = getattr(sub, "_get_fsdp_state", None)
+        group = getattr(get_state(), "_fsdp_param_group", None) if get_state else None
+        for fsdp_param in getattr(group, "fsdp_params", ()):
+            name = names.get(id(getattr(fsdp_param, "sharded_param", None)))
+            unsharded = getattr(fsdp_param, "_unsharded_param", None)
+            if name is not None and unsharded is not None:
+                aliases[id(unsharded)] = name
+    return aliases
 
 
 @dataclass

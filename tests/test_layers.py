@@ -23,6 +23,7 @@ LAYERS = {
     "gradscope._lenet": 1,
     "gradscope._text": 1,
     "gradscope._graph": 2,
+    "gradscope._distributed": 2,  # DDP/FSDP2 layouts, shard statistics, replica checks
     "gradscope._watch": 3,
     "gradscope._optim": 3,
     "gradscope._report": 4,

@@ -35,6 +35,9 @@ EXPECTED = {
     "__version__",
     "check_step",
     "verify_optimizer",
+    "check_replicas",
+    "ReplicaReport",
+    "ReplicaMismatch",
 }
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .._errors import GradscopeError
-from .._naming import ParamsLike, describe, named_parameters, reject_meta
+from .._naming import ParamsLike, describe, named_parameters, reject_meta, unsharded_aliases
 from .grad_flow import GradRecorder
 from .graph import Graph
 from .module_tags import install_module_tagging, module_paths
@@ -93,6 +93,8 @@ def graph(
             names[id(tensor)] = name
             if tensor.layout == torch.strided:
                 ptrs.add(tensor.data_ptr())
+        if isinstance(params, nn.Module):  # FSDP2: autograd sees the unsharded copies
+            names.update(unsharded_aliases(params, names))
     recorder = GradRecorder() if grads else None
     paths = module_paths()
     readers: list[SavedReader] = []

@@ -125,7 +125,14 @@ class GraphNode:
             return f"AccumulateGrad[{self.param}]" if self.param else "AccumulateGrad[parameter]"
         if self.kind == "leaf" and self.shape is not None:
             return f"AccumulateGrad[leaf {tuple(self.shape)}]"
-        return self.op
+        framework = FRAMEWORK_HOOKS.get(self.op)
+        return f"{framework} [{self.op}]" if framework else self.op
+
+
+# Nodes a framework puts in the backward graph for its own hooks, not model ops.
+FRAMEWORK_HOOKS = {
+    "RegisterPostBackwardFunctionBackward": "FSDP2 post-backward hook (reduce-scatter)",
+}
 
 
 @dataclass(slots=True)

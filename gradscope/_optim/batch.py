@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._distributed.shards import local_shard
 from .arrays import max_abs
 from .references import Rule
 
@@ -126,6 +127,8 @@ def _window(tensor: Tensor, window: tuple[int, int] | None) -> Tensor:
 
 
 def as_real(t: Tensor) -> Tensor:
+    """A plain real tensor: FSDP2 (DTensor) values become this rank's shard, sparse dense."""
+    t = local_shard(t)  # references run on local shards: no collective inside a check
     if t.is_sparse:
         t = t.to_dense()
     return torch.view_as_real(t) if t.is_complex() else t

@@ -25,6 +25,7 @@ from .batch import Plan
 from .compare import judge
 from .hooks import grads_after_closure, outermost, resolve_inputs
 from .plan import expect
+from .ranks import agree_across_ranks
 from .shadow import Shadow
 from .step_report import StepReport, merge
 
@@ -175,6 +176,7 @@ class _StepCheck:
             outcomes.append(outcome)
         references = [None if r is None else r.text for r in self._inputs.rules]
         merge(self._report, outcomes, references)
+        agree_across_ranks(self._report, self._inputs.optimizers)  # FSDP2: collective
         if self._shadow is not None:
             self._shadow.steps += 1
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._distributed.shards import local_shard
 from .batch import Batch, Target, grad_of, rule_input, shaped
 from .diagnose import explain_state, state_hint
 from .shadow import Shadow
@@ -76,7 +77,8 @@ def _matches(value: object, target: Target, want: Tensor) -> bool:
         return False
     if target.window is not None:
         return value.shape == target.tensor.shape
-    return value.numel() * (2 if value.is_complex() else 1) == want.numel()
+    local = local_shard(value)  # FSDP2: the reference ran on this rank's shard
+    return local.numel() * (2 if local.is_complex() else 1) == want.numel()
 
 
 def spread(values: Tensor, present: list[bool]) -> Tensor:

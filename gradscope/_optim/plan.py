@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._distributed.shards import local_shard
 from .._errors import GradscopeError
 from .._naming import ParamNames, describe
 from .arrays import Many, Pool
@@ -143,7 +144,7 @@ def expect(
             if not target.has_grad:
                 plan.skipped.append(target)
             elif rule is None:
-                target.before = tensor.detach().clone()
+                target.before = local_shard(tensor).detach().clone()
                 grad = tensor.grad
                 assert grad is not None
                 values = grad.coalesce().values() if grad.is_sparse else grad

@@ -21,6 +21,7 @@ from .check import shadow_of
 from .compare import judge
 from .hooks import grads_after_closure, outermost, resolve_inputs
 from .plan import expect, window_parts
+from .ranks import agree_across_ranks
 from .shadow import Shadow
 from .step_report import StepReport, merge
 
@@ -211,6 +212,7 @@ class OptimizerVerifier:
                 f"elements or more, every element every {parts} steps"
             )
         merge(report, [outcome], [None if rule is None else rule.text])
+        agree_across_ranks(report, [opt])  # FSDP2: collective, one verdict on every rank
         self._steps[index] += 1
         if self.shadow is not None:
             self.shadow.steps += 1

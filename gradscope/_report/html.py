@@ -363,7 +363,11 @@ def _charts(
 
 
 def render_report(
-    watch: Reportable, graph: _HasSvg | None = None, *, title: str | None = None
+    watch: Reportable,
+    graph: _HasSvg | None = None,
+    *,
+    title: str | None = None,
+    ranks_html: str | None = None,
 ) -> str:
     """The report page as a string; see :func:`write_report`."""
     records = watch.records
@@ -408,6 +412,7 @@ def render_report(
 {flow_html}
 <h2>Gradient norm over the recorded passes</h2>
 {norms_html}
+{"<h2>Ranks</h2>" + ranks_html if ranks_html is not None else ""}
 <h2>Backward graph</h2>
 {graph_html}
 <footer>gradscope {_escape(__version__)} · torch {_escape(torch.__version__)}
@@ -419,9 +424,17 @@ def render_report(
 
 
 def write_report(
-    watch: Reportable, path: str | os.PathLike[str], graph: _HasSvg | None = None
+    watch: Reportable,
+    path: str | os.PathLike[str],
+    graph: _HasSvg | None = None,
+    *,
+    ranks: str | None = None,
 ) -> Path:
-    """Write the report for ``watch`` to ``path`` atomically and return the path."""
+    """Write the report for ``watch`` to ``path`` atomically and return the path.
+
+    ``ranks="all"`` (collective, under torch.distributed): every rank's view is gathered and
+    rank 0 alone writes the page, with a "Ranks" section (see ``ranks``).
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise GradscopeError(f"report() takes a file path, not {type(path).__name__}")
     target = Path(path)
@@ -430,5 +443,18 @@ def write_report(
             f"report({str(target)!r}): that is a folder; pass a file name such as "
             f"{str(target / 'report.html')!r}"
         )
-    atomic_write(target, render_report(watch, graph))
+    if ranks is None:
+        atomic_write(target, render_report(watch, graph))
+        return target
+    import torch.distributed as dist
+
+    from .ranks import gather_rank_views, own_view, ranks_section
+
+    if dist.is_available() and dist.is_initialized():
+        views = gather_rank_views(watch.records)  # every rank takes part
+        if dist.get_rank() != 0:
+            return target
+    else:
+        views = [own_view(watch.records, 0)]
+    atomic_write(target, render_report(watch, graph, ranks_html=ranks_section(views)))
     return target

@@ -47,12 +47,15 @@ class Followed:
         exclude: Sequence[str],
         register: Register,
         forget: Callable[[str], None],
+        *,
+        nodes: bool = True,
     ) -> None:
         self.root: nn.Module | None = root
         self._include = list(include)
         self._exclude = list(exclude)
         self._register = register
         self._forget = forget  # the recorder drops what it keeps of a parameter unhooked
+        self._with_nodes = nodes  # False for FSDP2's DTensor parameters (no AccumulateGrad used)
         self.names = ParamNames()
         self.handles: dict[str, RemovableHandle] = {}
         self.nodes: dict[str, Any] = {}  # the AccumulateGrad node of each hooked parameter
@@ -131,7 +134,8 @@ class Followed:
 
     def hook(self, name: str, param: torch.Tensor) -> None:
         self.handles[name] = self._register(name, param)
-        self.nodes[name] = accumulate_node(param)
+        if self._with_nodes:
+            self.nodes[name] = accumulate_node(param)
 
     def unhook(self, name: str) -> None:
         handle = self.handles.pop(name, None)

@@ -3,7 +3,8 @@
 Recording only: which parameters are watched (following the module as it changes) is in
 ``following``, when a pass starts and ends in ``passes``, how a pass's records are built in
 ``assembly``, which tensors are kept in ``keeping``, the statistics in ``reading`` and
-``stats``, the records in ``records`` and the public object in ``watch``, which owns one
+``stats``, the records in ``records``, the functions torch calls in ``trampolines``, FSDP2's
+sharded parameters in ``sharded``, and the public object in ``watch``, which owns one
 recorder (tables and pages are in ``gradscope._report``). Only the watch holds the recorder,
 and hooks hold it weakly, so dropping the watch drops the recorder, which removes its hooks:
 neither can keep the model alive. Errors inside a hook are stored on the recorder, never
@@ -23,6 +24,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .._distributed.layout import layout_of, sync_pending
+from .._distributed.shards import local_shard
 from .._graph.module_tags import install_module_tagging
 from .._hooks import CopySafe
 from .._naming import ParamNames, unwrap_module
@@ -32,7 +35,9 @@ from .keeping import Keep, Keeper, default_max_bytes
 from .passes import Entry, Pass, take_accumulated
 from .reading import HostCopy, Reading, host_copy_for
 from .records import BackwardRecord, GradRecord
+from .sharded import assemble_sharded, combine_across_ranks, register
 from .stats import reduction_dtype
+from .trampolines import after_forward, before_forward, on_grad, on_shard
 
 __all__ = ["Keep", "Recorder"]
 
@@ -51,28 +56,6 @@ def _remove_handles(handles: dict[str, RemovableHandle], extra: list[RemovableHa
     for handle in extra:
         handle.remove()
     extra.clear()
-
-
-# The hooks: module-level functions bound with functools.partial (CopySafe), so torch calls them
-# at C speed, holding the recorder weakly. They run in every pass: keep them short.
-def _before_forward(ref: weakref.ref[Recorder], _module: nn.Module, _args: Any) -> None:
-    recorder = ref()
-    if recorder is not None:
-        try:
-            recorder._before_forward()
-        except Exception as error:  # never break the user's forward or backward
-            recorder._caught(error)
-
-
-def _on_grad(
-    ref: weakref.ref[Recorder], name: str, param: torch.Tensor, grad: torch.Tensor
-) -> None:
-    recorder = ref()
-    if recorder is not None:
-        try:
-            recorder._on_grad(name, param, grad)
-        except Exception as error:
-            recorder._caught(error)
 
 
 class Recorder:
@@ -96,15 +79,27 @@ class Recorder:
         copy: bool,
         max_bytes: int | None = None,
     ) -> None:
+        # DDP, FSDP2 or neither; refuses (raises) what the hooks cannot follow, before any hook.
+        self._layout = layout_of(module)
+        self._sharded = self._layout.kind == "fsdp2"
+        self._befores: dict[str, torch.Tensor] = {}  # FSDP2: shards taken when forward started
+        self._synchronising: bool | None = None
         self._module: nn.Module | None = module
         self._module_ref = weakref.ref(module)
         self.every = every
         self.scaler = scaler
-        self.copy = copy
+        # DDP(gradient_as_bucket_view=True) writes every pass into the same buckets that .grad
+        # views, even after zero_grad(set_to_none=True): records kept past the next pass need
+        # copies of their own.
+        self.copy = copy or (
+            keep == "all"
+            and self._layout.kind == "ddp"
+            and bool(getattr(module, "gradient_as_bucket_view", 0))
+        )
         root = unwrap_module(module)
         self._root: nn.Module | None = root
         self._root_type = type(root).__name__
-        self._ddp = isinstance(module, nn.parallel.DistributedDataParallel)
+        self._ddp = self._layout.kind == "ddp"
         self.records: deque[BackwardRecord] = deque(maxlen=history)
         self._other_handles: list[RemovableHandle] = []
         self._pass: Pass | None = None
@@ -119,7 +114,9 @@ class Recorder:
         self.closed = False
         self.keep: Keep = keep
         self._keeper = Keeper(keep, max_bytes or 0)
-        self._followed = Followed(root, include, exclude, self._register, self._forget)
+        self._followed = Followed(
+            root, include, exclude, self._register, self._forget, nodes=not self._sharded
+        )
         self._nodes = self._followed.nodes  # the same dict, for the hot path
         self._handles = self._followed.handles
         self._finalizer = weakref.finalize(
@@ -139,24 +136,27 @@ class Recorder:
         return self._keeper.max_bytes
 
     def install_forward_hooks(self, module: nn.Module, tag_modules: bool) -> None:
-        hook = CopySafe(_before_forward, weakref.ref(self))
+        hook = CopySafe(before_forward, weakref.ref(self))
         self._other_handles.append(module.register_forward_pre_hook(hook))
+        if self._sharded:  # FSDP2: a pass that writes no .grad (no sync) still starts
+            after = CopySafe(after_forward, weakref.ref(self))
+            self._other_handles.append(module.register_forward_hook(after))
         # graph() then knows which module made each node (see _module_tags). Not under
         # torch.compile: its backward is one node anyway, and the hooks would break its graph.
         if tag_modules and self._root is not None and not hasattr(module, "_orig_mod"):
             self._other_handles.extend(install_module_tagging(self._root))
 
-    def _caught(self, error: BaseException) -> None:
+    def caught(self, error: BaseException) -> None:
         """An error inside a hook: stored, surfaced via ``.errors``, never raised from backward."""
         self.errors.append(error)
         if self._pass is not None:
             self._pass.errors.append(error)
 
-    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
+    def guard(self, fn: Callable[..., object], *args: Any) -> None:
         try:
             fn(*args)
         except Exception as error:
-            self._caught(error)
+            self.caught(error)
 
     def frozen_names(self) -> list[str]:
         """Watched parameters with ``requires_grad=False`` right now."""
@@ -181,7 +181,7 @@ class Recorder:
         """End a pass whose ``backward()`` raised (before a read, a forward or a new pass)."""
         current = self._pass
         if current is not None and current.end() is None:
-            self._guard(self._end_pass, current, True)
+            self.guard(self._end_pass, current, True)
 
     def close(self) -> None:
         """Remove every hook (idempotent) and let go of the model. Records stay readable."""
@@ -203,9 +203,11 @@ class Recorder:
     def _register(self, name: str, param: torch.Tensor) -> RemovableHandle:
         # A tensor hook sees the incoming gradient while .grad still holds the old one, fires
         # under torch.compile and torch.autograd.grad, and once with the sum for tied weights.
-        # It does not fire for FSDP2/DTensor parameters (post-accumulate hooks do): not
-        # supported yet. Parameters drop their hooks when copied or pickled.
-        hook = CopySafe(_on_grad, weakref.ref(self), name, param)
+        # It does not fire for FSDP2/DTensor parameters: they get a post-accumulate hook (see
+        # ``sharded``). Parameters drop their hooks when copied or pickled.
+        if self._sharded:
+            return register(param, CopySafe(on_shard, weakref.ref(self), name))
+        hook = CopySafe(on_grad, weakref.ref(self), name, param)
         handle: RemovableHandle = param.register_hook(hook)  # type: ignore[no-untyped-call]
         return handle
 
@@ -223,7 +225,7 @@ class Recorder:
         def finish() -> None:
             recorder = ref()
             if recorder is not None:
-                recorder._guard(recorder._end_pass, current, False)
+                recorder.guard(recorder._end_pass, current, False)
 
         current.schedule(finish)
         if recording and self.keep == "last" and self.records:
@@ -232,8 +234,22 @@ class Recorder:
             self._keeper.recycle(self.records[-1])
         return current
 
-    def _on_grad(self, name: str, param: torch.Tensor, grad: torch.Tensor) -> None:
+    def current_pass(self) -> Pass:
         current = self._pass
+        if current is None or current.end() is None:
+            if current is not None:  # the last backward() raised midway
+                self._end_pass(current, True)
+            current = self._start_pass()
+        return current
+
+    def on_shard(self, name: str, param: torch.Tensor) -> None:
+        """FSDP2 wrote this rank's shard of ``param``'s gradient (see ``sharded``)."""
+        current = self.current_pass()
+        if current.recording and name not in current.entries:
+            current.entries[name] = Entry(None, self._befores.pop(name, None), True, None, 0)
+
+    def on_grad(self, name: str, param: torch.Tensor, grad: torch.Tensor) -> None:
+        current = self._pass  # (current_pass inlined: this runs for every parameter)
         if current is None or current.end() is None:
             if current is not None:  # the last backward() raised midway
                 self._end_pass(current, True)
@@ -299,17 +315,32 @@ class Recorder:
             last._replace(grad, snapshot)
         return snapshot
 
-    def _before_forward(self) -> None:
+    def before_forward(self) -> None:
         current = self._pass
         if current is not None and current.end() is None:
             self._end_pass(current, True)
         followed = self._followed
         followed.sync()
-        # A hook registered since the last pass runs after ours: move ours last now, so even
-        # torch.autograd.grad (which runs no accumulator pre-hook) sees the final gradient.
-        followed.move_ours_last()
+        if self._layout.kind != "local":
+            module = self.module
+            self._synchronising = None if module is None else sync_pending(module, self._layout)
+        if self._sharded:
+            self._snapshot_shards()
+        else:
+            # A hook registered since the last pass runs after ours: move ours last now, so
+            # even torch.autograd.grad (which runs no accumulator pre-hook) sees the final one.
+            followed.move_ours_last()
         if self.keep == "last" and not self.copy and self.records:
             self._keeper.release_orphans(self.records[-1], followed.names.params)
+
+    def _snapshot_shards(self) -> None:
+        """FSDP2 adds into the old shard before our hook runs: take ``before`` now."""
+        self._befores.clear()
+        if self.keep == "none":
+            return
+        for name, param in self.names.params.items():
+            if param.grad is not None:
+                self._befores[name] = self._snapshot_before(name, local_shard(param.grad))
 
     # ------------------------------------------------------------------------- end of a pass
     def _end_pass(self, current: Pass, failed: bool) -> None:
@@ -324,23 +355,40 @@ class Recorder:
         followed.sync()
         scale = loss_scale(self.scaler)
         params, keep, index = followed.names.params, self.keep, current.index
-        records, sources, known = assemble(
-            current.entries,
-            params,
-            followed.aliases,
-            index,
-            scale,
-            failed,
-            keep,
-            self._keeper.copy if self.copy else None,
-            self._ddp,
-            self._last_record,
-        )
+        copy = self._keeper.copy if self.copy else None
+        if self._sharded:
+            records, sources, known = assemble_sharded(
+                current.entries,
+                params,
+                followed.aliases,
+                index,
+                scale,
+                keep,
+                copy,
+                self._last_record,
+            )
+        else:
+            records, sources, known = assemble(
+                current.entries,
+                params,
+                followed.aliases,
+                index,
+                scale,
+                failed,
+                keep,
+                copy,
+                self._ddp,
+                self._last_record,
+            )
         self._read_stats(records, sources, known, scale)
+        synchronised = self._synchronising
+        if self._sharded and not failed:  # every rank ends every pass here: one collective
+            combine_across_ranks(list(records.values()), sources, self._layout)
         frozen = followed.frozen
         missing = (
             []
             if len(records) + len(frozen) == len(params)
+            or (self._sharded and not synchronised)  # FSDP2 kept them unsharded, unseen
             else [n for n, p in params.items() if p.requires_grad and n not in records]
         )
         backward = BackwardRecord(
@@ -354,6 +402,7 @@ class Recorder:
             loss_scale=scale,
             errors=current.errors,
             failed=failed,
+            synchronised=synchronised,
         )
         followed.replaced = []
         oldest = self.records[0] if len(self.records) == self.records.maxlen else None

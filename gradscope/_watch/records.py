@@ -24,8 +24,11 @@ class GradRecord:
     nothing is accumulated (``accumulated`` is False): ``delta`` holds the gradient autograd
     computed and ``before``/``after`` the untouched ``.grad``. Under DistributedDataParallel
     ``after`` is the averaged gradient the optimizer will use, ``local`` the gradient this
-    process computed and ``delta`` is ``after - before``. A sparse gradient gives sparse
-    tensors.
+    process computed and ``delta`` is ``after - before``. Under FSDP2 (``fully_shard``)
+    ``before``, ``after`` and ``delta`` are this rank's shards as plain tensors (the DTensor
+    gradient's local tensor), ``stats`` describe the whole gradient (combined across ranks when
+    the pass ended), ``local_stats`` this rank's shard and ``rank_stats`` every rank's. A sparse
+    gradient gives sparse tensors.
 
     Tensors are None once dropped (see ``watch(keep=..., max_bytes=...)`` and
     ``BackwardRecord.dropped``). Without ``watch(copy=True)`` the watch keeps the very tensor
@@ -45,10 +48,12 @@ class GradRecord:
         "_handed_out",
         "_intact",
         "_local",
+        "_ranks",
         "_reading",
         "_rescaled",
         "_slot",
         "_source_version",
+        "_whole",
         "accumulated",
         "aliases",
         "index",
@@ -89,6 +94,9 @@ class GradRecord:
         self._reading: Reading | None = None  # the pass's norms and NaN/Inf counts
         self._slot = 0
         self._full: GradStats | None = None
+        # FSDP2: the whole gradient's statistics and every rank's (see gradscope._distributed).
+        self._whole: GradStats | None = None
+        self._ranks: list[GradStats] | None = None
 
     def _source(self) -> torch.Tensor | None:
         return self._after if self.accumulated else self._delta
@@ -159,8 +167,17 @@ class GradRecord:
 
         numel, norm and the NaN/Inf counts are recorded for every pass; mean, std, min, max,
         abs_max and zero_fraction are computed on first read while the tensors are kept (and
-        unmodified), and stay None otherwise. The norm is always the recorded one.
+        unmodified), and stay None otherwise. The norm is always the recorded one. Under FSDP2
+        they describe the whole (unsharded) gradient, combined across ranks when the pass
+        ended (numel, norm, NaN/Inf counts only); ``local_stats`` describes this rank's shard.
         """
+        if self._whole is not None:
+            return self.recorded
+        return self.local_stats
+
+    @property
+    def local_stats(self) -> GradStats:
+        """Statistics of this rank's tensor: under FSDP2 its shard, otherwise as ``stats``."""
         if self._full is None:
             source = self._source()
             if source is not None and self._check():
@@ -170,7 +187,15 @@ class GradRecord:
                 self._full = stats
         if self._full is not None:
             return self._full
-        return self.recorded
+        return self._local_recorded()
+
+    @property
+    def rank_stats(self) -> list[GradStats] | None:
+        """Under FSDP2: every rank's shard statistics (numel, norm, NaN/Inf), by rank."""
+        if self._ranks is None:
+            return None
+        scale = 1.0 if self.loss_scale is None else 1.0 / self.loss_scale
+        return [stats.scaled(scale) for stats in self._ranks]
 
     def _raw(self) -> tuple[float, int, int]:
         if self._reading is None:
@@ -180,6 +205,12 @@ class GradRecord:
     @property
     def recorded(self) -> GradStats:
         """The statistics taken when the pass ended: numel, norm, NaN and Inf counts."""
+        if self._whole is not None:
+            whole = self._whole
+            return whole if self.loss_scale is None else whole.scaled(1.0 / self.loss_scale)
+        return self._local_recorded()
+
+    def _local_recorded(self) -> GradStats:
         norm, nan, inf = self._raw()
         assert self._reading is not None
         numel = self._reading.numel(self._slot)
@@ -252,6 +283,12 @@ class BackwardRecord(Mapping[str, GradRecord]):
     the gradients that arrived and ``missing`` the ones that did not. ``dropped`` says why the
     tensors were let go, statistics kept: None while they are kept, ``"keep"`` (``keep="last"``
     keeps the newest pass only), ``"max_bytes"`` (``keep="all"`` reached its memory bound).
+
+    ``synchronised`` is None for a model on one process; under DDP and FSDP2 it says whether
+    this pass synchronised the gradients across ranks (False inside ``no_sync()`` or after
+    ``set_requires_gradient_sync(False)``). FSDP2 keeps an unsynchronised pass's gradients
+    unsharded inside FSDP, out of reach: such a record has no gradients (and none missing),
+    and the next synchronised pass records the sum of all of them.
     """
 
     index: int
@@ -265,6 +302,7 @@ class BackwardRecord(Mapping[str, GradRecord]):
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     failed: bool = False
     dropped: str | None = None
+    synchronised: bool | None = None
 
     @property
     def nonfinite(self) -> list[str]:

@@ -199,9 +199,14 @@ class Watch:
         self.last_graph = build_graph(*outputs, params=module, grads=grads)
         return self.last_graph
 
-    def report(self, path: str | os.PathLike[str]) -> Path:
+    def report(self, path: str | os.PathLike[str], *, ranks: str | None = None) -> Path:
         """Write a self-contained HTML page (table, gradient-flow and norm charts, and the
         backward graph when one was captured) to ``path``.
+
+        Under torchrun each rank's page describes that rank. ``ranks="all"`` is collective
+        (every rank must call it): each rank's per-parameter norms are gathered and rank 0
+        alone writes one page with a column per rank and each rank's total norm over the
+        passes; the other ranks write nothing and return ``path``.
 
         >>> net = torch.nn.Linear(3, 1)
         >>> with watch(net) as w:
@@ -211,6 +216,11 @@ class Watch:
         """
         from .._report.html import write_report
 
+        if ranks not in (None, "all"):
+            raise GradscopeError(
+                f'report(ranks=...) takes "all" (one page for every rank, collective) or None '
+                f"(this rank), not {ranks!r}"
+            )
         self._catch_up()
         if not self._recorder.records:
             raise GradscopeError(
@@ -218,7 +228,7 @@ class Watch:
                 + self._why_no_record()
                 + "; run forward and backward inside the watch first"
             )
-        return write_report(self, path, self.last_graph)
+        return write_report(self, path, self.last_graph, ranks=ranks)
 
     def close(self) -> None:
         """Remove every hook this watch installed (idempotent). Records stay readable."""

@@ -24,6 +24,7 @@ from ._grads import (
     assert_grads_finite,
     assert_no_grad,
 )
+from ._replicas import assert_replicas_in_sync
 from ._step import assert_step_matches_reference
 from ._update import assert_params_updated
 from ._watch import assert_watch_finite
@@ -36,6 +37,7 @@ __all__ = [
     "assert_grads_finite",
     "assert_no_grad",
     "assert_params_updated",
+    "assert_replicas_in_sync",
     "assert_step_matches_reference",
     "assert_watch_finite",
 ]
