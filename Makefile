@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.gradscope-installed
 TORCH  := 2.13.0
 
-.PHONY: install demo test lint docs bench clean
+.PHONY: install demo test lint docs bench mutate clean
 
 $(STAMP): pyproject.toml
 	@echo "==> [1/4] $(VENV): a virtual environment for gradscope (first run only)"
@@ -32,8 +32,8 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gradscope _gradscope_pytest.py conftest.py tests examples benchmarks docs
-	$(VENV)/bin/ruff format --check gradscope _gradscope_pytest.py conftest.py tests examples benchmarks docs
+	$(VENV)/bin/ruff check gradscope _gradscope_pytest.py conftest.py tests tools examples benchmarks docs
+	$(VENV)/bin/ruff format --check gradscope _gradscope_pytest.py conftest.py tests tools examples benchmarks docs
 	$(VENV)/bin/mypy
 
 # The documentation site: warnings are errors (broken references, public names without a
@@ -46,8 +46,12 @@ docs: $(STAMP)
 	$(PY) docs/check_site.py docs/_build/html
 	@echo "==> open docs/_build/html/index.html"
 
+# Mutation testing of the core (tools/mutate.py; slow, not in CI): MODULES=path.py for one.
+mutate: $(STAMP)
+	$(PY) tools/mutate.py $(MODULES)
+
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do OMP_NUM_THREADS=1 $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) gradscope-demo .pytest_cache .mypy_cache .ruff_cache docs/_build docs/generated
+	rm -rf $(VENV) gradscope-demo .pytest_cache .mypy_cache .ruff_cache mutants docs/_build docs/generated

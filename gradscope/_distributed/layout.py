@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,11 +48,11 @@ class Layout:
 
 
 def _fsdp1(module: nn.Module) -> bool:
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-    except ImportError:  # torch built without distributed support
-        return False
-    return any(isinstance(m, FullyShardedDataParallel) for m in module.modules())
+    # A model wrapped in FSDP1 means torch.distributed.fsdp was imported: never import it here
+    # (seconds on a first watch(), and it registers torch libraries that must not load twice).
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    wrapper = getattr(fsdp, "FullyShardedDataParallel", None)
+    return wrapper is not None and any(isinstance(m, wrapper) for m in module.modules())
 
 
 def layout_of(module: nn.Module) -> Layout:

@@ -30,7 +30,6 @@ such node is an independent source (``Graph.nonfinite_origins``, in that same or
 from __future__ import annotations
 
 import math
-import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .._errors import GradscopeWarning
+from .._errors import warn_at_caller
 from .walk import ACCUMULATE, NORM_KEEPING, WalkResult
 
 __all__ = ["Flow", "GradRecorder", "Origin"]
@@ -62,21 +61,29 @@ class Flow:
 
 
 Norm = float | torch.Tensor  # a float on CPU, a 0-d float64 tensor on other devices
+_INCOMING = -1  # the slot under which a node's hook records what came into it
 
 
 class GradRecorder:
     """Hooks on the walked nodes; the hooks hold only a weak reference to the recorder."""
 
     def __init__(self) -> None:
-        self.values: dict[int, tuple[tuple[int, ...], list[Norm | None]]] = {}
+        self.values: dict[int, tuple[tuple[int, ...], list[Norm]]] = {}
         self.order: list[int] = []
-        self.in_pass = False
-        self.passes = 0
+        self.in_pass = False  # pragma: no mutate (None is as false)
+        # a pass was recorded and has ended
+        self.ended = False  # pragma: no mutate (None is as false)
         self.hooked: set[int] = set()
         self.errors: list[Exception] = []
-        self.bad = False  # a non-finite norm was seen (CPU norms are known by the pass end)
+        self._warned = False  # pragma: no mutate (None is as false)
+        self._new_pass()
+
+    def _new_pass(self) -> None:
+        self.values.clear()
+        self.order.clear()
+        # a non-finite norm was seen (CPU norms are known by the pass end)
+        self.bad = False  # pragma: no mutate (None is as false)
         self.pending = False  # some norms are still tensors on a device
-        self._warned = False
         self._flow: Flow | None = None
         self._origins: tuple[Origin, ...] | None = None
 
@@ -102,33 +109,26 @@ class GradRecorder:
         if self.in_pass:
             return
         self.in_pass = True
-        self.values.clear()
-        self.order.clear()
-        self.bad = self.pending = False
-        self._flow = None
-        self._origins = None
+        self._new_pass()
         ref = weakref.ref(self)
 
         def end() -> None:
             rec = ref()
             if rec is not None:
-                rec.in_pass = False
-                rec.passes += 1
+                rec.in_pass = False  # pragma: no mutate (None is as false)
+                rec.ended = True
 
         torch.autograd.Variable._execution_engine.queue_callback(end)
 
     def ready(self) -> bool:
         """A backward pass was recorded and has ended."""
-        if self.passes == 0 or self.in_pass:
+        if not self.ended or self.in_pass:
             return False
         if self.errors and not self._warned:
             self._warned = True  # a warning raised inside a hook (under -W error) breaks backward
-            warnings.warn(
-                GradscopeWarning(
-                    f"gradscope.graph(grads=True) could not record {len(self.errors)} "
-                    f"gradient(s); norms there are missing. First: {self.errors[0]!r}"
-                ),
-                stacklevel=4,
+            warn_at_caller(
+                f"gradscope.graph(grads=True) could not record {len(self.errors)} "
+                f"gradient(s); norms there are missing. First: {self.errors[0]!r}"
             )
         if self.pending:
             _read(self)
@@ -174,9 +174,9 @@ def _make_hook(
                     slots.append(slot)
                     grads.append(g)
             if want_in:
-                for k, g in enumerate(grad_outputs):
+                for g in grad_outputs:
                     if g is not None:
-                        slots.append(-1 - k)
+                        slots.append(_INCOMING)  # the norm of all of them, below
                         grads.append(g)
             rec.values[i] = (tuple(slots), _norms(grads, rec))
             rec.order.append(i)
@@ -191,28 +191,29 @@ _LOW = (torch.float16, torch.bfloat16)
 HOST: tuple[str, ...] = ("cpu",)
 
 
-def _norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm | None]:
+def _norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm]:
     """L2 norms of ``grads`` (see the module docstring)."""
     if not grads:
         return []
     if all(g.layout == torch.strided and g.device.type in HOST for g in grads):
         return _cpu_norms(grads, rec)
     rec.pending = True
-    if all(g.layout == torch.strided for g in grads):
-        return list(torch._foreach_norm(grads, 2, dtype=torch.float64))
+    if all(g.layout == torch.strided for g in grads):  # pragma: no mutate
+        # (the per-tensor branch below gives the same norms, one call each)
+        return list(torch._foreach_norm(grads, dtype=torch.float64))  # ord 2
     return [
         torch.linalg.vector_norm(g.coalesce().values() if g.is_sparse else g, dtype=torch.float64)
         for g in grads
     ]
 
 
-def _cpu_norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm | None]:
+def _cpu_norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm]:
     norm = torch.linalg.vector_norm
     values = [
         norm(g, dtype=torch.float32 if g.dtype in _LOW else None).item() for g in grads
     ]  # one call each: _foreach_norm on CPU loops anyway and needs a stack to read
-    out: list[Norm | None] = []
-    for g, v in zip(grads, values, strict=True):
+    out: list[Norm] = []
+    for g, v in zip(grads, values, strict=True):  # pragma: no mutate (equal lengths)
         if v == math.inf:  # a real Inf, or float32 squares that overflowed: look again
             v = norm(g, dtype=torch.float64).item()
         if not math.isfinite(v):
@@ -223,22 +224,19 @@ def _cpu_norms(grads: list[torch.Tensor], rec: GradRecorder) -> list[Norm | None
 
 def _read(rec: GradRecorder) -> None:
     """Device norms to floats, with one stack and one ``.tolist()`` per (device, dtype)."""
-    groups: dict[tuple[torch.device, torch.dtype], list[tuple[list[Norm | None], int, Any]]] = {}
+    groups: dict[tuple[torch.device, torch.dtype], list[tuple[list[Norm], int, Any]]] = {}
     for _, norms in rec.values.values():
         for k, v in enumerate(norms):
             if isinstance(v, torch.Tensor):
-                groups.setdefault((v.device, v.dtype), []).append((norms, k, v))
+                key = (v.device, v.dtype)  # pragma: no mutate (float64 on 1 device without 2 GPUs)
+                groups.setdefault(key, []).append((norms, k, v))  # pragma: no mutate (as above)
     for items in groups.values():
         read = torch.stack([v for _, _, v in items]).tolist()
-        for (norms, k, _), value in zip(items, read, strict=True):
-            norms[k] = value
+        for (norms, k, _), value in zip(items, read, strict=True):  # pragma: no mutate
+            norms[k] = value  # (above: read has one value per item)
             if not math.isfinite(value):
                 rec.bad = True
-    rec.pending = False
-
-
-def _value(v: Norm | None) -> float | None:
-    return v if v is None or isinstance(v, float) else float(v)
+    rec.pending = False  # pragma: no mutate (a second read finds no tensor left: only slower)
 
 
 def _resolve(rec: GradRecorder, result: WalkResult) -> Flow:
@@ -246,17 +244,16 @@ def _resolve(rec: GradRecorder, result: WalkResult) -> Flow:
     incoming: dict[int, float] = {}
     out: dict[tuple[int, int], float] = {}
     for i, (slots, norms) in rec.values.items():
-        for slot, norm in zip(slots, norms, strict=True):
-            v = _value(norm)
-            if v is None:  # its norm failed (the error is in rec.errors)
-                continue
-            if slot < 0:
-                incoming[i] = math.hypot(incoming.get(i, 0.0), v) if math.isfinite(v) else v
+        for slot, norm in zip(slots, norms, strict=True):  # pragma: no mutate (equal lengths)
+            v = float(norm)  # ready() has read any device norms
+            if slot == _INCOMING:
+                incoming[i] = math.hypot(incoming.get(i, 0.0), v)  # several outputs: one norm
             else:
                 out[(i, slot)] = v
     into: list[list[int]] = [[] for _ in range(n)]
     by_src: list[list[int]] = [[] for _ in range(n)]
-    for k, (s, d) in enumerate(zip(result.src, result.dst, strict=True)):
+    for k, (s, d) in enumerate(zip(result.src, result.dst, strict=True)):  # pragma: no mutate
+        # (src and dst are built together, one entry per edge)
         into[d].append(k)
         by_src[s].append(k)
     edge_norms: list[float | None] = [None] * len(result.src)
@@ -303,7 +300,7 @@ def _origins(
         bad = [
             (slot, v)
             for slot in slots
-            if slot >= 0 and (v := out.get((i, slot))) is not None and not math.isfinite(v)
+            if slot != _INCOMING and (v := out.get((i, slot))) is not None and not math.isfinite(v)
         ]
         if bad:
             said = " and ".join(f"{_kind(v)} for input {slot}" for slot, v in bad)

@@ -27,9 +27,9 @@ from .hooks import grads_after_closure, outermost, resolve_inputs
 from .plan import expect
 from .ranks import agree_across_ranks
 from .shadow import Shadow
-from .step_report import StepReport
+from .step_report import StepReport, merge
 
-__all__ = ["check_step", "merge", "shadow_of"]
+__all__ = ["check_step", "shadow_of"]
 
 
 def shadow_of(shadow: object, caller: str) -> Shadow | None:
@@ -44,18 +44,6 @@ def shadow_of(shadow: object, caller: str) -> Shadow | None:
         f"{caller}(shadow={describe(shadow)}): pass True (check the optimizer state too), "
         f"False (parameters only) or a gradscope.Shadow kept across steps"
     )
-
-
-def merge(report: StepReport, outcomes: Sequence[Any], references: Sequence[str | None]) -> None:
-    """Fill ``report`` from the outcomes of one or more optimizers' steps."""
-    texts = [r for r in references if r]
-    report.reference = " and ".join(dict.fromkeys(texts)) if texts else None
-    for outcome in outcomes:
-        report.params += outcome.params
-        report.problems += outcome.problems
-        report.notes += outcome.notes
-        report.state_checked |= outcome.state_checked
-    report._ready = True
 
 
 def _pre_hook(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .._errors import GradscopeError, StepMismatch
 
-__all__ = ["ParamCheck", "StateCheck", "StepReport"]
+__all__ = ["ParamCheck", "StateCheck", "StepReport", "merge"]
 
 OK, FAIL, SKIPPED, UNCHECKED = "ok", "FAIL", "skipped", "unchecked"
 STRUCTURAL = (
@@ -279,3 +281,20 @@ def _number(value: float | None) -> str:
     if math.isnan(value) or math.isinf(value) or value == 0:
         return str(value) if value != 0 else "0"
     return f"{value:.2e}"
+
+
+def merge(
+    report: StepReport,
+    outcomes: Sequence[Any],
+    references: Sequence[str | None],
+) -> None:
+    """Fill ``report`` from the outcomes of one or more optimizers' steps; it can be read from
+    then on (this module owns the report's private state)."""
+    texts = [r for r in references if r]
+    report.reference = " and ".join(dict.fromkeys(texts)) if texts else None
+    for outcome in outcomes:
+        report.params += outcome.params
+        report.problems += outcome.problems
+        report.notes += outcome.notes
+        report.state_checked |= outcome.state_checked
+    report._ready = True

@@ -17,13 +17,13 @@ from .._errors import GradscopeError, GradscopeWarning, StepMismatch
 from .._naming import ParamsLike
 from .arrays import Pool
 from .batch import MIN_WINDOW, Plan
-from .check import merge, shadow_of
+from .check import shadow_of
 from .compare import judge
 from .hooks import grads_after_closure, outermost, resolve_inputs
 from .plan import expect, window_parts
 from .ranks import agree_across_ranks
 from .shadow import Shadow
-from .step_report import StepReport
+from .step_report import StepReport, merge
 
 __all__ = ["OptimizerVerifier", "verify_optimizer"]
 

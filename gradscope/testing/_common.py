@@ -60,9 +60,14 @@ def shape_of(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(s) for s in t.shape)
 
 
-def fmt_num(x: float | complex) -> str:
-    """A number short enough for a one-line message but exact enough to compare (4 digits)."""
-    return f"{x:.4g}"
+def fmt_num(x: float | complex | None) -> str:
+    """A number short enough for a one-line message but exact enough to compare (4 digits);
+    ``-`` for a number that was not measured.
+
+    >>> fmt_num(0.000123456), fmt_num(float("nan")), fmt_num(None)
+    ('0.0001235', 'nan', '-')
+    """
+    return "-" if x is None else f"{x:.4g}"
 
 
 def index_of(shape: Sequence[int], flat: int) -> tuple[int, ...]:

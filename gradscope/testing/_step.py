@@ -10,7 +10,7 @@ import torch
 from .._errors import GradscopeError
 from .._naming import ParamsLike, describe, named_parameters
 from .._optim.check import check_step
-from ._common import Failure, fail, plural
+from ._common import Failure, fail, fmt_num, plural
 
 __all__ = ["assert_step_matches_reference"]
 
@@ -29,10 +29,6 @@ def _shapes(
         for name, tensor in named_parameters(params).params.items():
             shapes[name] = tuple(int(s) for s in tensor.shape)
     return shapes
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
 
 
 def assert_step_matches_reference(
@@ -79,8 +75,9 @@ def assert_step_matches_reference(
         numbers = ""
         if check.max_abs_diff is not None:
             numbers = (
-                f": max abs diff {_num(check.max_abs_diff)} (tolerance {_num(check.tolerance)}), "
-                f"{_num(check.max_rel_diff)} of the step"
+                f": max abs diff {fmt_num(check.max_abs_diff)} "
+                f"(tolerance {fmt_num(check.tolerance)}), "
+                f"{fmt_num(check.max_rel_diff)} of the step"
             )
         where = "in no param group" if check.group is None else f"param group {check.group}"
         failures.append(

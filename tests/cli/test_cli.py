@@ -7,11 +7,11 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import torch
+from html_check import assert_valid_html
 
 import gradscope
 from gradscope._cli.main import main
@@ -49,9 +49,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert "report.html" in names and "summary.txt" in names
     for svg in out.glob("*.svg"):
         ET.parse(svg)
-    page = HTMLParser()
-    page.feed((out / "report.html").read_text(encoding="utf-8"))
-    page.close()
+    assert_valid_html((out / "report.html").read_text(encoding="utf-8"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +61,19 @@ def test_check_replicas_takes_a_module() -> None:
         gradscope.check_replicas([torch.zeros(2)])  # type: ignore[arg-type]
     report = gradscope.check_replicas(torch.nn.BatchNorm1d(2), grads=True)
     assert report.ok and report.world_size == 1 and "in sync" in str(report)
+
+
+def test_watch_on_a_plain_model_imports_no_fsdp() -> None:
+    # Importing torch.distributed.fsdp takes seconds and registers torch libraries that must not
+    # load twice (pytester's inline runs purge and re-import modules): watch() must not do it.
+    code = (
+        "import sys, torch, gradscope\n"
+        "with gradscope.watch(torch.nn.Linear(2, 2)) as w:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('torch.distributed.fsdp', "
+        "'torch.distributed.tensor'))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout

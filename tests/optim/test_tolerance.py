@@ -12,23 +12,46 @@ from torch import optim
 
 from gradscope._optim import tolerance as _tolerance
 from gradscope._optim.references import adam, sgd
-from gradscope._optim.tolerance import FACTOR, LOW_PRECISION_FACTOR, compute_dtype, tolerance
+from gradscope._optim.tolerance import bound, compute_dtype, factor_for, tolerance
 
 
 @pytest.mark.parametrize(
-    ("dtype", "factor"),
+    ("dtype", "c_eps"),
+    # the documented rule's numbers, written out (not the module's constants): c = 8 for
+    # float32/float64, 16 for (b)float16, times the dtype's machine epsilon
     [
-        (torch.float32, FACTOR),
-        (torch.float64, FACTOR),
-        (torch.bfloat16, LOW_PRECISION_FACTOR),
-        (torch.float16, LOW_PRECISION_FACTOR),
+        (torch.float32, 8 * 2.0**-23),
+        (torch.float64, 8 * 2.0**-52),
+        (torch.bfloat16, 16 * 2.0**-7),
+        (torch.float16, 16 * 2.0**-10),
+        (torch.complex64, 8 * 2.0**-23),  # checked as its float32 parts
+        (torch.complex32, 16 * 2.0**-10),
     ],
 )
-def test_rule_is_factor_eps_times_magnitude_plus_update(dtype: torch.dtype, factor: float) -> None:
+def test_rule_is_factor_eps_times_magnitude_plus_update(dtype: torch.dtype, c_eps: float) -> None:
     before = torch.tensor([3.0, -4.0], dtype=torch.float64)
     expected = torch.tensor([3.5, -4.0], dtype=torch.float64)
-    want = factor * torch.finfo(dtype).eps * (4.0 + 0.5)
-    assert tolerance(before, expected, dtype) == pytest.approx(want, rel=1e-12)
+    # max|before| = 4, max|update| = 0.5
+    assert tolerance(before, expected, dtype) == pytest.approx(c_eps * 4.5, rel=1e-12)
+    assert factor_for(dtype) * torch.finfo(compute_dtype(dtype)).eps <= c_eps
+
+
+@pytest.mark.parametrize(
+    ("dtype", "c", "eps", "tiny"),
+    [
+        (torch.float32, 8, 2.0**-23, 2.0**-126),
+        (torch.float64, 8, 2.0**-52, 2.0**-1022),
+        (torch.bfloat16, 16, 2.0**-7, 2.0**-126),
+        (torch.float16, 16, 2.0**-10, 2.0**-14),
+    ],
+)
+def test_bound_is_c_times_eps_scale_plus_the_smallest_normal(
+    dtype: torch.dtype, c: float, eps: float, tiny: float
+) -> None:
+    assert bound(dtype, eps, 3.0) == pytest.approx(c * (eps * 3.0 + tiny), rel=1e-12)
+    assert bound(dtype, eps, 0.0) == pytest.approx(c * tiny, rel=1e-12)
+    for scale in (float("nan"), float("inf"), float("-inf")):  # judged elsewhere: counts as 0
+        assert bound(dtype, eps, scale) == pytest.approx(c * tiny, rel=1e-12)
 
 
 def test_low_precision_references_run_in_float32() -> None:
@@ -37,9 +60,16 @@ def test_low_precision_references_run_in_float32() -> None:
     assert compute_dtype(torch.float64) == torch.float64
 
 
+def test_integer_parameters_must_match_exactly() -> None:
+    assert tolerance(torch.tensor([3, 4]), torch.tensor([3, 5])) == 0.0
+    assert bound(torch.int64, 1.0, 5.0) == 8 * 5.0  # no smallest normal below an integer
+
+
 def test_empty_and_non_finite_parameters_give_a_finite_bound() -> None:
     assert tolerance(torch.empty(0), torch.empty(0)) == 0.0
     assert tolerance(torch.tensor([float("inf"), 1.0]), torch.tensor([1.0, 1.0])) == 0.0
+    assert tolerance(torch.tensor([float("nan"), 1.0]), torch.tensor([1.0, 1.0])) == 0.0
+    assert tolerance(torch.tensor([2.0, 1.0]), torch.tensor([float("nan"), 1.0])) == 0.0
 
 
 @settings(max_examples=40, deadline=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import _chromium  # tests/ is on sys.path under pytest's default import mode
 import numpy as np
+import PIL.Image
 import pytest
 import torch
+from html_check import assert_valid_html
 from torch import nn
 
 import gradscope
@@ -66,8 +69,10 @@ class _Page(HTMLParser):
 
 
 def parse(path: Path) -> _Page:
+    text = path.read_text(encoding="utf-8")
+    assert_valid_html(text)  # HTMLParser below never raises: it only collects
     page = _Page()
-    page.feed(path.read_text(encoding="utf-8"))
+    page.feed(text)
     page.close()
     return page
 
@@ -337,10 +342,7 @@ def test_report_in_headless_chromium(lenet: nn.Module, tmp_path: Path) -> None:
 
 
 def assert_not_blank(png: bytes) -> None:
-    image_module = pytest.importorskip("PIL.Image")
-    import io
-
-    image = image_module.open(io.BytesIO(png)).convert("RGB")
+    image = PIL.Image.open(io.BytesIO(png)).convert("RGB")
     width, height = image.size
     assert width >= 800 and height >= 800
     pixels = np.asarray(image)
@@ -413,13 +415,10 @@ def test_gradients_clipped_in_place_after_the_pass(lenet: nn.Module, tmp_path: P
     assert fc3.mean_abs == pytest.approx(np.sqrt(squares / (10 * 84 + 10)), rel=1e-4)
 
 
-@pytest.mark.skipif(
-    not hasattr(gradscope.Watch, "graph"), reason="Watch.graph() is not on this branch yet"
-)
 def test_watch_report_embeds_the_captured_graph(lenet: nn.Module, tmp_path: Path) -> None:
     with gradscope.watch(lenet) as w:
         loss = lenet(torch.randn(1, 1, 32, 32)).sum()
-        w.graph(loss)  # type: ignore[attr-defined]
+        w.graph(loss)
         loss.backward()
     text = w.report(tmp_path / "r.html").read_text()
     assert '<div class="graph" id="graph-view"><svg' in text and "AddmmBackward0" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 from html.parser import HTMLParser
 
 import torch
+from html_check import assert_valid_html
 from torch import nn
 
 import gradscope
@@ -20,6 +21,7 @@ class _Tables(HTMLParser):
         self.styles: list[str] = []
         self._cell: list[str] | None = None
         self._svg = 0
+        assert_valid_html(text, fragment=True)  # HTMLParser never raises: it only collects
         self.feed(text)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:

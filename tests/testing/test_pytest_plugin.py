@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -148,10 +149,16 @@ def test_nan_without_marker(gradscope_watch):
     net = model()
     gradscope_watch(net)
     (net(torch.randn(2, 3)).sum() * float("nan")).backward()
+
+@pytest.mark.parametrize("k", [1])
+def test_nan_with_another_marker(gradscope_watch, k):
+    net = model()
+    gradscope_watch(net)
+    (net(torch.randn(2, 3)).sum() * float("nan")).backward()
 """
     )
     result = pytester.runpytest()
-    result.assert_outcomes(passed=2, failed=1)
+    result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(
         [
             "*watch 0 of 1 (gradscope_finite)",
@@ -239,6 +246,18 @@ def test_folder_names_are_safe_and_unique() -> None:
 
     name = _folder_name("tests/test_a.py::test_b[x/y-1.5]")
     assert re.fullmatch(r"tests_test_a.py_test_b_x_y-1.5-[0-9a-f]{8}", name)
+    # capitals kept, only "_" and "." stripped at the ends, at most 120 characters before the
+    # hash, and a name that is all punctuation falls back to "test"
+    digest = hashlib.sha1(b"X/t.py::test_X").hexdigest()[:8]
+    assert _folder_name("X/t.py::test_X") == f"X_t.py_test_X-{digest}"
+    assert _folder_name("_.t::X._") == f"t_X-{hashlib.sha1(b'_.t::X._').hexdigest()[:8]}"
+    assert (
+        _folder_name("t.py::" + "x" * 300)
+        == ("t.py_" + "x" * 300)[:120]
+        + "-"
+        + (hashlib.sha1(("t.py::" + "x" * 300).encode()).hexdigest()[:8])
+    )
+    assert _folder_name("::/") == f"test-{hashlib.sha1(b'::/').hexdigest()[:8]}"
     ids = [
         "t.py::test_x[a/b]",
         "t.py::test_x[a_b]",
@@ -424,3 +443,134 @@ def test_fails(gradscope_watch):
     summary = (folder / "summary.txt").read_text()
     assert "gradscope diagnosis of Sequential (2 backward passes): 1 error" in summary
     assert "1. error no_gradient: 0.weight, 0.bias get no gradient" in summary
+
+
+def test_summary_is_the_last_pass_and_each_watch_has_its_own(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        _MODEL
+        + """
+def test_fails(gradscope_watch, tmp_path_factory):
+    first, second = model(), model()
+    w0, w1 = gradscope_watch(first), gradscope_watch(second)
+    for _ in range(3):
+        first(torch.randn(2, 3)).sum().backward()
+    second(torch.ones(2, 3)).sum().backward()
+    expected = tmp_path_factory.getbasetemp() / "expected"
+    expected.mkdir()
+    for i, w in enumerate((w0, w1)):
+        (expected / f"{i}.txt").write_text(str(w.summary()), encoding="utf-8")
+    assert False
+"""
+    )
+    out = pytester.path / "artifacts"
+    result = pytester.runpytest(f"--gradscope-artifacts={out}", f"--basetemp={pytester.path / 't'}")
+    result.assert_outcomes(failed=1)
+    (folder,) = out.iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["watch0-summary.txt", "watch1-summary.txt"]
+    first = (folder / "watch0-summary.txt").read_text(encoding="utf-8")
+    second = (folder / "watch1-summary.txt").read_text(encoding="utf-8")
+    # each file is that watch's own summary table, as str() gives it, and a newline
+    for i, text in enumerate((first, second)):
+        assert text == (pytester.path / "t" / "expected" / f"{i}.txt").read_text("utf-8") + "\n"
+    # the summary of the newest pass (3 of 3), not the first one
+    assert first.startswith("gradscope: backward pass 3, 4 parameters")
+    assert second.startswith("gradscope: backward pass 1, 4 parameters")
+    # oracle: with ones as input, the last layer's bias gradient is the batch size, 2
+    (bias_row,) = [line for line in second.splitlines() if line.startswith("2.bias ")]
+    assert "2.000e+00" in bias_row
+    result.stdout.fnmatch_lines([f"saved to {folder}: watch0-summary.txt, watch1-summary.txt"])
+
+
+def test_a_graph_that_cannot_be_saved_leaves_a_note_not_an_internal_error(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        _MODEL
+        + """
+def test_fails(gradscope_watch, monkeypatch):
+    net = model()
+    w = gradscope_watch(net)
+    loss = net(torch.randn(2, 3)).sum()
+    w.graph(loss)
+    loss.backward()
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(type(w.last_graph), "to_svg", broken)
+    monkeypatch.setattr(type(w.last_graph), "to_dot", broken)
+    assert False, "the model is wrong"
+"""
+    )
+    out = pytester.path / "artifacts"
+    result = pytester.runpytest(f"--gradscope-artifacts={out}")
+    result.assert_outcomes(failed=1)
+    assert "INTERNALERROR" not in result.stdout.str()
+    (folder,) = out.iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["graph-error.txt", "summary.txt"]
+    note = (folder / "graph-error.txt").read_text()
+    assert note == "could not save the backward graph: RuntimeError('disk on fire')\n"
+    result.stdout.fnmatch_lines(
+        [
+            "*the model is wrong*",
+            f"saved to {folder}: summary.txt, graph-error.txt "
+            "(could not save the backward graph: disk on fire)",
+        ]
+    )
+
+
+def test_a_second_session_into_the_same_folder_replaces_the_artifacts(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        _MODEL
+        + """
+def test_fails(gradscope_watch):
+    net = model()
+    gradscope_watch(net)
+    net(torch.randn(2, 3)).sum().backward()
+    assert False
+"""
+    )
+    out = pytester.path / "artifacts"
+    for _ in range(2):  # the folder exists the second time
+        result = pytester.runpytest(f"--gradscope-artifacts={out}")
+        result.assert_outcomes(failed=1)
+        assert "INTERNALERROR" not in result.stdout.str()
+        (folder,) = out.iterdir()
+        result.stdout.fnmatch_lines([f"saved to {folder}: summary.txt"])
+        assert (folder / "summary.txt").read_text().startswith("gradscope: backward pass 1")
+
+
+def test_help_lists_the_option_and_the_ini_setting(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    text = " ".join(result.stdout.str().split())  # help is wrapped to the terminal's width
+    assert "gradient debugging with gradscope: --gradscope-artifacts=DIR when a test using" in text
+    assert (
+        "save each watch's summary and captured backward graph (SVG) under "
+        "DIR/<test id>-<hash>/" in text
+    )
+    assert (
+        "gradscope_finite (bool): fail every test using gradscope_watch whose recorded backward "
+        "passes left a NaN/Inf gradient (as @pytest.mark.gradscope_finite does for one test)"
+    ) in text
+    result = pytester.runpytest("--markers")
+    text = " ".join(result.stdout.str().split())
+    assert (
+        "@pytest.mark.gradscope_finite: fail the test if a backward pass recorded by a "
+        "gradscope_watch watch left a NaN or Inf gradient"
+    ) in text
+
+
+def test_finite_ini_option_false_is_off(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ngradscope_finite = false\n")
+    pytester.makepyfile(
+        _MODEL
+        + """
+def test_nan(gradscope_watch):
+    net = model()
+    gradscope_watch(net)
+    (net(torch.randn(2, 3)).sum() * float("nan")).backward()
+"""
+    )
+    pytester.runpytest().assert_outcomes(passed=1)

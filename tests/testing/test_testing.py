@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import re
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch import nn
@@ -86,9 +87,15 @@ def test_grads_finite_lists_every_bad_parameter(
     hnp.arrays(
         np.float32,
         hnp.array_shapes(min_dims=1, max_dims=3, max_side=5),
-        elements=st.floats(width=32, allow_nan=True, allow_infinity=True),
+        # non-finite values often, and several of them: the first one must be told apart
+        elements=st.one_of(
+            st.floats(width=32, allow_nan=False, allow_infinity=False),
+            st.sampled_from([math.nan, math.inf, -math.inf]),
+        ),
     )
 )
+@example(np.array([1.0, math.inf, 2.0, -math.inf], dtype=np.float32))  # Inf only, two of them
+@example(np.array([[0.0, -math.inf], [math.nan, math.inf]], dtype=np.float32))
 def test_grads_finite_counts_agree_with_numpy(values: np.ndarray) -> None:
     p = nn.Parameter(torch.zeros(values.shape))
     p.grad = torch.from_numpy(values.copy())
@@ -103,8 +110,9 @@ def test_grads_finite_counts_agree_with_numpy(values: np.ndarray) -> None:
         int(np.isneginf(values).sum()),
     )
     first = np.unravel_index(int(np.flatnonzero(~np.isfinite(values))[0]), values.shape)
+    where = tuple(int(i) for i in first)
     expected = f"{nan} NaN, {pos} +Inf, {neg} -Inf of {values.size} elements; first at index "
-    assert expected + str(tuple(int(i) for i in first)) in _message(excinfo)
+    assert f"{expected}{where} = {float(values[where])}" in _message(excinfo)
 
 
 def test_grads_finite_needs_a_backward_first(lenet: nn.Module) -> None:
@@ -217,7 +225,8 @@ def test_grad_norms_total_matches_clip_grad_norm(
     with pytest.raises(GradientAssertionError) as excinfo:
         gt.assert_grad_norms(lenet, max=total * 0.999, per_param=False)
     assert f"gradient norm {total:.4g} > max=" in _message(excinfo)
-    assert "total over 10 parameters (61706,)" in _message(excinfo)
+    numel = sum(p.numel() for p in lenet.parameters())
+    assert f"total over 10 parameters ({numel},)" in _message(excinfo)
 
 
 @pytest.mark.parametrize(
@@ -428,12 +437,15 @@ def test_params_updated_names_the_parameter_left_out_of_the_optimizer(
     left_out = {"fc2.bias"}
     opt = torch.optim.SGD([p for n, p in lenet.named_parameters() if n not in left_out], lr=0.01)
 
+    returned: list[float] = []
+
     def step() -> float:
         opt.zero_grad()
         loss = nn.functional.mse_loss(lenet(lenet_input), target)
         loss.backward()
         opt.step()
-        return float(loss.detach())
+        returned.append(float(loss.detach()))
+        return returned[-1]
 
     with pytest.raises(GradientAssertionError) as excinfo:
         gt.assert_params_updated(lenet, step)
@@ -441,8 +453,10 @@ def test_params_updated_names_the_parameter_left_out_of_the_optimizer(
     assert "1 of 10 parameters not updated as expected (1 unchanged, 0 frozen but changed)" in text
     assert "fc2.bias (84,): did not change (all 84 elements equal)" in text
     assert "is it in the optimizer?" in text
+    before = lenet.fc1.weight.detach().clone()
     loss = gt.assert_params_updated(lenet, step, ignore="fc2.bias")
-    assert isinstance(loss, float)
+    assert len(returned) == 2 and loss is returned[1]  # step ran once more; its value came back
+    assert not torch.equal(before, lenet.fc1.weight.detach())
 
 
 def test_params_updated_reports_a_frozen_parameter_that_moved() -> None:
@@ -518,6 +532,161 @@ def test_no_grad_allow_zero(lenet: gradscope.LeNet) -> None:
     gt.assert_no_grad(lenet, allow_zero=True)  # nothing else has a gradient
 
 
+def test_no_grad_message_in_full() -> None:
+    """Every word of the message, for numbers worked out by hand: [3, -4] has norm 5 and its
+    largest |element| 4 at index 1; [[0], [2]] has norm 2, one non-zero element at (1, 0)."""
+    a, b, c = (
+        nn.Parameter(torch.zeros(2)),
+        nn.Parameter(torch.zeros(2, 1)),
+        nn.Parameter(torch.zeros(3)),
+    )
+    a.grad = torch.tensor([3.0, -4.0])
+    b.grad = torch.tensor([[0.0], [2.0]])
+    hint = (
+        "Hint: keep a parameter out of the graph with param.requires_grad_(False), by using it "
+        "under torch.no_grad() or by .detach()ing its output; a zero tensor left by "
+        "zero_grad(set_to_none=False) passes with allow_zero=True"
+    )
+    row_a = "  a (2,): has a gradient: norm 5, largest |element| 4 at index (1,), "
+    row_a += "2 of 2 elements non-zero"
+    row_b = "  b (2, 1): has a gradient: norm 2, largest |element| 2 at index (1, 0), "
+    row_b += "1 of 2 elements non-zero"
+    with pytest.raises(GradientAssertionError) as excinfo:
+        gt.assert_no_grad({"a": a, "b": b, "c": c}, msg="frozen")
+    assert _message(excinfo) == "\n".join(
+        [
+            "frozen",
+            "assert_no_grad: 2 of 3 parameters that must stay out of the graph have a gradient",
+            row_a,
+            row_b,
+            hint,
+        ]
+    )
+    with pytest.raises(GradientAssertionError) as excinfo:
+        gt.assert_no_grad({"a": a, "b": b, "c": c}, ignore="b")
+    assert _message(excinfo) == "\n".join(
+        [
+            "assert_no_grad: 1 of 2 parameters that must stay out of the graph has a gradient",
+            row_a,
+            hint,
+        ]
+    )
+    # c has no gradient and b is allowed an all-zero one: checked one by one, not stopped early
+    b.grad = torch.zeros(2, 1)
+    gt.assert_no_grad({"c": c, "b": b}, allow_zero=True)
+    with pytest.raises(GradientAssertionError, match=r"b \(2, 1\): has a gradient: norm 0,"):
+        gt.assert_no_grad({"c": c, "b": b})
+    with pytest.raises(GradscopeError, match=r"assert_no_grad: ignore= "):
+        gt.assert_no_grad({"a": a}, ignore=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "function", ["assert_grads_finite", "assert_all_params_have_grad", "assert_grad_norms"]
+)
+def test_nothing_to_check_message_in_full(function: str) -> None:
+    params = {"c": nn.Parameter(torch.zeros(3)), "d": nn.Parameter(torch.zeros(1))}
+    with pytest.raises(GradientAssertionError) as excinfo:
+        kwargs = {"max": 1.0} if function == "assert_grad_norms" else {}
+        getattr(gt, function)(params, msg="step 3", **kwargs)
+    text = _message(excinfo)
+    if function == "assert_all_params_have_grad":  # says which ones instead
+        assert text.startswith(f"step 3\n{function}: ")
+        return
+    assert text == (
+        f"step 3\n{function}: none of the 2 parameters checked has a gradient\n"
+        "Hint: none of the parameters has a gradient yet; call loss.backward() before asserting "
+        "(or check that the loss depends on the model at all)"
+    )
+
+
+def test_norm_bounds_are_checked_and_zero_is_a_bound() -> None:
+    a = nn.Parameter(torch.zeros(2))
+    a.grad = torch.zeros(2)
+    gt.assert_grad_norms({"a": a}, max=0.0)  # an all-zero gradient has norm 0 <= 0
+    gt.assert_grad_norms({"a": a}, min=0)
+    for kwargs, said in [
+        ({"max": "x"}, "assert_grad_norms: max= takes a number, not str 'x'"),
+        ({"min": True}, "assert_grad_norms: min= takes a number, not bool True"),
+        ({"min": -1.0}, "assert_grad_norms: min=-1.0 is not a valid gradient norm; norms are >= 0"),
+        (
+            {"max": math.nan},
+            "assert_grad_norms: max=nan is not a valid gradient norm; norms are >= 0",
+        ),
+    ]:
+        with pytest.raises(GradscopeError) as excinfo:
+            gt.assert_grad_norms({"a": a}, **kwargs)  # type: ignore[arg-type]
+        assert str(excinfo.value) == said
+
+
+def test_grad_norms_nan_total_and_bounds_at_the_edge() -> None:
+    """Norms worked out by hand: [3, -4] -> 5, [nan, 1] -> nan, [0, 1] -> 1, [2, 0] -> 2."""
+    grads = {"a": [3.0, -4.0], "b": [math.nan, 1.0], "c": [0.0, 1.0], "d": [2.0, 0.0]}
+    params = {}
+    for name, values in grads.items():
+        params[name] = nn.Parameter(torch.zeros(2))
+        params[name].grad = torch.tensor(values)
+    # a NaN total names the allowed range and lists the NaN first, then the largest norms
+    for kwargs, allowed in [({"max": 100}, "[0, 100]"), ({"min": 0.5}, "[0.5, inf]")]:
+        with pytest.raises(GradientAssertionError) as excinfo:
+            gt.assert_grad_norms(params, per_param=False, **kwargs)  # type: ignore[arg-type]
+        assert (
+            f"  total over 4 parameters (8,): gradient norm is nan (allowed: {allowed}); "
+            "largest norms: b nan, a 5, d 2"
+        ) in _message(excinfo).splitlines()
+    # a norm equal to a bound is inside it; min == max is a valid range
+    only_a = {"a": params["a"]}
+    gt.assert_grad_norms(only_a, min=5.0, max=5.0)
+    gt.assert_grad_norms(only_a, min=5, max=5, per_param=False)
+    with pytest.raises(GradientAssertionError, match=r"a \(2,\): gradient norm 5 > max=4.99"):
+        gt.assert_grad_norms(only_a, max=4.99)
+    with pytest.raises(GradientAssertionError, match=r"a \(2,\): gradient norm 5 < min=5.01"):
+        gt.assert_grad_norms(only_a, min=5.01)
+
+
+def test_grad_norms_message_in_full() -> None:
+    """Norms by hand: a 5, c 1, d 2, e 1.5; total sqrt(25 + 1 + 4 + 2.25) = 5.679."""
+    params = {}
+    for name, values in {
+        "a": [3.0, -4.0],
+        "c": [0.0, 1.0],
+        "d": [2.0, 0.0],
+        "e": [0.0, 1.5],
+    }.items():
+        params[name] = nn.Parameter(torch.zeros(2))
+        params[name].grad = torch.tensor(values)
+    vanishing = (
+        "vanishing gradients: check the initialisation, saturating activations (sigmoid/tanh), "
+        "deep stacks without residuals or normalisation, or a loss already near 0; lower min= "
+        "if this size is expected"
+    )
+    exploding = (
+        "exploding gradients: lower the learning rate, clip with "
+        "torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm), or check the loss scale "
+        "(sum instead of mean?); raise max= if this size is expected"
+    )
+    with pytest.raises(GradientAssertionError) as excinfo:
+        gt.assert_grad_norms(params, min=1.2, max=3, msg="m")
+    assert _message(excinfo) == "\n".join(
+        [
+            "m",
+            "assert_grad_norms: 2 of 4 gradient norms outside the bounds",
+            "  a (2,): gradient norm 5 > max=3; largest |element| 4 at index (1,) of 2 elements",
+            "  c (2,): gradient norm 1 < min=1.2; largest |element| 1 at index (1,) of 2 elements",
+            f"Hint: {vanishing}; {exploding}",
+        ]
+    )
+    with pytest.raises(GradientAssertionError) as excinfo:
+        gt.assert_grad_norms(params, max=3, per_param=False)
+    assert _message(excinfo) == "\n".join(
+        [
+            "assert_grad_norms: the total gradient norm is outside the bounds",
+            "  total over 4 parameters (8,): gradient norm 5.679 > max=3; "
+            "largest norms: a 5, d 2, e 1.5",
+            f"Hint: {exploding}",
+        ]
+    )
+
+
 # --- bad input, shared by all ------------------------------------------------------------------
 
 
@@ -548,9 +717,45 @@ def test_unknown_names_suggest_the_close_ones(lenet: nn.Module) -> None:
         gt.assert_grads_finite(lenet, ignore=torch.zeros(2))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: gt.assert_grads_finite(m),
+        lambda m: gt.assert_all_params_have_grad(m),
+        lambda m: gt.assert_grad_norms(m, max=1.0),
+        lambda m: gt.assert_grads_close(m, {}),
+        lambda m: gt.assert_params_updated(m, lambda: None),
+        lambda m: gt.assert_no_grad(m),
+    ],
+)
+def test_pytest_hides_the_assertions_frames(call: object) -> None:
+    """``__tracebackhide__`` is set, and true, in each assertion's frame when it raises (read
+    from the frame by a tracer, so it holds whatever wraps the function)."""
+    import sys
+
+    values: list[object] = []
+
+    def tracer(frame: object, event: str, arg: object) -> object:
+        code = frame.f_code  # type: ignore[attr-defined]
+        if "gradscope" in code.co_filename and "__tracebackhide__" in code.co_varnames:
+            if event == "exception" and "function" in frame.f_locals:  # type: ignore[attr-defined]
+                values.append(frame.f_locals.get("__tracebackhide__"))  # type: ignore[attr-defined]
+            return tracer
+        return None
+
+    sys.settrace(tracer)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(GradscopeError):
+            call(torch.zeros(3))  # type: ignore[operator]
+    finally:
+        sys.settrace(None)
+    assert values and all(v is True for v in values), values
+
+
 @pytest.mark.parametrize("name", gt.__all__)
 def test_every_assertion_hides_its_frames(name: str) -> None:
-    assert "__tracebackhide__" in getattr(gt, name).__code__.co_varnames
+    # unwrap: under `make mutate` each function sits behind mutmut's trampoline
+    assert "__tracebackhide__" in inspect.unwrap(getattr(gt, name)).__code__.co_varnames
 
 
 # --- assert_step_matches_reference -------------------------------------------------------------
@@ -584,9 +789,16 @@ def test_step_matches_reference_passes_for_torch_adam(
 ) -> None:
     opt = torch.optim.Adam(lenet.parameters(), lr=1e-3, amsgrad=True)
     step = _training_step(lenet, opt, lenet_input)
-    loss = gt.assert_step_matches_reference(opt, step, params=lenet)
-    assert loss.shape == ()
-    gt.assert_step_matches_reference(opt, step, params=lenet)  # the second step, with state
+    returned: list[torch.Tensor] = []
+
+    def counted() -> torch.Tensor:
+        returned.append(step())
+        return returned[-1]
+
+    assert gt.assert_step_matches_reference(opt, counted, params=lenet) is returned[0]
+    # the second step, with state: torch's Adam counted both steps
+    assert gt.assert_step_matches_reference(opt, counted, params=lenet) is returned[1]
+    assert float(opt.state[lenet.fc3.bias]["step"]) == 2.0
 
 
 def test_step_matches_reference_names_every_parameter_of_a_buggy_optimizer(
