@@ -29,6 +29,7 @@ import gradscope
 CONFIGS: dict[str, dict[str, Any] | None] = {
     "baseline": None,
     "watch()": {},
+    "check_forward=False": {"check_forward": False},
     'keep="none"': {"keep": "none"},
     "tag_modules=False": {"tag_modules": False},
 }
