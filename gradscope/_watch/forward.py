@@ -158,6 +158,12 @@ class _Pending:
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
     """Floating tensors in a module's inputs or output: tensors, tuples, lists, dicts."""
+    if type(value) is tuple and len(value) == 1:
+        value = value[0]  # the usual inputs, (x,): as the walk below would, without a list
+    if isinstance(value, torch.Tensor):  # the usual single tensor, without the walk
+        if (value.is_floating_point() or value.is_complex()) and value.layout == torch.strided:
+            yield value
+        return
     todo = [value]
     seen = 0
     while todo and seen < _FLATTEN_LIMIT:

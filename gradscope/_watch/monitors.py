@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,6 +23,7 @@ from .._naming import describe
 from .assembly import loss_scale
 from .evidence import Evidence, param_order
 from .forward import ForwardMonitor
+from .reading import Reading
 from .records import BackwardRecord
 from .signals import PassSignals
 from .steps import StepMonitor
@@ -233,17 +235,30 @@ def _announce(on_problem: str | None, finding: Any) -> Any:
 def _nonfinite(record: BackwardRecord) -> bool:
     """Whether the pass left a NaN/Inf gradient, from the counts taken as it ended (not
     ``record.nonfinite``, whose full statistics are a pass over every gradient: 4x an MLP
-    training step)."""
-    return any(not g.recorded.finite for g in record.grads.values())
+    training step). The records of a pass share one :class:`Reading` (one slot per record),
+    which answers in one call; records that do not (or FSDP2's whole-gradient statistics) are
+    asked one by one."""
+    grads = record.grads
+    readings: set[Reading | None] = set(map(_reading_of, grads.values()))
+    if len(readings) == 1 and list(map(_whole_of, grads.values())).count(None) == len(grads):
+        (reading,) = readings
+        if reading is not None:
+            return reading.any_nonfinite()
+    return any(not g.recorded.finite for g in grads.values())
+
+
+_reading_of, _whole_of = attrgetter("_reading"), attrgetter("_whole")
+_device_of = attrgetter("device")
 
 
 def _sharded(params: Mapping[str, torch.Tensor]) -> bool:
-    """FSDP2 parameters are DTensors (their per-pass evidence would mix them with tensors)."""
-    return any(type(p).__name__ == "DTensor" for p in params.values())
+    """FSDP2 parameters are DTensors (their per-pass evidence would mix them with tensors).
+    Decided per distinct type (``map`` and ``set`` run in C: this runs every pass)."""
+    return any(t.__name__ == "DTensor" for t in set(map(type, params.values())))
 
 
 def _on_cpu(params: Mapping[str, torch.Tensor]) -> bool:
-    return all(p.device.type == "cpu" for p in params.values())
+    return all(d.type == "cpu" for d in set(map(_device_of, params.values())))
 
 
 def _weight_norms(params: Mapping[str, torch.Tensor]) -> dict[str, float]:

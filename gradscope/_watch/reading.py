@@ -174,6 +174,7 @@ class Reading:
         n = len(tensors)
         self._marks: dict[int, float] = {}  # finite-part norms of gradients with NaN/Inf
         self._deferred: set[int] = set()
+        self._bad = False  # whether any tensor holds a NaN or an Inf
         self._pending: list[tuple[list[int], torch.Tensor, Event | None]] = []
         detach = _plain(tensors)
         if detach is not None and not copy_for(tensors[0].device).deferred:
@@ -238,6 +239,7 @@ class Reading:
             nan, inf = count_nonfinite(view) if not math.isfinite(norm) else (0, 0)
             if nan or inf:
                 self._marks[i] = finite_part_norm(view)
+                self._bad = True
             self._stats[i] = (norm, nan, inf)
 
     @property
@@ -255,7 +257,10 @@ class Reading:
             assert numel is not None
             for k, i in enumerate(indices):
                 inf = round(infs[k])
-                self._stats[i] = (norms[k], numel[i] - round(finite[k]) - inf, inf)
+                nan = numel[i] - round(finite[k]) - inf
+                self._stats[i] = (norms[k], nan, inf)
+                if nan or inf:
+                    self._bad = True
         self._pending = []
 
     def get(self, i: int) -> Stats:
@@ -263,6 +268,12 @@ class Reading:
         if self._pending:
             self.wait()
         return self._stats[i]
+
+    def any_nonfinite(self) -> bool:
+        """Whether any tensor holds a NaN or an Inf (one call instead of one ``get`` each)."""
+        if self._pending:
+            self.wait()
+        return self._bad
 
     def numel(self, i: int) -> int | None:
         """How many elements the statistics of tensor ``i`` are over (stored values if sparse);

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from operator import attrgetter, is_, is_not
 
 import torch
 
@@ -24,6 +26,13 @@ from .records import BackwardRecord
 from .sampling import sample
 
 __all__ = ["Carried", "PassSignals"]
+
+_before_of = attrgetter("_before")
+_NOTHING = frozenset({None})
+_STRIDED = frozenset({torch.strided})
+_shape_of, _grad_of, _layout_of = attrgetter("shape"), attrgetter("grad"), attrgetter("layout")
+_device_of, _dtype_of = attrgetter("device"), attrgetter("dtype")
+_is_none = partial(is_, None)
 
 
 @dataclass
@@ -52,14 +61,20 @@ class PassSignals:
         self.layout: tuple[tuple[str, int], ...] = ()
         self.streak_passes = 0  # passes the zero-gradient streaks have been counted over
         self._streak: torch.Tensor | None = None
+        self._key: tuple[object, ...] = ()
+        self._ones: list[str] = []  # the 1-D parameters among a pass's gradients
+        self._ones_layout: tuple[tuple[str, int], ...] = ()  # and their sizes
 
     def on_pass(self, record: BackwardRecord, params: Mapping[str, torch.Tensor]) -> None:
         self._carried(record)
         self._units(record, params)
 
     def _carried(self, record: BackwardRecord) -> None:
+        grads = record.grads
+        if set(map(_before_of, grads.values())) <= _NOTHING:
+            return  # no .grad held a value as the pass started (zero_grad()'s default)
         names, befores = [], []
-        for name, grad in record.grads.items():
+        for name, grad in grads.items():
             before = grad._before
             if before is not None and grad.accumulated:
                 names.append(name)
@@ -73,20 +88,36 @@ class PassSignals:
         self.carried.append(Carried(record.index, tuple(names), norms))
 
     def _units(self, record: BackwardRecord, params: Mapping[str, torch.Tensor]) -> None:
-        grads: list[torch.Tensor] = []
-        layout: list[tuple[str, int]] = []
-        for name in record.grads:
-            p = params.get(name)
-            if p is None or p.dim() != 1 or p.grad is None or p.grad.layout != torch.strided:
-                continue
-            grads.append(p.grad.detach())
-            layout.append((name, p.numel()))
+        names = tuple(record.grads)
+        found = tuple(map(params.get, names))
+        present: list[torch.Tensor] = list(filter(partial(is_not, None), found))  # type: ignore[arg-type]
+        # Which of them are 1-D (and their sizes) changes only with the parameters or their
+        # shapes: decided again then, from a key built in C (map), not one by one every pass.
+        ones_key = (names, tuple(map(id, found)), tuple(map(_shape_of, present)))
+        if ones_key != self._key:
+            self._key = ones_key
+            self._ones = [
+                n for n, p in zip(names, found, strict=True) if p is not None and p.dim() == 1
+            ]
+            self._ones_layout = tuple((n, params[n].numel()) for n in self._ones)
+        live = list(map(_grad_of, map(params.__getitem__, self._ones)))
+        if not any(map(_is_none, live)) and set(map(_layout_of, live)) <= _STRIDED:
+            grads = list(map(torch.Tensor.detach, live))  # the usual case, all in C
+            key = self._ones_layout
+        else:
+            grads, layout = [], []
+            for name in self._ones:
+                p = params[name]
+                if p.grad is None or p.grad.layout != torch.strided:
+                    continue
+                grads.append(p.grad.detach())
+                layout.append((name, p.numel()))
+            key = tuple(layout)
         if not grads:
             return
-        if len({(g.device, g.dtype) for g in grads}) > 1:
+        if len(set(zip(map(_device_of, grads), map(_dtype_of, grads), strict=True))) > 1:
             grads = [g.float().cpu() for g in grads]
         zero = torch.cat(grads) == 0
-        key = tuple(layout)
         if key != self.layout or self._streak is None or self._streak.device != zero.device:
             self.layout = key
             self._streak = torch.zeros(zero.shape, dtype=torch.int32, device=zero.device)

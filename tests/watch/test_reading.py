@@ -84,3 +84,18 @@ def test_device_counts_in_chunks_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(reading._chunks(group)) > 2
     for a, b in zip(device_counts(group), whole, strict=True):
         assert torch.equal(a, b)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(tensors(), min_size=1, max_size=6), st.booleans())
+def test_any_nonfinite_matches_numpy_on_both_read_paths(
+    group: list[torch.Tensor], one_dtype: bool
+) -> None:
+    if one_dtype:  # the short path: one device, one dtype, read now
+        group = [t.to(group[0].dtype) for t in group]
+    expected = any(sum(numpy_counts(t)) for t in group)
+    for copy in (CopyNow(), CopyLater()):
+        reading = Reading(group, copy_for=lambda device, copy=copy: copy)
+        assert reading.any_nonfinite() is expected
+        # the same answer as asking tensor by tensor
+        assert expected is any(nan or inf for _, nan, inf in map(reading.get, range(len(group))))
