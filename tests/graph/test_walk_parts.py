@@ -165,3 +165,25 @@ def test_op_name_asks_every_node_of_a_generic_type() -> None:
     assert op_name(Wrapper("CppB")) == "CppB"  # no prefix: the name as given
     assert Wrapper.asked == 2
     assert Wrapper not in _OP_NAMES
+
+
+def test_several_roots_leaf_roots_and_repeated_roots() -> None:
+    from gradscope._graph.walk import walk
+
+    w = torch.randn(3, requires_grad=True)
+    x = torch.randn(3, requires_grad=True)
+    a = (w * 2).sum()
+    b = (w + 1).sum()
+    result = walk([x, a, a, b, x], {})
+    # oracle: a plain next_functions traversal of a and b (x and w are AccumulateGrad leaves)
+    assert len(result) == 1 + 3 + 2 + 1  # x's own node; Sum, Mul, w; Sum, Add (w shared); x again
+    assert result.roots[0] == 0 and result.roots[4] == 6  # each leaf root is its own node
+    assert result.roots[1] == result.roots[2] == 1  # a twice: one node
+    assert result.roots[3] == 4
+    assert result.ops[:4] == ["AccumulateGrad", "SumBackward0", "MulBackward0", "AccumulateGrad"]
+    assert result.ops[4:] == ["SumBackward0", "AddBackward0", "AccumulateGrad"]
+    assert result.keys[0] == result.keys[6] == 0  # leaf roots have no node to key
+    assert result.seq[0] == result.seq[6] == -1
+    assert all(s >= 0 for s in (result.seq[1], result.seq[2], result.seq[4], result.seq[5]))
+    assert result.leaves[0].shape == (3,) and result.leaves[6].shape == (3,)
+    assert sorted(zip(result.src, result.dst, strict=True)) == [(1, 2), (2, 3), (4, 5), (5, 3)]
