@@ -187,3 +187,23 @@ def test_several_roots_leaf_roots_and_repeated_roots() -> None:
     assert all(s >= 0 for s in (result.seq[1], result.seq[2], result.seq[4], result.seq[5]))
     assert result.leaves[0].shape == (3,) and result.leaves[6].shape == (3,)
     assert sorted(zip(result.src, result.dst, strict=True)) == [(1, 2), (2, 3), (4, 5), (5, 3)]
+
+
+def test_keys_are_the_nodes_ids_and_a_second_walk_reuses_the_first_holders() -> None:
+    from gradscope._graph.walk import walk
+
+    w = torch.randn(3, requires_grad=True)
+    out = (w.exp() * 2).sin().sum()
+    seen: list[list[int]] = []
+    first = walk([out], {}, on_walked=lambda r, fns: seen.append([id(f) for f in fns]))
+    assert first.keys == seen[0]
+    assert first.keys[0] == id(out.grad_fn)
+    # the first walk's holder keeps every node that has inputs; a second walk of the same graph
+    # makes a holder only for its root and points the rest at the first holder
+    inner = [i for i in range(1, len(first)) if i in first.src]
+    assert len(inner) == 3
+    held = {first.holders[i] for i in inner}
+    assert len(held) == 1 and None not in held
+    second = walk([out], {})
+    assert [second.holders[i] for i in inner] == [first.holders[i] for i in inner]
+    assert second.keys == first.keys
