@@ -183,7 +183,7 @@ def test_several_roots_leaf_roots_and_repeated_roots() -> None:
     assert result.ops[:4] == ["AccumulateGrad", "SumBackward0", "MulBackward0", "AccumulateGrad"]
     assert result.ops[4:] == ["SumBackward0", "AddBackward0", "AccumulateGrad"]
     assert result.keys[0] == result.keys[6] == 0  # leaf roots have no node to key
-    assert result.seq[0] == result.seq[6] == -1
+    assert result.seq[0] == result.seq[3] == result.seq[6] == -1  # leaves: roots or reached
     assert all(s >= 0 for s in (result.seq[1], result.seq[2], result.seq[4], result.seq[5]))
     assert result.leaves[0].shape == (3,) and result.leaves[6].shape == (3,)
     assert sorted(zip(result.src, result.dst, strict=True)) == [(1, 2), (2, 3), (4, 5), (5, 3)]
