@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -207,3 +209,33 @@ def test_keys_are_the_nodes_ids_and_a_second_walk_reuses_the_first_holders() -> 
     second = walk([out], {})
     assert [second.holders[i] for i in inner] == [first.holders[i] for i in inner]
     assert second.keys == first.keys
+
+
+class _Broken:
+    """A root whose node fails while it is walked (a node type torch may add one day)."""
+
+    class grad_fn:  # stands in for tensor.grad_fn
+        @staticmethod
+        def name() -> str:
+            return "BrokenBackward"
+
+        @staticmethod
+        def _sequence_nr() -> int:
+            return 1
+
+        @property
+        def next_functions(self) -> Any:
+            raise RuntimeError("broken node")
+
+    grad_fn = grad_fn()  # type: ignore[assignment,misc]
+
+
+def test_a_walk_that_fails_midway_raises_its_own_error_after_the_hand_over() -> None:
+    from gradscope._graph.walk import walk
+
+    w = torch.randn(3, requires_grad=True)
+    out = (w.exp() * 2).sin().sum()
+    # the first root was walked whole; the finally hands its nodes over and must not fail itself
+    with pytest.raises(RuntimeError, match="broken node"):
+        walk([out, _Broken()], {})  # type: ignore[list-item]
+    assert walk([out], {}).ops[0] == "SumBackward0"  # the graph is still walkable
