@@ -47,6 +47,11 @@ MODULES: dict[str, list[str]] = {
         "tests/graph/test_grad_flow.py",
         "tests/graph/test_graph.py",
     ],
+    "gradscope/_graph/walk.py": [
+        "tests/graph/test_walk_parts.py",
+        "tests/graph/test_graph_walk.py",
+        "tests/graph/test_graph.py",
+    ],
     "gradscope/testing/_grads.py": _TESTING,
     "gradscope/testing/_watch.py": [*_TESTING, "tests/testing/test_pytest_plugin.py"],
     "_gradscope_pytest.py": ["tests/testing/test_pytest_plugin.py"],

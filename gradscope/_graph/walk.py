@@ -223,7 +223,7 @@ def walk(
             first = len(fns)
             fn = tensor.grad_fn
             if fn is None:
-                index[-first - 1] = first  # a key no id() can take
+                index[-first - 1] = first  # pragma: no mutate (never looked up: no id() is < 0)
                 fns.append(None)
                 ops.append(ACCUMULATE)
                 seqs.append(-1)
@@ -237,15 +237,16 @@ def walk(
                 continue
             index[key] = first
             fns.append(fn)
-            ops.append("")
-            seqs.append(-1)
+            ops.append("")  # pragma: no mutate (named when popped from the stack)
+            seqs.append(-1)  # pragma: no mutate (set when popped: a root is never a leaf)
             keys.append(key)
             result.roots.append(first)
             stack = [first]
             while stack:
                 i = stack.pop()
                 fn = fns[i]
-                name = names.get(type(fn)) or op_name(fn)
+                name = names.get(type(fn)) or op_name(fn)  # pragma: no mutate
+                # (a cache: op_name gives the same name)
                 ops[i] = name
                 if name == ACCUMULATE:
                     leaves[i] = _leaf(fn.variable, param_names)
@@ -263,7 +264,7 @@ def walk(
                             j = len(fns)
                             index[key] = j
                             fns.append(child)
-                            ops.append("")
+                            ops.append("")  # pragma: no mutate (named when popped)
                             seqs.append(-1)
                             keys.append(key)
                             stack.append(j)
@@ -274,7 +275,7 @@ def walk(
             parts.append((first, len(fns)))
         result.topo = _order(result)
         _hand_over(result, fns, parts, held)
-        parts = []
+        parts = []  # pragma: no mutate (None and [] both skip the finally's hand-over)
         if on_walked is not None:
             on_walked(result, fns)
     finally:
@@ -345,7 +346,7 @@ def topological(n: int, src: list[int], dst: list[int]) -> list[int]:
     """Kahn's algorithm: consumers (nearer the loss) before the nodes they feed."""
     indegree = [0] * n
     children: list[list[int]] = [[] for _ in range(n)]
-    for s, d in zip(src, dst, strict=True):
+    for s, d in zip(src, dst, strict=True):  # pragma: no mutate (edge lists: equal length)
         indegree[d] += 1
         children[s].append(d)
     ready = [i for i in range(n) if indegree[i] == 0]

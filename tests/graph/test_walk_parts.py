@@ -1,0 +1,241 @@
+"""The walk's small parts on their own: Kahn's order, the freed-graph error, leaves and labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from gradscope import GradscopeError
+from gradscope._graph.walk import (
+    _OP_NAMES,
+    GraphFreed,
+    GraphNode,
+    SavedTensor,
+    op_name,
+    raise_freed,
+    topological,
+)
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> tuple[int, list[int], list[int]]:
+    """A random DAG on n nodes (edges go from a lower to a higher number after a shuffle),
+    repeated edges included, as autograd makes for ``x * x``."""
+    n = draw(st.integers(1, 12))
+    perm = draw(st.permutations(range(n)))
+    pairs = draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=3 * n))
+    src, dst = [], []
+    for a, b in pairs:
+        if a != b:
+            lo, hi = min(a, b), max(a, b)
+            src.append(perm[lo])
+            dst.append(perm[hi])
+    return n, src, dst
+
+
+@settings(max_examples=200)
+@given(dags())
+def test_topological_puts_every_consumer_before_what_it_feeds(
+    dag: tuple[int, list[int], list[int]],
+) -> None:
+    n, src, dst = dag
+    order = topological(n, src, dst)
+    assert sorted(order) == list(range(n))  # every node exactly once
+    pos = {i: k for k, i in enumerate(order)}
+    assert all(pos[s] < pos[d] for s, d in zip(src, dst, strict=True))
+
+
+def test_topological_literal_orders() -> None:
+    # a diamond 0 -> {1, 2} -> 3, with the edge 0 -> 1 twice (x * x): Kahn, newest ready first
+    assert topological(4, [0, 0, 0, 1, 2], [1, 1, 2, 3, 3]) == [0, 2, 1, 3]
+    assert topological(3, [2, 1], [1, 0]) == [2, 1, 0]  # a chain numbered backwards
+    assert topological(3, [], []) == [2, 1, 0]
+    assert topological(0, [], []) == []
+
+
+def test_topological_keeps_every_node_of_a_cycle() -> None:
+    # autograd cannot make a cycle; if it did, no node may be dropped: the stuck ones come last
+    assert topological(4, [0, 1, 3], [1, 0, 2]) == [3, 2, 0, 1]
+
+
+def test_graph_freed_carries_the_op() -> None:
+    err = GraphFreed("MulBackward0")
+    assert err.op == "MulBackward0"
+    assert str(err) == "MulBackward0"
+    assert err.args == ("MulBackward0",)
+
+
+def test_raise_freed_names_the_op_and_the_fix() -> None:
+    with pytest.raises(GradscopeError) as info:
+        raise_freed("AddmmBackward0", grads=False)
+    assert "AddmmBackward0 has no saved tensors left" in str(info.value)
+    assert "retain_graph=True" in str(info.value)
+    assert info.value.__suppress_context__
+    with pytest.raises(GradscopeError) as info:
+        raise_freed("AddmmBackward0", grads=True)
+    assert "graph(..., grads=True) was called after backward()" in str(info.value)
+    assert "AddmmBackward0 has no saved tensors left" in str(info.value)
+    assert "before loss.backward()" in str(info.value)
+
+
+def test_saved_bytes_counts_shared_storage_once_and_skips_parameters() -> None:
+    a = SavedTensor("self", (4,), "float32", 16, storage=7)
+    a_view = SavedTensor("other", (2,), "float32", 8, storage=7)  # same storage, smaller
+    b = SavedTensor("mat1", (3,), "float32", 12, storage=9)
+    weight = SavedTensor("mat2", (10,), "float32", 40, is_parameter=True, storage=11)
+    no_ptr = SavedTensor("x", (1,), "float32", 4)  # storage unknown: counted on its own
+    no_ptr2 = SavedTensor("y", (2,), "float32", 8)
+    node = GraphNode(0, "AddmmBackward0", "op", saved=(a_view, a, b, weight, no_ptr, no_ptr2))
+    assert node.saved_bytes == 16 + 12 + 4 + 8
+    assert GraphNode(0, "MulBackward0", "op").saved_bytes == 0
+    collapsed = GraphNode(0, "Linear", "module", saved=(a, b), saved_total=5)
+    assert collapsed.saved_bytes == 5
+    assert GraphNode(0, "Linear", "module", saved=(a,), saved_total=0).saved_bytes == 0
+
+
+def test_labels() -> None:
+    assert GraphNode(0, "AccumulateGrad", "parameter", param="fc.bias").label == (
+        "AccumulateGrad[fc.bias]"
+    )
+    assert GraphNode(0, "AccumulateGrad", "parameter").label == "AccumulateGrad[parameter]"
+    assert (
+        GraphNode(0, "AccumulateGrad", "leaf", shape=(2, 3)).label == "AccumulateGrad[leaf (2, 3)]"
+    )
+    assert GraphNode(0, "AccumulateGrad", "leaf").label == "AccumulateGrad"
+    assert GraphNode(0, "MulBackward0", "op").label == "MulBackward0"
+    hook = "RegisterPostBackwardFunctionBackward"
+    assert GraphNode(0, hook, "op").label == (
+        "FSDP2 post-backward hook (reduce-scatter) [RegisterPostBackwardFunctionBackward]"
+    )
+
+
+def test_leaves_of_the_walk_name_parameters_and_plain_tensors() -> None:
+    from gradscope._graph.walk import walk
+
+    lin = nn.Linear(3, 2)
+    x = torch.randn(4, 3, requires_grad=True)
+    out = lin(x).sum()
+    names = {id(lin.weight): "weight"}  # bias left unnamed on purpose
+    result = walk([out], names)
+    leaves = sorted(result.leaves.values(), key=lambda leaf: leaf.shape)
+    assert [(leaf.name, leaf.shape, leaf.is_param) for leaf in leaves] == [
+        (None, (2,), True),  # an nn.Parameter, though not in the names
+        ("weight", (2, 3), True),
+        (None, (4, 3), False),
+    ]
+    # a leaf root: one node, no edges, seq -1
+    alone = walk([x], {id(x): "x"})
+    assert (alone.ops, alone.seq, alone.src, alone.roots) == (["AccumulateGrad"], [-1], [], [0])
+    assert alone.leaves[0].name == "x" and alone.leaves[0].is_param
+
+
+class _Node:
+    """A stand-in autograd node: ``name()`` as torch reports it, and how often it was asked."""
+
+    asked = 0
+
+    def __init__(self, full: str) -> None:
+        self.full = full
+
+    def name(self) -> str:
+        type(self).asked += 1
+        return self.full
+
+
+def test_op_name_asks_each_node_type_once() -> None:
+    class OwnBackward(_Node):  # a type of its own: named as the node calls itself
+        asked = 0
+
+    assert op_name(OwnBackward("torch::autograd::OwnBackward")) == "OwnBackward"
+    assert op_name(OwnBackward("torch::autograd::OwnBackward")) == "OwnBackward"
+    assert OwnBackward.asked == 1  # the second node of the type was not asked
+    real = (torch.ones(2, requires_grad=True) * 2).grad_fn
+    assert op_name(real) == "MulBackward0"
+    assert _OP_NAMES[type(real)] == "MulBackward0"
+
+
+def test_op_name_asks_every_node_of_a_generic_type() -> None:
+    class Wrapper(_Node):  # one Python type for many ops (C++ functions, wrappers): never cached
+        asked = 0
+
+    assert op_name(Wrapper("torch::autograd::CppA")) == "CppA"
+    assert op_name(Wrapper("CppB")) == "CppB"  # no prefix: the name as given
+    assert Wrapper.asked == 2
+    assert Wrapper not in _OP_NAMES
+
+
+def test_several_roots_leaf_roots_and_repeated_roots() -> None:
+    from gradscope._graph.walk import walk
+
+    w = torch.randn(3, requires_grad=True)
+    x = torch.randn(3, requires_grad=True)
+    a = (w * 2).sum()
+    b = (w + 1).sum()
+    result = walk([x, a, a, b, x], {})
+    # oracle: a plain next_functions traversal of a and b (x and w are AccumulateGrad leaves)
+    assert len(result) == 1 + 3 + 2 + 1  # x's own node; Sum, Mul, w; Sum, Add (w shared); x again
+    assert result.roots[0] == 0 and result.roots[4] == 6  # each leaf root is its own node
+    assert result.roots[1] == result.roots[2] == 1  # a twice: one node
+    assert result.roots[3] == 4
+    assert result.ops[:4] == ["AccumulateGrad", "SumBackward0", "MulBackward0", "AccumulateGrad"]
+    assert result.ops[4:] == ["SumBackward0", "AddBackward0", "AccumulateGrad"]
+    assert result.keys[0] == result.keys[6] == 0  # leaf roots have no node to key
+    assert result.seq[0] == result.seq[3] == result.seq[6] == -1  # leaves: roots or reached
+    assert all(s >= 0 for s in (result.seq[1], result.seq[2], result.seq[4], result.seq[5]))
+    assert result.leaves[0].shape == (3,) and result.leaves[6].shape == (3,)
+    assert sorted(zip(result.src, result.dst, strict=True)) == [(1, 2), (2, 3), (4, 5), (5, 3)]
+
+
+def test_keys_are_the_nodes_ids_and_a_second_walk_reuses_the_first_holders() -> None:
+    from gradscope._graph.walk import walk
+
+    w = torch.randn(3, requires_grad=True)
+    out = (w.exp() * 2).sin().sum()
+    seen: list[list[int]] = []
+    first = walk([out], {}, on_walked=lambda r, fns: seen.append([id(f) for f in fns]))
+    assert first.keys == seen[0]
+    assert first.keys[0] == id(out.grad_fn)
+    # the first walk's holder keeps every node that has inputs; a second walk of the same graph
+    # makes a holder only for its root and points the rest at the first holder
+    inner = [i for i in range(1, len(first)) if i in first.src]
+    assert len(inner) == 3
+    held = {first.holders[i] for i in inner}
+    assert len(held) == 1 and None not in held
+    second = walk([out], {})
+    assert [second.holders[i] for i in inner] == [first.holders[i] for i in inner]
+    assert second.keys == first.keys
+
+
+class _Broken:
+    """A root whose node fails while it is walked (a node type torch may add one day)."""
+
+    class grad_fn:  # stands in for tensor.grad_fn
+        @staticmethod
+        def name() -> str:
+            return "BrokenBackward"
+
+        @staticmethod
+        def _sequence_nr() -> int:
+            return 1
+
+        @property
+        def next_functions(self) -> Any:
+            raise RuntimeError("broken node")
+
+    grad_fn = grad_fn()  # type: ignore[assignment,misc]
+
+
+def test_a_walk_that_fails_midway_raises_its_own_error_after_the_hand_over() -> None:
+    from gradscope._graph.walk import walk
+
+    w = torch.randn(3, requires_grad=True)
+    out = (w.exp() * 2).sin().sum()
+    # the first root was walked whole; the finally hands its nodes over and must not fail itself
+    with pytest.raises(RuntimeError, match="broken node"):
+        walk([out, _Broken()], {})  # type: ignore[list-item]
+    assert walk([out], {}).ops[0] == "SumBackward0"  # the graph is still walkable
