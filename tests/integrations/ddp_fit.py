@@ -57,6 +57,11 @@ def main(out: Path) -> None:
         "before_step": model.before_step,
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
+    # Lightning leaves the process group alive; exiting with it alive lets gloo's worker threads
+    # outlive the interpreter, which aborts (SIGABRT, "terminate called without an active
+    # exception") now and then: the documented way out is destroy_process_group().
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
