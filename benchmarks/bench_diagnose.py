@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,47 +25,9 @@ from torch import nn
 
 import gradscope
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_watch import MODELS  # the same three models as the watch benchmark
 
-def mlp() -> tuple[nn.Module, torch.Tensor]:
-    layers: list[nn.Module] = []
-    for _ in range(4):
-        layers += [nn.Linear(1024, 1024), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(1024, 10)), torch.randn(64, 1024)
-
-
-class Block(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(x + self.bn2(self.conv2(out)))
-
-
-def cnn() -> tuple[nn.Module, torch.Tensor]:
-    net = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1),
-        *[Block(32) for _ in range(4)],
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(32, 10),
-    )
-    return net, torch.randn(8, 3, 32, 32)
-
-
-def lenet() -> tuple[nn.Module, torch.Tensor]:
-    return gradscope.LeNet(), torch.randn(1, 1, 32, 32)
-
-
-MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]] = {
-    "LeNet (batch 1)": lenet,
-    "MLP 4x1024 (batch 64)": mlp,
-    "ResNet-style CNN (batch 8)": cnn,
-}
 # None: no watch at all. "plain" is watch() as it was before the diagnosis evidence.
 CONFIGS: dict[str, dict[str, Any] | None] = {
     "no watch": None,
