@@ -53,6 +53,9 @@ MODULES: dict[str, list[str]] = {
         "tests/graph/test_graph.py",
     ],
     "gradscope/testing/_grads.py": _TESTING,
+    "gradscope/testing/_close.py": [*_TESTING, "tests/testing/test_inputs.py"],
+    "gradscope/testing/_update.py": [*_TESTING, "tests/testing/test_inputs.py"],
+    "gradscope/testing/_step.py": [*_TESTING, "tests/testing/test_inputs.py"],
     "gradscope/testing/_watch.py": [*_TESTING, "tests/testing/test_pytest_plugin.py"],
     "_gradscope_pytest.py": ["tests/testing/test_pytest_plugin.py"],
 }
