@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import cast
 
@@ -86,11 +87,13 @@ def _compare(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: fl
     total = close.numel()
     wide = torch.complex128 if common.is_complex else torch.float64
     a64, e64 = a.to(wide), e.to(wide)
+    # As torch.testing does, only mismatched elements count (inf vs inf matches, and 0 vs 0
+    # has no relative difference); a NaN difference counts as the worst (torch prints nan).
     diff = (a64 - e64).abs()
-    # NaN differences count as the worst, like torch.testing reports them.
     diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
-    rel = diff / e64.abs()
-    rel = torch.where(torch.isnan(rel), torch.full_like(rel, float("inf")), rel)
+    zero = torch.zeros_like(diff)
+    diff = torch.where(close, zero, diff)
+    rel = torch.where(close, zero, (diff / e64.abs()).nan_to_num(nan=math.inf, posinf=math.inf))
     i_abs = int(diff.reshape(-1).argmax())
     i_rel = int(rel.reshape(-1).argmax())
     i_first = int((~close).reshape(-1).nonzero()[0, 0])
