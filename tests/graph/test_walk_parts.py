@@ -304,3 +304,40 @@ def test_a_part_above_small_lists_each_nodes_inputs_for_re_homing() -> None:
     assert [sorted(c) for c in holder.children] == oracle
     assert holder.fns[0] is out.grad_fn.next_functions[0][0]
     assert sum(map(len, oracle)) == SMALL + 6  # a chain: each node but the last feeds the next
+
+
+def test_a_holder_lists_its_nodes_consumers_first() -> None:
+    from gradscope._graph.walk import walk
+
+    w = torch.randn(3, requires_grad=True)
+    x = w.exp()
+    # Add reaches Exp before Sin -> Mul does: the order the walk found them in is not a
+    # topological one (Exp would come before Mul, which consumes it)
+    out = (x + (x * 2).sin()).sum()
+    result = walk([out], {})
+    holder = _holder(result, result.roots[0])
+    assert holder is not None
+    # oracle: next_functions edges; each held node comes before every input it has
+    fns = [out.grad_fn, *holder.fns]
+    position = {id(fn): k for k, fn in enumerate(fns)}
+    assert len(fns) == 5
+    for k, fn in enumerate(fns):
+        for child, _ in fn.next_functions:
+            if child is not None and id(child) in position:
+                assert position[id(child)] > k, (type(fn).__name__, type(child).__name__)
+
+
+def test_a_walk_that_fails_midway_still_hands_over_what_it_walked() -> None:
+    from gradscope._graph.walk import walk
+
+    w = torch.randn(3, requires_grad=True)
+    out = (w.exp() * 2).sin().sum()
+    with pytest.raises(RuntimeError, match="broken node"):
+        walk([out, _Broken()], {})  # type: ignore[list-item]
+    # the failed walk's holder keeps out's inner nodes: a second walk finds them held and
+    # makes no holder of its own (a root alone needs none)
+    second = walk([out], {})
+    inner = [i for i in range(1, len(second)) if i in second.src]
+    assert len(inner) == 3
+    assert second.own_holders == []
+    assert all(second.holders[i] is not None for i in inner)
