@@ -94,7 +94,8 @@ def assert_params_updated(
                 Failure(
                     name,
                     shape_of(after),
-                    f"changed though it is frozen ({why}): {count} of {after.numel()} elements, "
+                    f"changed though it is frozen ({why}): {count} of "
+                    f"{plural(after.numel(), 'element')}, "
                     f"largest change {fmt_num(float(delta.reshape(-1)[i]))} at index "
                     f"{index_of(after.shape, i)}",
                 )

@@ -111,7 +111,8 @@ def test_grads_finite_counts_agree_with_numpy(values: np.ndarray) -> None:
     )
     first = np.unravel_index(int(np.flatnonzero(~np.isfinite(values))[0]), values.shape)
     where = tuple(int(i) for i in first)
-    expected = f"{nan} NaN, {pos} +Inf, {neg} -Inf of {values.size} elements; first at index "
+    elements = "1 element" if values.size == 1 else f"{values.size} elements"
+    expected = f"{nan} NaN, {pos} +Inf, {neg} -Inf of {elements}; first at index "
     assert f"{expected}{where} = {float(values[where])}" in _message(excinfo)
 
 

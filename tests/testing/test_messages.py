@@ -1,0 +1,153 @@
+"""Each assertion's whole failure message, word for word, on one small model set up by hand.
+
+The message is what a user reads when a test fails: every count, name, shape, index and number
+in it is checked here against values worked out by hand from the gradients set below (the
+norm of [1, 2, 3] is sqrt(14) = 3.742), along with the hint and the singular/plural wording.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gradscope.testing as gt
+from gradscope import GradientAssertionError, GradscopeError
+
+NAN, INF = math.nan, math.inf
+
+
+def _model() -> nn.Sequential:
+    net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    net[0].weight.grad = torch.tensor([[1.0, NAN], [INF, 1.0], [1.0, -INF]])
+    net[0].bias.grad = torch.tensor([1.0, 2.0, 3.0])
+    net[1].weight.grad = torch.ones(1, 3)
+    net[1].bias.grad = torch.ones(1)
+    return net
+
+
+def _message(call: object, *args: object, **kwargs: object) -> str:
+    with pytest.raises(GradientAssertionError) as excinfo:
+        call(*args, **kwargs)  # type: ignore[operator]
+    assert isinstance(excinfo.value, AssertionError) and isinstance(excinfo.value, GradscopeError)
+    return str(excinfo.value)
+
+
+FINITE_HINT = (
+    "Hint: NaN/Inf gradients usually start in the forward pass (log or sqrt of 0, division by "
+    "0, exp overflow) or after a too-large step; gradscope.graph(loss, params=net, "
+    "grads=True).first_nonfinite names the op that produced the first one"
+)
+
+
+def test_assert_grads_finite_message() -> None:
+    net = _model()
+    assert _message(gt.assert_grads_finite, net) == "\n".join(
+        [
+            "assert_grads_finite: 1 of 4 gradients is not finite",
+            "  0.weight (3, 2): 1 NaN, 1 +Inf, 1 -Inf of 6 elements; first at index (0, 1) = nan",
+            FINITE_HINT,
+        ]
+    )
+    net[1].bias.grad = torch.tensor([-INF])
+    assert _message(gt.assert_grads_finite, net, msg="after warm-up") == "\n".join(
+        [
+            "after warm-up",
+            "assert_grads_finite: 2 of 4 gradients are not finite",
+            "  0.weight (3, 2): 1 NaN, 1 +Inf, 1 -Inf of 6 elements; first at index (0, 1) = nan",
+            "  1.bias (1,): 0 NaN, 0 +Inf, 1 -Inf of 1 element; first at index (0,) = -inf",
+            FINITE_HINT,
+        ]
+    )
+
+
+NO_GRAD_HINT = (
+    "Hint: a parameter without a gradient is not connected to the loss: forward() does not "
+    "use it, its output is .detach()ed or computed under torch.no_grad(), or it only feeds an "
+    "output the loss ignores; pass ignore=[...] for ones unused on purpose"
+)
+ZERO_HINT = (
+    "an all-zero gradient usually means dead ReLUs, a multiplication by zero, or a parameter "
+    "reset by zero_grad(set_to_none=False) and never reached; pass allow_zero=True if that is "
+    "expected"
+)
+
+
+def test_assert_all_params_have_grad_message() -> None:
+    net = _model()
+    net[0].weight.grad = torch.zeros(3, 2)
+    net[1].weight.grad = None
+    assert _message(gt.assert_all_params_have_grad, net) == "\n".join(
+        [
+            "assert_all_params_have_grad: 2 of 4 trainable parameters have no usable gradient "
+            "(1 without .grad, 1 all zeros)",
+            "  0.weight (3, 2): gradient is all zeros (6 elements)",
+            "  1.weight (1, 3): no gradient (.grad is None)",
+            f"{NO_GRAD_HINT}; {ZERO_HINT}",
+        ]
+    )
+    net[1].weight.grad = torch.ones(1, 3)
+    assert _message(gt.assert_all_params_have_grad, net) == "\n".join(
+        [
+            "assert_all_params_have_grad: 1 of 4 trainable parameters has no usable gradient "
+            "(0 without .grad, 1 all zeros)",
+            "  0.weight (3, 2): gradient is all zeros (6 elements)",
+            f"Hint: {ZERO_HINT}",
+        ]
+    )
+    net[0].weight.grad = torch.ones(3, 2)
+    net[1].bias.grad = None
+    assert _message(gt.assert_all_params_have_grad, net, ignore="0.*") == "\n".join(
+        [
+            "assert_all_params_have_grad: 1 of 2 trainable parameters has no usable gradient "
+            "(1 without .grad, 0 all zeros)",
+            "  1.bias (1,): no gradient (.grad is None)",
+            NO_GRAD_HINT,
+        ]
+    )
+
+
+def test_assert_no_grad_message() -> None:
+    net = _model()
+    net[0].weight.grad = torch.tensor([[0.0, 0.0], [0.0, -4.0], [0.0, 0.0]])
+    assert _message(gt.assert_no_grad, net, ["0.*"]) == "\n".join(
+        [
+            "assert_no_grad: 2 of 2 parameters that must stay out of the graph have a gradient",
+            "  0.weight (3, 2): has a gradient: norm 4, largest |element| 4 at index (1, 1), "
+            "1 of 6 elements non-zero",
+            "  0.bias (3,): has a gradient: norm 3.742, largest |element| 3 at index (2,), "
+            "3 of 3 elements non-zero",
+            "Hint: keep a parameter out of the graph with param.requires_grad_(False), by using "
+            "it under torch.no_grad() or by .detach()ing its output; a zero tensor left by "
+            "zero_grad(set_to_none=False) passes with allow_zero=True",
+        ]
+    )
+    net[0].weight.grad = None
+    assert _message(gt.assert_no_grad, net, "0.*").startswith(
+        "assert_no_grad: 1 of 2 parameters that must stay out of the graph has a gradient\n"
+    )
+    with pytest.raises(GradscopeError, match=r"^assert_no_grad: names= .*'2\.\*'"):
+        gt.assert_no_grad(net, ["2.*"])
+
+
+def test_assert_grad_norms_message() -> None:
+    net = _model()
+    assert _message(gt.assert_grad_norms, net, min=1.5, max=2.0) == "\n".join(
+        [
+            "assert_grad_norms: 3 of 4 gradient norms outside the bounds",
+            "  0.weight (3, 2): gradient norm is nan (allowed: [1.5, 2]); largest |element| nan "
+            "at index (0, 1) of 6 elements",
+            "  0.bias (3,): gradient norm 3.742 > max=2.0; largest |element| 3 at index (2,) "
+            "of 3 elements",
+            "  1.bias (1,): gradient norm 1 < min=1.5; largest |element| 1 at index (0,) "
+            "of 1 element",
+            "Hint: vanishing gradients: check the initialisation, saturating activations "
+            "(sigmoid/tanh), deep stacks without residuals or normalisation, or a loss already "
+            "near 0; lower min= if this size is expected; exploding gradients: lower the "
+            "learning rate, clip with torch.nn.utils.clip_grad_norm_(net.parameters(), "
+            "max_norm), or check the loss scale (sum instead of mean?); raise max= if this "
+            "size is expected",
+        ]
+    )
