@@ -33,7 +33,7 @@ _TOLERANCE = [
     "tests/optim/test_references.py",
     "tests/optim/test_check.py",
 ]
-_TESTING = ["tests/testing/test_testing.py"]
+_TESTING = ["tests/testing/test_testing.py", "tests/testing/test_messages.py"]
 # module -> the test files that exercise it (the slow long-run and state-machine files are left
 # out: minutes each, and they kill nothing the focused files miss)
 MODULES: dict[str, list[str]] = {

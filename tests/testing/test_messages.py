@@ -151,3 +151,78 @@ def test_assert_grad_norms_message() -> None:
             "size is expected",
         ]
     )
+
+
+UPDATED_HINT = (
+    "Hint: a parameter that does not move has no gradient, is missing from the optimizer's "
+    "param groups, or has lr=0; pass ignore=[...] for ones that are unused on purpose"
+)
+FROZEN_HINT = (
+    "a frozen parameter that moves is in the optimizer with weight decay or momentum from "
+    "earlier steps, or is updated by hand; leave it out of the optimizer"
+)
+
+
+def test_assert_params_updated_message() -> None:
+    net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(1.0)
+    net[1].bias.requires_grad_(False)
+
+    def step() -> int:  # moves one weight element by hand, and the frozen bias
+        with torch.no_grad():
+            net[0].weight[1, 0] -= 0.5
+            net[1].bias += 0.25
+        net[0].bias.grad = torch.ones(3)
+        net[1].weight.grad = None
+        return 7
+
+    skipped = (
+        "  0.bias (3,): did not change (all 3 elements equal); its .grad is non-zero, so the "
+        "optimizer skipped it (is it in the optimizer?) or lr=0"
+    )
+    unused = (
+        "  1.weight (1, 3): did not change (all 3 elements equal); its .grad is None (not "
+        "connected to the loss, or zero_grad after backward?)"
+    )
+    frozen_bias = (
+        "  1.bias (1,): changed though it is frozen (requires_grad=False): 1 of 1 element, "
+        "largest change 0.25 at index (0,)"
+    )
+    assert _message(gt.assert_params_updated, net, step) == "\n".join(
+        [
+            "assert_params_updated: 3 of 4 parameters not updated as expected (2 unchanged, "
+            "1 frozen but changed)",
+            skipped,
+            unused,
+            frozen_bias,
+            f"{UPDATED_HINT}; {FROZEN_HINT}",
+        ]
+    )
+    assert _message(gt.assert_params_updated, net, step, frozen="0.weight") == "\n".join(
+        [
+            "assert_params_updated: 4 of 4 parameters not updated as expected (2 unchanged, "
+            "2 frozen but changed)",
+            "  0.weight (3, 2): changed though it is frozen (frozen= lists it): 1 of 6 elements, "
+            "largest change 0.5 at index (1, 0)",
+            skipped,
+            unused,
+            frozen_bias,
+            f"{UPDATED_HINT}; {FROZEN_HINT}",
+        ]
+    )
+
+    def zero_step() -> None:  # nothing moves; .grad is all zeros
+        net[0].weight.grad = torch.zeros(3, 2)
+
+    assert _message(gt.assert_params_updated, net, zero_step, ignore="[01].bias") == "\n".join(
+        [
+            "assert_params_updated: 2 of 2 parameters not updated as expected (2 unchanged, "
+            "0 frozen but changed)",
+            "  0.weight (3, 2): did not change (all 6 elements equal); its .grad is all zeros",
+            unused,
+            UPDATED_HINT,
+        ]
+    )
+    assert gt.assert_params_updated(net[0], lambda: step() and 5, ignore="bias") == 5
