@@ -301,7 +301,9 @@ def test_a_part_above_small_lists_each_nodes_inputs_for_re_homing() -> None:
         sorted(position[id(c)] for c, _ in fn.next_functions if c is not None and id(c) in position)
         for fn in holder.fns
     ]
-    assert [sorted(c) for c in holder.children] == oracle
+    # (compared position by position: pytest's diff of two 2,000-entry lists takes minutes)
+    wrong = [k for k, c in enumerate(holder.children) if sorted(c) != oracle[k]]
+    assert len(holder.children) == len(oracle) and not wrong, wrong[:5]
     assert holder.fns[0] is out.grad_fn.next_functions[0][0]
     assert sum(map(len, oracle)) == SMALL + 6  # a chain: each node but the last feeds the next
 
