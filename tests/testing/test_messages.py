@@ -226,3 +226,48 @@ def test_assert_params_updated_message() -> None:
         ]
     )
     assert gt.assert_params_updated(net[0], lambda: step() and 5, ignore="bias") == 5
+
+
+CLOSE_HINT = (
+    "Hint: a few mismatched elements against a float64 copy usually need a looser rtol=/atol= "
+    "(float32 rounding grows with layer size); every element off by one factor suggests a "
+    "mean vs sum or a missing scale; scattered large errors, a wrong backward"
+)
+
+
+def test_assert_grads_close_message() -> None:
+    net = nn.Linear(2, 2)
+    net.weight.grad = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    net.bias.grad = torch.tensor([0.5, -0.5])
+    expected = {"weight": torch.tensor([[1.0, 2.5], [3.0, 2.0]]), "bias": net.bias.grad.clone()}
+    # differences [0, 0.5, 0, 2]; relative to expected [0, 0.2, 0, 1]
+    assert _message(gt.assert_grads_close, net, expected) == "\n".join(
+        [
+            "assert_grads_close: 1 of 2 gradients differs from expected (rtol=1.3e-06, atol=1e-05)",
+            "  weight (2, 2): mismatched elements: 2 / 4 (50.0%); greatest absolute difference "
+            "2 at index (1, 1) (up to 1e-05 allowed); greatest relative difference 1 at index "
+            "(1, 1) (up to 1.3e-06 allowed); first at index (0, 1): got 2, expected 2.5",
+            CLOSE_HINT,
+        ]
+    )
+    # rtol=0.3 lets 0.5 <= 0.3 * 2.5 pass; 2 > 0.3 * 2 does not
+    assert _message(gt.assert_grads_close, net, expected, rtol=0.3, atol=0) == "\n".join(
+        [
+            "assert_grads_close: 1 of 2 gradients differs from expected (rtol=0.3, atol=0)",
+            "  weight (2, 2): mismatched elements: 1 / 4 (25.0%); greatest absolute difference "
+            "2 at index (1, 1) (up to 0 allowed); greatest relative difference 1 at index (1, 1) "
+            "(up to 0.3 allowed); first at index (1, 1): got 4, expected 2",
+            CLOSE_HINT,
+        ]
+    )
+    gt.assert_grads_close(net, expected, rtol=0.0, atol=2.0)  # every difference <= 2
+    both = {"weight": torch.zeros(2, 2, dtype=torch.float64), "bias": None}
+    net.weight.grad = None
+    assert _message(gt.assert_grads_close, net, both) == "\n".join(
+        [
+            "assert_grads_close: 2 of 2 gradients differ from expected (no tolerance)",
+            "  weight (2, 2): no gradient, but expected has one",
+            "  bias (2,): has a gradient, but expected has none (None)",
+            CLOSE_HINT,
+        ]
+    )
