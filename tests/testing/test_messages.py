@@ -271,3 +271,66 @@ def test_assert_grads_close_message() -> None:
             CLOSE_HINT,
         ]
     )
+
+
+def test_assert_grads_close_bad_input_messages() -> None:
+    net = nn.Linear(2, 2)
+    net(torch.randn(3, 2)).sum().backward()
+    grads = {"weight": net.weight.grad, "bias": net.bias.grad}
+    takes = (
+        "assert_grads_close: expected= takes a module (e.g. a float64 copy after its own "
+        "backward), its parameters in the form the module under test was given, or a mapping of "
+        "parameter name -> expected gradient, not "
+    )
+    cases: list[tuple[object, dict[str, object], str]] = [
+        (5, {}, takes + "int 5"),
+        ("weight", {}, takes + "str 'weight'"),
+        ({1: net.weight.grad}, {}, "assert_grads_close: expected has a key 1 that is not a name"),
+        (
+            {"weight": [1.0], "bias": None},
+            {},
+            "assert_grads_close: expected['weight'] is list [1.0]; give a tensor (or None)",
+        ),
+        (
+            {**grads, "b": None, "a": None},
+            {},
+            "assert_grads_close: expected has names the module does not: ['a', 'b']; the "
+            "module's are ['bias', 'weight']",
+        ),
+        (
+            {"weight": net.weight.grad},
+            {},
+            "assert_grads_close: expected has no entry for ['bias']; give one per parameter, or "
+            "pass ignore=['bias']",
+        ),
+        (
+            grads,
+            {"rtol": 1e-3},
+            "assert_grads_close: give both rtol= and atol= or neither (as "
+            "torch.testing.assert_close does); got rtol=0.001, atol=None",
+        ),
+        (grads, {"rtol": -1, "atol": 0}, "assert_grads_close: rtol=-1 must be >= 0"),
+        (grads, {"rtol": 0, "atol": math.nan}, "assert_grads_close: atol=nan must be >= 0"),
+        (
+            grads,
+            {"rtol": True, "atol": 0},
+            "assert_grads_close: rtol= takes a number, not bool True",
+        ),
+        (grads, {"rtol": 0, "atol": "x"}, "assert_grads_close: atol= takes a number, not str 'x'"),
+    ]
+    for expected, tolerances, text in cases:
+        with pytest.raises(GradscopeError) as excinfo:
+            gt.assert_grads_close(net, expected, **tolerances)  # type: ignore[arg-type]
+        assert not isinstance(excinfo.value, AssertionError), text  # bad input, not a failure
+        assert str(excinfo.value) == text
+    # the reference's parameters, in the form the module under test was given
+    ref = nn.Linear(2, 2)
+    ref.load_state_dict(net.state_dict())
+    ref(torch.ones(3, 2)).sum().backward()
+    gt.assert_grads_close(net, {"weight": ref.weight.grad, "bias": ref.bias.grad}, ignore="weight")
+    gt.assert_grads_close(list(net.parameters()), list(ref.parameters()), ignore="[0]")
+    gt.assert_grads_close(net.named_parameters(), ref.named_parameters(), ignore="weight")
+    gt.assert_grads_close(net, ref, ignore="weight")  # the bias gradient is 3 either way
+    text = _message(gt.assert_grads_close, list(net.parameters()), list(ref.parameters()))
+    assert text.startswith("assert_grads_close: 1 of 2 gradients differs from expected")
+    assert "\n  [0] (2, 2): mismatched elements: " in text
