@@ -334,3 +334,33 @@ def test_assert_grads_close_bad_input_messages() -> None:
     text = _message(gt.assert_grads_close, list(net.parameters()), list(ref.parameters()))
     assert text.startswith("assert_grads_close: 1 of 2 gradients differs from expected")
     assert "\n  [0] (2, 2): mismatched elements: " in text
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.complex64,
+        torch.complex128,
+    ],
+)
+def test_assert_grads_close_default_tolerances_agree_with_torch_testing(dtype: torch.dtype) -> None:
+    # oracle: torch.testing.assert_close with its own defaults, on both sides of each threshold
+    base = torch.tensor([1.0, 100.0, 1e-6], dtype=torch.float64)
+    if dtype.is_complex:
+        base = torch.complex(base, -base)
+    for delta in (0.0, 1e-8, 5e-7, 2e-6, 5e-5, 5e-4, 2e-3, 1e-2, 3e-2, 0.1):
+        got = base.to(dtype)
+        want = (base * (1 + delta)).to(dtype)
+        p = nn.Parameter(torch.zeros(3, dtype=dtype))
+        p.grad = got
+        try:
+            torch.testing.assert_close(got, want)
+        except AssertionError:
+            with pytest.raises(GradientAssertionError):
+                gt.assert_grads_close({"w": p}, {"w": want})
+        else:
+            gt.assert_grads_close({"w": p}, {"w": want})
