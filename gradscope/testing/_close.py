@@ -73,7 +73,7 @@ def _expected_grads(
         out[names[key]] = value
     if unknown:
         raise GradscopeError(
-            f"{function}: {what} has names the module does not: {sorted(unknown)}; "
+            f"{function}: these names in {what} are not the module's: {sorted(unknown)}; "
             f"the module's are {sorted(set(names.values()))}"
         )
     return out

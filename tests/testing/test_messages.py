@@ -294,8 +294,14 @@ def test_assert_grads_close_bad_input_messages() -> None:
         (
             {**grads, "b": None, "a": None},
             {},
-            "assert_grads_close: expected has names the module does not: ['a', 'b']; the "
+            "assert_grads_close: these names in expected are not the module's: ['a', 'b']; the "
             "module's are ['bias', 'weight']",
+        ),
+        (
+            nn.Sequential(nn.Linear(2, 2)),
+            {},
+            "assert_grads_close: these names in the expected module are not the module's: "
+            "['0.bias', '0.weight']; the module's are ['bias', 'weight']",
         ),
         (
             {"weight": net.weight.grad},
@@ -318,7 +324,27 @@ def test_assert_grads_close_bad_input_messages() -> None:
         ),
         (grads, {"rtol": 0, "atol": "x"}, "assert_grads_close: atol= takes a number, not str 'x'"),
     ]
+    listed = [*net.parameters(), torch.zeros(1)]
+    cases += [
+        (
+            listed,
+            {},
+            "assert_grads_close: these names in the expected parameters are not the module's: "
+            "['[2]']; the module's are ['[0]', '[1]']",
+        ),
+        (
+            [1, 2],
+            {},
+            "expected= entry 0 is int 1: an iterable passed as expected= must hold tensors or "
+            "(name, tensor) pairs",
+        ),
+    ]
     for expected, tolerances, text in cases:
+        if isinstance(expected, list):  # the module under test given as a list too
+            with pytest.raises(GradscopeError) as excinfo:
+                gt.assert_grads_close(list(net.parameters()), expected)
+            assert str(excinfo.value) == text
+            continue
         with pytest.raises(GradscopeError) as excinfo:
             gt.assert_grads_close(net, expected, **tolerances)  # type: ignore[arg-type]
         assert not isinstance(excinfo.value, AssertionError), text  # bad input, not a failure
