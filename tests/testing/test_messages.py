@@ -8,13 +8,14 @@ norm of [1, 2, 3] is sqrt(14) = 3.742), along with the hint and the singular/plu
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 import gradscope.testing as gt
-from gradscope import GradientAssertionError, GradscopeError
+from gradscope import GradientAssertionError, GradscopeError, UnknownParameterError
 
 NAN, INF = math.nan, math.inf
 
@@ -390,3 +391,43 @@ def test_assert_grads_close_default_tolerances_agree_with_torch_testing(dtype: t
                 gt.assert_grads_close({"w": p}, {"w": want})
         else:
             gt.assert_grads_close({"w": p}, {"w": want})
+
+
+TAKES_MODULE = (
+    "module= takes an nn.Module, a mapping of name -> tensor, or an iterable of tensors or "
+    "(name, tensor) pairs, not int 5; pass the model itself (e.g. module=net), net.parameters() "
+    "or dict(net.named_parameters())"
+)
+
+
+def test_every_assertion_names_itself_and_the_argument_in_bad_input_errors() -> None:
+    net = nn.Linear(2, 2)
+    net(torch.randn(3, 2)).sum().backward()
+
+    def step() -> None:
+        return None
+
+    calls: dict[str, tuple[Any, tuple[Any, ...], dict[str, Any]]] = {
+        "assert_grads_finite": (gt.assert_grads_finite, (), {}),
+        "assert_all_params_have_grad": (gt.assert_all_params_have_grad, (), {}),
+        "assert_grad_norms": (gt.assert_grad_norms, (), {"max": 1.0}),
+        "assert_params_updated": (gt.assert_params_updated, (step,), {}),
+        "assert_grads_close": (gt.assert_grads_close, ({},), {}),
+    }
+    known = "which matches no parameter; known names: 'weight', 'bias'"
+    for function, (call, args, kwargs) in calls.items():
+        with pytest.raises(UnknownParameterError) as excinfo:
+            call(net, *args, ignore="nope", **kwargs)
+        assert str(excinfo.value) == f"{function}: ignore= names 'nope', {known}"
+        with pytest.raises(GradscopeError) as error:
+            call(5, *args, **kwargs)
+        assert str(error.value) == f"{function}: {TAKES_MODULE}"
+    with pytest.raises(UnknownParameterError) as excinfo:
+        gt.assert_params_updated(net, step, frozen="nope")
+    assert str(excinfo.value) == f"assert_params_updated: frozen= names 'nope', {known}"
+    with pytest.raises(UnknownParameterError) as excinfo:
+        gt.assert_no_grad(net, "nope")
+    assert str(excinfo.value) == f"assert_no_grad: names= names 'nope', {known}"
+    with pytest.raises(GradscopeError) as error:
+        gt.assert_no_grad(5, "w")  # type: ignore[arg-type]
+    assert str(error.value) == f"assert_no_grad: {TAKES_MODULE}"
