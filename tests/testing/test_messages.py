@@ -8,6 +8,7 @@ norm of [1, 2, 3] is sqrt(14) = 3.742), along with the hint and the singular/plu
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
@@ -431,3 +432,58 @@ def test_every_assertion_names_itself_and_the_argument_in_bad_input_errors() -> 
     with pytest.raises(GradscopeError) as error:
         gt.assert_no_grad(5, "w")  # type: ignore[arg-type]
     assert str(error.value) == f"assert_no_grad: {TAKES_MODULE}"
+
+
+STEP_HINT = (
+    "Hint: the reasons above guess the mistake; common ones: a parameter in no param group, "
+    "grads changed between backward and step (clipping, scaling), a second step() call, or an "
+    "optimizer subclass with its own update (pass reference=); print(report) from "
+    "gradscope.check_step shows the full table"
+)
+
+
+def test_assert_step_matches_reference_message() -> None:
+    net = nn.Linear(2, 2)
+    extra = nn.Linear(1, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+    def step() -> int:  # SGD's step, then 0.25 more on one bias element by hand
+        opt.zero_grad()
+        net.weight.grad = torch.ones(2, 2)
+        net.bias.grad = torch.tensor([1.0, 2.0])
+        extra.weight.grad = torch.ones(1, 1)
+        opt.step()
+        with torch.no_grad():
+            net.bias[0] += 0.25
+        return 3
+
+    # the bias moved by -0.1 + 0.25 where the rule says -0.1: 0.25 off, 1.25 of its largest
+    # step (0.2); the tolerance comes from the rule's rounding and is checked elsewhere
+    bias = (
+        "its update is not a multiple of the reference update: check the update rule "
+        "(momentum, weight decay, the state it starts from) (param group 0): max abs diff 0.25 "
+        "(tolerance TOL), 1.25 of the step"
+    )
+    head = (
+        "assert_step_matches_reference: SGD.step() does not match the documented "
+        "torch.optim.SGD update rule: "
+    )
+    for params, name in ((net, "bias"), (None, "group0.param1")):
+        text = _message(gt.assert_step_matches_reference, opt, step, params=params)
+        expected = "\n".join(
+            [f"{head}1 of 2 parameters failed", f"  {name} (2,): {bias}", STEP_HINT]
+        )
+        pattern = re.escape(expected).replace("TOL", r"[0-9.e-]+")
+        assert re.fullmatch(pattern, text), text
+    both = nn.ModuleDict({"a": net, "b": extra})
+    text = _message(gt.assert_step_matches_reference, opt, step, params=both)
+    # b.bias has no gradient and is in no group: not checked; b.weight has one: a failure
+    assert text.startswith(f"{head}2 of 3 parameters failed\n"), text
+    assert "\n  b.weight (1, 1): " in text and "(in no param group)" in text
+    assert re.search(r"\n  a\.bias \(2,\): its update is not a multiple", text)
+    with pytest.raises(GradscopeError) as error:
+        gt.assert_step_matches_reference(opt, 5)  # type: ignore[arg-type]
+    assert str(error.value) == (
+        "assert_step_matches_reference: step= must be a callable that runs one training step "
+        "ending in optimizer.step(), not int 5; pass the function itself (step, not step())"
+    )
