@@ -487,3 +487,20 @@ def test_assert_step_matches_reference_message() -> None:
         "assert_step_matches_reference: step= must be a callable that runs one training step "
         "ending in optimizer.step(), not int 5; pass the function itself (step, not step())"
     )
+
+
+def test_an_integer_expected_gradient_is_compared_exactly_on_its_side() -> None:
+    # torch.testing gives integer dtypes rtol = atol = 0; against float32 the float32 pair wins
+    p = nn.Parameter(torch.zeros(2))
+    p.grad = torch.tensor([1.0, 2.0])
+    want = torch.tensor([1, 3])
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(p.grad, want, check_dtype=False)
+    text = _message(gt.assert_grads_close, {"w": p}, {"w": want})
+    assert text.startswith(
+        "assert_grads_close: 1 of 1 gradient differs from expected (rtol=1.3e-06, atol=1e-05)\n"
+        "  w (2,): mismatched elements: 1 / 2 (50.0%); greatest absolute difference 1 at index "
+        "(1,) (up to 1e-05 allowed); greatest relative difference 0.3333 at index (1,) (up to "
+        "1.3e-06 allowed); first at index (1,): got 2, expected 3\n"
+    ), text
+    gt.assert_grads_close({"w": p}, {"w": torch.tensor([1, 2])})
