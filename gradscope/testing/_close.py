@@ -49,7 +49,8 @@ def _expected_grads(
         what = "expected"
     elif isinstance(expected, Iterable) and not isinstance(expected, (torch.Tensor, str)):
         # parameters of the reference, as the module under test was given (a list, pairs...)
-        ref = named_parameters(cast(ParamsLike, expected), argument="expected")
+        given = cast(ParamsLike, expected)  # pragma: no mutate (cast does nothing at run time)
+        ref = named_parameters(given, argument="expected")
         items = ((n, grad_of(p)) for n, p in ref.params.items())
         what = "the expected parameters"
     else:
@@ -81,7 +82,7 @@ def _expected_grads(
 
 def _compare(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> str | None:
     a = actual.detach()
-    e = expected.detach().to(a.device)
+    e = expected.detach().to(a.device)  # pragma: no mutate (only a GPU tells: tests/test_cuda.py)
     common = torch.promote_types(a.dtype, e.dtype)
     close = torch.isclose(a.to(common), e.to(common), rtol=rtol, atol=atol)
     if bool(close.all()):
@@ -89,11 +90,11 @@ def _compare(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: fl
     bad = int((~close).sum())
     total = close.numel()
     wide = torch.complex128 if common.is_complex else torch.float64
-    a64, e64 = a.to(wide), e.to(wide)
+    a64, e64 = a.to(wide), e.to(wide)  # pragma: no mutate (one side wide promotes the other)
     # As torch.testing does, only mismatched elements count (inf vs inf matches, and 0 vs 0
     # has no relative difference); a NaN difference counts as the worst (torch prints nan).
     diff = (a64 - e64).abs()
-    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, math.inf), diff)
     zero = torch.zeros_like(diff)
     diff = torch.where(close, zero, diff)
     rel = torch.where(close, zero, (diff / e64.abs()).nan_to_num(nan=math.inf, posinf=math.inf))

@@ -504,3 +504,26 @@ def test_an_integer_expected_gradient_is_compared_exactly_on_its_side() -> None:
         "1.3e-06 allowed); first at index (1,): got 2, expected 3\n"
     ), text
     gt.assert_grads_close({"w": p}, {"w": torch.tensor([1, 2])})
+
+
+def test_differences_are_taken_wide_enough() -> None:
+    # float16: 60000 - (-60000) overflows float16 (max 65504); the report works in float64
+    p = nn.Parameter(torch.zeros(2, dtype=torch.float16))
+    p.grad = torch.tensor([60000.0, 1.0], dtype=torch.float16)
+    want = torch.tensor([-60000.0, 1.0], dtype=torch.float16)
+    text = _message(gt.assert_grads_close, {"w": p}, {"w": want})
+    assert (
+        "greatest absolute difference 1.2e+05 at index (0,) (up to 1e-05 allowed); greatest "
+        "relative difference 2 at index (0,) (up to 0.001 allowed); first at index (0,): got "
+        "6e+04, expected -6e+04" in text
+    ), text
+    # complex: |(1+1j) - (1+2j)| = 1, relative 1 / |1+2j| = 1 / sqrt(5); the real parts agree
+    q = nn.Parameter(torch.zeros(2, dtype=torch.complex64))
+    q.grad = torch.tensor([1 + 1j, 2 + 0j], dtype=torch.complex64)
+    want = torch.tensor([1 + 2j, 2 + 0j], dtype=torch.complex64)
+    text = _message(gt.assert_grads_close, {"w": q}, {"w": want})
+    assert (
+        "greatest absolute difference 1 at index (0,) (up to 1e-05 allowed); greatest "
+        "relative difference 0.4472 at index (0,) (up to 1.3e-06 allowed); first at index "
+        "(0,): got 1+1j, expected 1+2j" in text
+    ), text
