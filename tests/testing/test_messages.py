@@ -527,3 +527,19 @@ def test_differences_are_taken_wide_enough() -> None:
         "relative difference 0.4472 at index (0,) (up to 1.3e-06 allowed); first at index "
         "(0,): got 1+1j, expected 1+2j" in text
     ), text
+
+
+def test_assert_grads_close_shapes_and_missing_gradients() -> None:
+    net = nn.Linear(3, 2)
+    net.weight.grad = torch.ones(2, 3)
+    assert _message(gt.assert_grads_close, net, {"weight": torch.ones(3, 2), "bias": None}) == (
+        "\n".join(
+            [
+                "assert_grads_close: 1 of 2 gradients differs from expected (no tolerance)",
+                "  weight (2, 3): shape differs from expected (3, 2)",
+                CLOSE_HINT,
+            ]
+        )
+    )
+    # no gradient where none is expected is a match
+    gt.assert_grads_close(net, {"weight": torch.ones(2, 3), "bias": None})
