@@ -184,7 +184,7 @@ def assert_grads_close(
         if problem is not None:
             failures.append(Failure(name, shape_of(got), problem))
     if failures:
-        tols = ", ".join(f"rtol={r:g}, atol={a:g}" for r, a in sorted(used)) or "no tolerance"
+        tols = "; ".join(f"rtol={r:g}, atol={a:g}" for r, a in sorted(used)) or "no tolerance"
         raise fail(
             function,
             f"{len(failures)} of {plural(len(wanted), 'gradient')} "

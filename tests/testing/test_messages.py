@@ -543,3 +543,24 @@ def test_assert_grads_close_shapes_and_missing_gradients() -> None:
     )
     # no gradient where none is expected is a match
     gt.assert_grads_close(net, {"weight": torch.ones(2, 3), "bias": None})
+
+
+def test_assert_grads_close_lists_each_tolerance_pair_it_used() -> None:
+    # float32 against float32, and float32 against float16 (float16's looser pair wins)
+    w, v = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+    w.grad, v.grad = torch.tensor([1.0]), torch.tensor([1.0])
+    expected = {"w": torch.tensor([2.0]), "v": torch.tensor([3.0], dtype=torch.float16)}
+    assert _message(gt.assert_grads_close, {"w": w, "v": v}, expected, msg="ctx") == "\n".join(
+        [
+            "ctx",
+            "assert_grads_close: 2 of 2 gradients differ from expected (rtol=1.3e-06, "
+            "atol=1e-05; rtol=0.001, atol=1e-05)",
+            "  w (1,): mismatched elements: 1 / 1 (100.0%); greatest absolute difference 1 at "
+            "index (0,) (up to 1e-05 allowed); greatest relative difference 0.5 at index (0,) "
+            "(up to 1.3e-06 allowed); first at index (0,): got 1, expected 2",
+            "  v (1,): mismatched elements: 1 / 1 (100.0%); greatest absolute difference 2 at "
+            "index (0,) (up to 1e-05 allowed); greatest relative difference 0.6667 at index (0,) "
+            "(up to 0.001 allowed); first at index (0,): got 1, expected 3",
+            CLOSE_HINT,
+        ]
+    )
