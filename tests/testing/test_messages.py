@@ -564,3 +564,32 @@ def test_assert_grads_close_lists_each_tolerance_pair_it_used() -> None:
             CLOSE_HINT,
         ]
     )
+
+
+def test_assert_params_updated_replaced_nan_and_bad_step() -> None:
+    net = nn.Linear(2, 1)
+
+    def replace() -> None:
+        net.weight.data = torch.zeros(3, 2)
+
+    assert _message(gt.assert_params_updated, net, replace, ignore="bias") == "\n".join(
+        [
+            "assert_params_updated: 1 of 1 parameter not updated as expected (0 unchanged, "
+            "0 frozen but changed)",
+            "  weight (3, 2): changed shape from (1, 2); was the parameter replaced?",
+            "Hint: a parameter was replaced during the step",
+        ]
+    )
+    # a NaN that becomes a number, or a number that becomes NaN, is a change; NaN to NaN is not
+    p = nn.Parameter(torch.tensor([NAN, 1.0, NAN]))
+    gt.assert_params_updated({"p": p}, lambda: p.data.copy_(torch.tensor([0.0, 1.0, NAN])))
+    gt.assert_params_updated({"p": p}, lambda: p.data.copy_(torch.tensor([0.0, NAN, NAN])))
+    text = _message(gt.assert_params_updated, {"p": p}, lambda: None)
+    assert "  p (3,): did not change (all 3 elements equal); its .grad is None" in text
+    with pytest.raises(GradscopeError) as error:
+        gt.assert_params_updated(net, 5)  # type: ignore[arg-type]
+    assert str(error.value) == (
+        "assert_params_updated: step= must be a callable that runs one training step (zero_grad, "
+        "forward, backward, optimizer.step()), not int 5; pass the function itself, not its "
+        "result (step, not step())"
+    )
