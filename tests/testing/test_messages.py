@@ -580,6 +580,27 @@ def test_assert_params_updated_replaced_nan_and_bad_step() -> None:
             "Hint: a parameter was replaced during the step",
         ]
     )
+    # the parameters after a replaced one are still checked
+    net.weight.data = torch.zeros(1, 2)
+    assert _message(gt.assert_params_updated, net, replace) == "\n".join(
+        [
+            "assert_params_updated: 2 of 2 parameters not updated as expected (1 unchanged, "
+            "0 frozen but changed)",
+            "  weight (3, 2): changed shape from (1, 2); was the parameter replaced?",
+            "  bias (1,): did not change (its one element is the same); its .grad is None (not "
+            "connected to the loss, or zero_grad after backward?)",
+            UPDATED_HINT,
+        ]
+    )
+    # a frozen parameter that turned NaN: the NaN is the largest change
+    frozen = nn.Parameter(torch.tensor([1.0, 2.0]), requires_grad=False)
+    text = _message(
+        gt.assert_params_updated, {"f": frozen}, lambda: frozen.data.copy_(torch.tensor([NAN, 2.5]))
+    )
+    assert (
+        "  f (2,): changed though it is frozen (requires_grad=False): 2 of 2 elements, largest "
+        "change nan at index (0,)\n" in text
+    ), text
     # a NaN that becomes a number, or a number that becomes NaN, is a change; NaN to NaN is not
     p = nn.Parameter(torch.tensor([NAN, 1.0, NAN]))
     gt.assert_params_updated({"p": p}, lambda: p.data.copy_(torch.tensor([0.0, 1.0, NAN])))
