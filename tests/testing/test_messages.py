@@ -202,17 +202,20 @@ def test_assert_params_updated_message() -> None:
             f"{UPDATED_HINT}; {FROZEN_HINT}",
         ]
     )
-    assert _message(gt.assert_params_updated, net, step, frozen="0.weight") == "\n".join(
-        [
-            "assert_params_updated: 4 of 4 parameters not updated as expected (2 unchanged, "
-            "2 frozen but changed)",
-            "  0.weight (3, 2): changed though it is frozen (frozen= lists it): 1 of 6 elements, "
-            "largest change 0.5 at index (1, 0)",
-            skipped,
-            unused,
-            frozen_bias,
-            f"{UPDATED_HINT}; {FROZEN_HINT}",
-        ]
+    assert _message(gt.assert_params_updated, net, step, frozen="0.weight", msg="ctx") == (
+        "\n".join(
+            [
+                "ctx",
+                "assert_params_updated: 4 of 4 parameters not updated as expected (2 unchanged, "
+                "2 frozen but changed)",
+                "  0.weight (3, 2): changed though it is frozen (frozen= lists it): 1 of 6 "
+                "elements, largest change 0.5 at index (1, 0)",
+                skipped,
+                unused,
+                frozen_bias,
+                f"{UPDATED_HINT}; {FROZEN_HINT}",
+            ]
+        )
     )
 
     def zero_step() -> None:  # nothing moves; .grad is all zeros
