@@ -617,3 +617,21 @@ def test_assert_params_updated_replaced_nan_and_bad_step() -> None:
         "forward, backward, optimizer.step()), not int 5; pass the function itself, not its "
         "result (step, not step())"
     )
+
+
+def test_assert_step_matches_reference_uses_the_reference_it_is_given() -> None:
+    w = nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([w], lr=0.1)
+
+    def step() -> None:
+        opt.zero_grad()
+        w.grad = torch.ones(2)
+        opt.step()
+
+    def twice_sgd(param: torch.Tensor, grad: torch.Tensor, state: Any, group: Any) -> torch.Tensor:
+        return param - 2 * group["lr"] * grad  # not what SGD does
+
+    gt.assert_step_matches_reference(opt, step)  # the documented SGD rule: a pass
+    text = _message(gt.assert_step_matches_reference, opt, step, reference=twice_sgd)
+    assert text.startswith("assert_step_matches_reference: SGD.step() does not match "), text
+    assert "twice_sgd" in text.splitlines()[0] and "1 of 1 parameter failed" in text, text

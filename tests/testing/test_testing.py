@@ -791,6 +791,7 @@ def test_unknown_names_suggest_the_close_ones(lenet: nn.Module) -> None:
         lambda m: gt.assert_grads_close(m, {}),
         lambda m: gt.assert_params_updated(m, lambda: None),
         lambda m: gt.assert_no_grad(m),
+        lambda m: gt.assert_step_matches_reference(torch.optim.SGD([nn.Parameter(m)], lr=0.1), 5),
     ],
 )
 def test_pytest_hides_the_assertions_frames(call: object) -> None:
