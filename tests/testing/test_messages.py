@@ -635,3 +635,24 @@ def test_assert_step_matches_reference_uses_the_reference_it_is_given() -> None:
     text = _message(gt.assert_step_matches_reference, opt, step, reference=twice_sgd)
     assert text.startswith("assert_step_matches_reference: SGD.step() does not match "), text
     assert "twice_sgd" in text.splitlines()[0] and "1 of 1 parameter failed" in text, text
+
+
+def test_assert_step_matches_reference_step_wide_problem_message() -> None:
+    w = nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([w], lr=0.1)
+
+    def step() -> None:  # zero_grad, then step: no gradient anywhere
+        opt.zero_grad()
+        opt.step()
+
+    assert _message(gt.assert_step_matches_reference, opt, step, msg="ctx") == "\n".join(
+        [
+            "ctx",
+            "assert_step_matches_reference: SGD.step() does not match the documented "
+            "torch.optim.SGD update rule: 0 of 1 parameter failed, 1 step-wide problem",
+            "  (whole step): every parameter in the optimizer had .grad None, so the step did "
+            "nothing: was optimizer.step() called before loss.backward(), or right after "
+            "zero_grad()?",
+            STEP_HINT,
+        ]
+    )
