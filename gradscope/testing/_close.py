@@ -175,7 +175,7 @@ def assert_grads_close(
                 Failure(name, shape_of(got), f"shape differs from expected {shape_of(want)}")
             )
             continue
-        if rtol is None or atol is None:
+        if rtol is None or atol is None:  # pragma: no mutate (both or neither: checked above)
             r, a = default_tolerances(got.dtype, want.dtype)
         else:
             r, a = float(rtol), float(atol)

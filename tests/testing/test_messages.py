@@ -656,3 +656,21 @@ def test_assert_step_matches_reference_step_wide_problem_message() -> None:
             STEP_HINT,
         ]
     )
+
+
+def test_assert_grads_close_infinite_relative_difference_and_every_parameter_checked() -> None:
+    net = nn.Linear(2, 2)
+    net.weight.grad = torch.ones(2, 2)
+    net.bias.grad = torch.tensor([1.0, 0.0])
+    expected = {"weight": torch.ones(3), "bias": torch.tensor([0.0, 0.0])}
+    # a shape mismatch does not stop the check; 1 against 0 is infinitely far, relatively
+    assert _message(gt.assert_grads_close, net, expected) == "\n".join(
+        [
+            "assert_grads_close: 2 of 2 gradients differ from expected (rtol=1.3e-06, atol=1e-05)",
+            "  weight (2, 2): shape differs from expected (3,)",
+            "  bias (2,): mismatched elements: 1 / 2 (50.0%); greatest absolute difference 1 at "
+            "index (0,) (up to 1e-05 allowed); greatest relative difference inf at index (0,) (up "
+            "to 1.3e-06 allowed); first at index (0,): got 1, expected 0",
+            CLOSE_HINT,
+        ]
+    )
