@@ -91,8 +91,9 @@ def assert_params_updated(
         count = int(mask.sum())
         if name in must_stay and count:
             moved += 1
+            # both sides are widened, so that either one is enough: float64 promotes the other
             wide = after.to(torch.float64)  # pragma: no mutate (before is widened below too)
-            delta = (wide - before[name].to(torch.float64)).abs()
+            delta = (wide - before[name].to(torch.float64)).abs()  # pragma: no mutate (see above)
             delta = torch.where(mask, delta, torch.zeros_like(delta))
             i = int(torch.nan_to_num(delta, nan=math.inf).reshape(-1).argmax())
             why = "requires_grad=False" if not param.requires_grad else "frozen= lists it"
