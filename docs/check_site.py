@@ -171,19 +171,7 @@ class _Browser:
             "Runtime.evaluate", self.session, expression=_PAGE_FACTS, returnByValue=True
         )
         found: dict[str, Any] = facts.get("result", {}).get("value") or {}
-        for event in self.pipe.events:
-            method, params = event.get("method"), event.get("params", {})
-            if method == "Runtime.consoleAPICalled":
-                text = " ".join(
-                    str(a.get("value", a.get("description", ""))) for a in params["args"]
-                )
-                visit.console.append((params["type"], text))
-            elif method == "Runtime.exceptionThrown":
-                visit.exceptions.append(str(params["exceptionDetails"]))
-            elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
-                visit.log_errors.append(params["entry"]["text"])
-            elif method == "Network.requestWillBeSent":
-                visit.requests.append(params["request"]["url"])
+        visit.collect(self.pipe.events)
         return visit, found
 
     def shot(self, x: float, y: float, width: float, height: float) -> bytes:

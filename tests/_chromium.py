@@ -59,6 +59,22 @@ class PageVisit:
         bad = [f"console.{lvl}: {text}" for lvl, text in self.console if lvl in ("error", "assert")]
         return bad + self.exceptions + self.log_errors
 
+    def collect(self, events: list[dict[str, Any]]) -> None:
+        """Sort the DevTools events of the visit into console lines, errors and requests."""
+        for event in events:
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.consoleAPICalled":
+                text = " ".join(
+                    str(a.get("value", a.get("description", ""))) for a in params["args"]
+                )
+                self.console.append((params["type"], text))
+            elif method == "Runtime.exceptionThrown":
+                self.exceptions.append(str(params["exceptionDetails"]))
+            elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+                self.log_errors.append(params["entry"]["text"])
+            elif method == "Network.requestWillBeSent":
+                self.requests.append(params["request"]["url"])
+
 
 class _Pipe:
     def __init__(self, write_fd: int, read_fd: int, deadline: float) -> None:
@@ -171,19 +187,7 @@ def visit(
             clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
         )
         result.screenshot = base64.b64decode(shot["data"])
-        for event in pipe.events:
-            method, params = event.get("method"), event.get("params", {})
-            if method == "Runtime.consoleAPICalled":
-                text = " ".join(
-                    str(a.get("value", a.get("description", ""))) for a in params["args"]
-                )
-                result.console.append((params["type"], text))
-            elif method == "Runtime.exceptionThrown":
-                result.exceptions.append(str(params["exceptionDetails"]))
-            elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
-                result.log_errors.append(params["entry"]["text"])
-            elif method == "Network.requestWillBeSent":
-                result.requests.append(params["request"]["url"])
+        result.collect(pipe.events)
         # Chromium may exit before it answers Browser.close; the wait below handles the rest.
         with contextlib.suppress(ConnectionError, TimeoutError):
             pipe.call("Browser.close")

@@ -200,3 +200,19 @@ def test_on_problem_raise_on_cuda() -> None:
     net.forward = lambda x: net[1](net[0](x).detach())  # type: ignore[method-assign]
     with gradscope.watch(net, on_problem="raise"), pytest.raises(gradscope.ProblemFound):
         net(torch.randn(2, 4, device="cuda")).sum().backward()
+
+
+def test_assert_grads_close_takes_an_expected_gradient_on_another_device() -> None:
+    import gradscope.testing as gt
+
+    net = torch.nn.Linear(3, 2).cuda()
+    ref = torch.nn.Linear(3, 2).double()
+    ref.load_state_dict(net.state_dict())
+    x = torch.randn(4, 3)
+    net(x.cuda()).sum().backward()
+    ref(x.double()).sum().backward()
+    gt.assert_grads_close(net, ref)  # expected on the CPU, the gradients on the GPU
+    assert ref.bias.grad is not None
+    ref.bias.grad[0] += 1.0
+    with pytest.raises(AssertionError, match=r"bias \(2,\): mismatched elements: 1 / 2"):
+        gt.assert_grads_close(net, ref)

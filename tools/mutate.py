@@ -33,7 +33,7 @@ _TOLERANCE = [
     "tests/optim/test_references.py",
     "tests/optim/test_check.py",
 ]
-_TESTING = ["tests/testing/test_testing.py"]
+_TESTING = ["tests/testing/test_testing.py", "tests/testing/test_messages.py"]
 # module -> the test files that exercise it (the slow long-run and state-machine files are left
 # out: minutes each, and they kill nothing the focused files miss)
 MODULES: dict[str, list[str]] = {
@@ -53,6 +53,9 @@ MODULES: dict[str, list[str]] = {
         "tests/graph/test_graph.py",
     ],
     "gradscope/testing/_grads.py": _TESTING,
+    "gradscope/testing/_close.py": [*_TESTING, "tests/testing/test_inputs.py"],
+    "gradscope/testing/_update.py": [*_TESTING, "tests/testing/test_inputs.py"],
+    "gradscope/testing/_step.py": [*_TESTING, "tests/testing/test_inputs.py"],
     "gradscope/testing/_watch.py": [*_TESTING, "tests/testing/test_pytest_plugin.py"],
     "_gradscope_pytest.py": ["tests/testing/test_pytest_plugin.py"],
 }

@@ -6,7 +6,7 @@ from typing import Any
 
 from .._errors import GradscopeError
 from .._watch.evidence import Evidence, module_of
-from .._watch.forward import ForwardRecord
+from .._watch.forward_pass import ForwardRecord
 from .common import Collector, ordered
 from .finding import Finding
 

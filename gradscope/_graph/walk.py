@@ -326,10 +326,10 @@ def _hand_over(
         if len(part) < 2:
             continue
         children: list[list[int]] | None = None
-        if len(part) > SMALL:
+        if len(part) > SMALL:  # pragma: no mutate (>= is as safe: SMALL is a margin, not an edge)
             pos = {i: k for k, i in enumerate(part)}
             children = [[] for _ in part]
-            for s, d in zip(result.src, result.dst, strict=True):
+            for s, d in zip(result.src, result.dst, strict=True):  # pragma: no mutate (same length)
                 ps = pos.get(s)
                 if ps is not None:
                     pd = pos.get(d)

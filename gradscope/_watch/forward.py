@@ -23,8 +23,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections import deque
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -32,161 +31,21 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .._hooks import CopySafe
-from .reading import host_copy_for
-from .replay import Held, random_states, replay
+from .forward_pass import (
+    IN,
+    OUT,
+    BackwardOrigin,
+    ForwardOrigin,
+    ForwardRecord,
+    LivePass,
+    PendingPass,
+    finite_sum,
+    floating_tensors,
+)
+from .replay import Held, find_backward_origin, random_states, replay
 from .tracer import ArmedMode, CutTrace, OpSite
 
 __all__ = ["BackwardOrigin", "ForwardMonitor", "ForwardOrigin", "ForwardRecord"]
-
-_IN, _OUT = 0, 1
-_FLATTEN_LIMIT = 64  # tensors looked at per call (a module returning thousands is not checked)
-
-
-@dataclass(frozen=True)
-class ForwardOrigin:
-    """Where the first non-finite value of one forward pass appeared."""
-
-    module: str  # the module whose own code made it ("" is the model itself)
-    where: str  # "input" | "output" | "before"
-    child: str | None = None  # with "before": the child module it was about to call
-
-    def describe(self) -> str:
-        name = f"'{self.module}'" if self.module else "the model's own forward()"
-        if self.where == "input":
-            return "the input given to the model already holds NaN/Inf"
-        if self.where == "before":
-            return f"in {name}, before it called '{self.child}'"
-        return f"in {name} (its inputs were finite)"
-
-
-@dataclass(frozen=True)
-class BackwardOrigin:
-    """Where a NaN/Inf gradient was born from finite forward values, found by a replay."""
-
-    pass_index: int
-    from_loss: bool  # the gradient the loss sent into the model was already NaN/Inf
-    origin: Any = None  # the graph's NonfiniteGradient (node, input, value, reason)
-    graph: Any = None  # the replayed pass's gradscope Graph, for Graph.around()
-    note: str | None = None  # why nothing was found
-
-
-@dataclass
-class ForwardRecord:
-    """One outermost module call (a forward pass), resolved."""
-
-    index: int
-    root: str  # the path of the outermost module called ("" for the model itself)
-    grad_enabled: bool
-    called: frozenset[str]
-    no_grad: frozenset[str]  # modules called while autograd was off
-    origin: ForwardOrigin | None
-    output_finite: bool
-    input_sum: float | None = None  # the sum of the model's first input: tells batches apart
-    passes: list[int] = field(default_factory=list)  # backward passes that followed it
-
-
-class _Live:
-    """The forward pass in progress."""
-
-    __slots__ = (
-        "called",
-        "events",
-        "grad_enabled",
-        "held",
-        "index",
-        "no_grad",
-        "root",
-        "seen",
-        "sums",
-    )
-
-    def __init__(self, index: int, root: int, grad_enabled: bool, held: Held | None) -> None:
-        self.index = index
-        self.root = root
-        self.grad_enabled = grad_enabled
-        self.held = held  # what a replay needs, while one may still be needed
-        self.events: list[tuple[int, int, int]] = []  # (owner, module, _IN | _OUT)
-        self.sums: list[torch.Tensor] = []
-        self.seen: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}
-        self.called: list[int] = []
-        self.no_grad: list[int] = []
-
-
-class _Pending:
-    """One finished forward pass whose sums are still tensors (read when first needed)."""
-
-    __slots__ = (
-        "called",
-        "event",
-        "events",
-        "grad_enabled",
-        "held",
-        "host",
-        "index",
-        "no_grad",
-        "passes",
-        "root",
-    )
-
-    def __init__(self, live: _Live, stacked: torch.Tensor | None) -> None:
-        self.index, self.root, self.grad_enabled = live.index, live.root, live.grad_enabled
-        self.events, self.called, self.no_grad = live.events, live.called, live.no_grad
-        self.held = live.held
-        self.passes: list[int] = []  # backward passes that followed it, while it waits
-        self.event: Any = None
-        self.host = stacked
-        if stacked is not None:
-            # A fresh HostCopy per pass: several passes may wait unread (forward passes before
-            # one backward), so a reused buffer could be overwritten before it is read.
-            self.host, self.event = host_copy_for(stacked.device)(stacked)
-
-    def ready(self) -> bool:
-        """The sums have arrived (an event that cannot be asked waits for :meth:`values`)."""
-        if self.event is None:
-            return True
-        query = getattr(self.event, "query", None)
-        return bool(query()) if query is not None else False
-
-    def values(self) -> list[float]:
-        if self.host is None:
-            return []
-        if self.event is not None:
-            self.event.synchronize()
-        values: list[float] = self.host.tolist()
-        return values
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    """Floating tensors in a module's inputs or output: tensors, tuples, lists, dicts."""
-    if type(value) is tuple and len(value) == 1:
-        value = value[0]  # the usual inputs, (x,): as the walk below would, without a list
-    if isinstance(value, torch.Tensor):  # the usual single tensor, without the walk
-        if (value.is_floating_point() or value.is_complex()) and value.layout == torch.strided:
-            yield value
-        return
-    todo = [value]
-    seen = 0
-    while todo and seen < _FLATTEN_LIMIT:
-        item = todo.pop()
-        if isinstance(item, torch.Tensor):
-            seen += 1
-            if (item.is_floating_point() or item.is_complex()) and item.layout == torch.strided:
-                yield item
-        elif isinstance(item, (tuple, list)):
-            todo.extend(reversed(item))
-        elif isinstance(item, Mapping):
-            todo.extend(reversed(list(item.values())))
-
-
-def _sum(t: torch.Tensor) -> torch.Tensor:
-    """A float32 0-d tensor that is NaN/Inf when ``t`` holds a NaN/Inf (one pass, on device)."""
-    values = t.detach()
-    if values.is_complex():
-        values = torch.view_as_real(values)
-    if values.dtype == torch.float64:
-        total = values.sum()
-        return (total - total).float()  # 0 or NaN: a float64 sum never overflows float32 inputs
-    return values.sum(dtype=torch.float32)
 
 
 class ForwardMonitor:
@@ -210,16 +69,16 @@ class ForwardMonitor:
         self.forwards = 0
         self.order: list[str] = []  # module paths in first-call order
         self._ordered: set[int] = set()
-        self._live: _Live | None = None
+        self._live: LivePass | None = None
         self._stack: list[int] = []
-        self._pending: list[_Pending] = []
+        self._pending: list[PendingPass] = []
         self._unpaired: list[ForwardRecord] = []  # forwards since the last backward pass
-        self._unpaired_pending: list[_Pending] = []  # the same, their sums not read yet
+        self._unpaired_pending: list[PendingPass] = []  # the same, their sums not read yet
         self._last_held: Held | None = None
         self._to_locate: tuple[int, Held, int] | None = None  # the bad pass to replay, when safe
         self._last_called: frozenset[str] = frozenset()
         self._replaying = False
-        self._replay_outputs: list[torch.Tensor] = []
+        self.replay_outputs: list[torch.Tensor] = []
         self._mode: ArmedMode | None = None
         self.mode = ArmedMode(self)
         self.located: OpSite | None = None  # the op where the first NaN/Inf was born
@@ -260,11 +119,11 @@ class ForwardMonitor:
         live.called.append(k)
         if not torch.is_grad_enabled():
             live.no_grad.append(k)
-        for t in _tensors(args):
-            self._check(live, t, owner, k, _IN)
+        for t in floating_tensors(args):
+            self._check(live, t, owner, k, IN)
         if kwargs:
-            for t in _tensors(kwargs):
-                self._check(live, t, owner, k, _IN)
+            for t in floating_tensors(kwargs):
+                self._check(live, t, owner, k, IN)
 
     def _post(self, k: int, output: Any) -> None:
         stack = self._stack
@@ -275,11 +134,11 @@ class ForwardMonitor:
         live = self._live
         if self._replaying or live is None:
             if self._replaying:
-                self._replay_outputs.extend(t for t in _tensors(output) if t.requires_grad)
+                self.replay_outputs.extend(t for t in floating_tensors(output) if t.requires_grad)
             stack.pop()
             return
-        for t in _tensors(output):
-            self._check(live, t, k, k, _OUT)
+        for t in floating_tensors(output):
+            self._check(live, t, k, k, OUT)
         mode = self._mode
         if mode is not None:
             mode.left(k, output, outermost=len(stack) == 1)
@@ -287,7 +146,7 @@ class ForwardMonitor:
         if not stack:
             self._finish(live, output)
 
-    def _check(self, live: _Live, t: torch.Tensor, owner: int, k: int, kind: int) -> None:
+    def _check(self, live: LivePass, t: torch.Tensor, owner: int, k: int, kind: int) -> None:
         key = id(t)
         seen = live.seen.get(key)
         if seen is not None and seen[0]() is t and seen[1] == t._version:
@@ -298,7 +157,7 @@ class ForwardMonitor:
         if mode is not None:
             mode.busy = True
         try:
-            live.sums.append(_sum(t))
+            live.sums.append(finite_sum(t))
         finally:
             if mode is not None:
                 mode.busy = False
@@ -311,29 +170,29 @@ class ForwardMonitor:
         forward_open = self.located is None and not self.locate_tried
         return forward_open or self.backward is None
 
-    def _begin(self, k: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Live:
+    def _begin(self, k: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LivePass:
         self._stack.clear()
         self.resolve(wait=False)
         self.forwards += 1
         held = None
         if self._holding():
-            tensors = list(_tensors((args, kwargs)))
+            tensors = list(floating_tensors((args, kwargs)))
             held = Held(self._modules[k], args, dict(kwargs), random_states(tensors))
         self._last_held = None  # the pass that keeps a replay's inputs is this one now
-        live = self._live = _Live(self.forwards, k, torch.is_grad_enabled(), held)
+        live = self._live = LivePass(self.forwards, k, torch.is_grad_enabled(), held)
         if self.mode.armed():
             self._mode = self.mode
             self.mode.start()
         return live
 
-    def _finish(self, live: _Live, output: Any) -> None:
+    def _finish(self, live: LivePass, output: Any) -> None:
         self._live = None
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.stop()
         held = live.held
         if held is not None:
-            outputs = [t for t in _tensors(output) if t.requires_grad]
+            outputs = [t for t in floating_tensors(output) if t.requires_grad]
             if outputs:
                 held.hook_outputs(outputs)
         stacked = None
@@ -349,7 +208,7 @@ class ForwardMonitor:
         # before this one were copied before this pass ran, so waiting for them costs nothing
         # on a GPU, and what a replay of them needs is not held longer than that.
         self.resolve(wait=True)
-        pending = _Pending(live, stacked)
+        pending = PendingPass(live, stacked)
         self._pending.append(pending)
         self._unpaired_pending.append(pending)
 
@@ -362,7 +221,7 @@ class ForwardMonitor:
                 self._last_held = pending.held
             pending.held = None
 
-    def _store(self, pending: _Pending, values: list[float]) -> None:
+    def _store(self, pending: PendingPass, values: list[float]) -> None:
         origin = None
         output_finite = True
         input_sum = values[0] if values and pending.events[0][0] < 0 else None
@@ -370,13 +229,13 @@ class ForwardMonitor:
             if math.isfinite(value):
                 continue
             if origin is None:
-                if kind == _IN and owner < 0:
+                if kind == IN and owner < 0:
                     origin = ForwardOrigin(self.paths[k], "input")
-                elif kind == _IN:
+                elif kind == IN:
                     origin = ForwardOrigin(self.paths[owner], "before", self.paths[k])
                 else:
                     origin = ForwardOrigin(self.paths[k], "output")
-            if kind == _OUT and k == pending.root:
+            if kind == OUT and k == pending.root:
                 output_finite = False
         called = frozenset(self.paths[k] for k in pending.called)
         if called == self._last_called:
@@ -467,57 +326,8 @@ class ForwardMonitor:
         if nonfinite and ready and self.backward is None and paired and self.first_bad is None:
             held = self._last_held
             if held is not None and paired[-1].grad_enabled:
-                self._find_backward(index, held)
+                self.backward = find_backward_origin(self, index, held)
         return paired
-
-    def _find_backward(self, index: int, held: Held) -> None:
-        from .._errors import GradscopeError
-        from .._graph.build import graph
-
-        finite = held.loss_gradient_finite()
-        if finite is None:
-            self.backward = BackwardOrigin(index, False, note="no gradient reached the outputs")
-            return
-        if not finite:
-            self.backward = BackwardOrigin(index, True)
-            return
-        found: dict[str, Any] = {}
-
-        def run() -> None:
-            self._replay_outputs = []
-            out = held.module(*held.args, **held.kwargs)
-            outputs = [t for t in _tensors(out) if t.requires_grad]
-            inner = [t for t in self._replay_outputs if not any(t is o for o in outputs)]
-            grads = [held.output_grads.get(k) for k in range(len(outputs))]
-            pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if g is not None]
-            if not pairs:
-                return
-            g = graph(*[o for o, _ in pairs], params=held.module, grads=True, saved=False)
-            torch.autograd.grad(
-                [o for o, _ in pairs],
-                inner or [o for o, _ in pairs],
-                [g_ for _, g_ in pairs],
-                allow_unused=True,
-            )
-            found["graph"] = g
-
-        try:
-            replay(self, held, run, grad=True)
-        except Exception as error:  # the replay failed: say so in the finding
-            self.backward = BackwardOrigin(index, False, note=f"{type(error).__name__}: {error}")
-            return
-        finally:
-            self._replay_outputs = []
-        g = found.get("graph")
-        origin = None
-        if g is not None:
-            try:
-                origins = g.nonfinite_origins
-            except GradscopeError:
-                origins = ()
-            origin = origins[0] if origins else None
-        note = None if origin is not None else "running the pass again gave finite gradients"
-        self.backward = BackwardOrigin(index, False, origin, g, note)
 
     def settle(self) -> None:
         """Read every pass's sums and, when it is safe, replay the first bad pass."""

@@ -31,10 +31,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .forward_pass import BackwardOrigin, floating_tensors
+
 if TYPE_CHECKING:
     from .forward import ForwardMonitor
 
-__all__ = ["Held", "random_states", "replay"]
+__all__ = ["Held", "find_backward_origin", "random_states", "replay"]
 
 RandomStates = tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]
 
@@ -108,3 +110,52 @@ def replay(
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
+
+
+def find_backward_origin(monitor: ForwardMonitor, index: int, held: Held) -> BackwardOrigin:
+    """Where a NaN/Inf gradient of pass ``index`` was born, by running that pass again with
+    autograd on and sending back the gradient the loss sent (see the module docstring)."""
+    from .._errors import GradscopeError
+    from .._graph.build import graph  # only once a NaN gradient appears
+
+    finite = held.loss_gradient_finite()
+    if finite is None:
+        return BackwardOrigin(index, False, note="no gradient reached the outputs")
+    if not finite:
+        return BackwardOrigin(index, True)
+    found: dict[str, Any] = {}
+
+    def run() -> None:
+        monitor.replay_outputs = []
+        out = held.module(*held.args, **held.kwargs)
+        outputs = [t for t in floating_tensors(out) if t.requires_grad]
+        inner = [t for t in monitor.replay_outputs if not any(t is o for o in outputs)]
+        grads = [held.output_grads.get(k) for k in range(len(outputs))]
+        pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if g is not None]
+        if not pairs:
+            return
+        g = graph(*[o for o, _ in pairs], params=held.module, grads=True, saved=False)
+        torch.autograd.grad(
+            [o for o, _ in pairs],
+            inner or [o for o, _ in pairs],
+            [g_ for _, g_ in pairs],
+            allow_unused=True,
+        )
+        found["graph"] = g
+
+    try:
+        replay(monitor, held, run, grad=True)
+    except Exception as error:  # the replay failed: say so in the finding
+        return BackwardOrigin(index, False, note=f"{type(error).__name__}: {error}")
+    finally:
+        monitor.replay_outputs = []
+    g = found.get("graph")
+    origin = None
+    if g is not None:
+        try:
+            origins = g.nonfinite_origins
+        except GradscopeError:
+            origins = ()
+        origin = origins[0] if origins else None
+    note = None if origin is not None else "running the pass again gave finite gradients"
+    return BackwardOrigin(index, False, origin, g, note)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import cast
 
@@ -21,6 +22,9 @@ _DEFAULTS: dict[torch.dtype, tuple[float, float]] = {
     torch.bfloat16: (1.6e-2, 1e-5),
     torch.float32: (1.3e-6, 1e-5),
     torch.float64: (1e-7, 1e-7),
+    torch.complex32: (1e-3, 1e-5),  # complex: the tolerances of its real and imaginary parts
+    torch.complex64: (1.3e-6, 1e-5),
+    torch.complex128: (1e-7, 1e-7),
 }
 
 
@@ -45,7 +49,8 @@ def _expected_grads(
         what = "expected"
     elif isinstance(expected, Iterable) and not isinstance(expected, (torch.Tensor, str)):
         # parameters of the reference, as the module under test was given (a list, pairs...)
-        ref = named_parameters(cast(ParamsLike, expected), argument="expected")
+        given = cast(ParamsLike, expected)  # pragma: no mutate (cast does nothing at run time)
+        ref = named_parameters(given, argument="expected")
         items = ((n, grad_of(p)) for n, p in ref.params.items())
         what = "the expected parameters"
     else:
@@ -69,7 +74,7 @@ def _expected_grads(
         out[names[key]] = value
     if unknown:
         raise GradscopeError(
-            f"{function}: {what} has names the module does not: {sorted(unknown)}; "
+            f"{function}: these names in {what} are not the module's: {sorted(unknown)}; "
             f"the module's are {sorted(set(names.values()))}"
         )
     return out
@@ -77,7 +82,7 @@ def _expected_grads(
 
 def _compare(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> str | None:
     a = actual.detach()
-    e = expected.detach().to(a.device)
+    e = expected.detach().to(a.device)  # pragma: no mutate (only a GPU tells: tests/test_cuda.py)
     common = torch.promote_types(a.dtype, e.dtype)
     close = torch.isclose(a.to(common), e.to(common), rtol=rtol, atol=atol)
     if bool(close.all()):
@@ -85,12 +90,14 @@ def _compare(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: fl
     bad = int((~close).sum())
     total = close.numel()
     wide = torch.complex128 if common.is_complex else torch.float64
-    a64, e64 = a.to(wide), e.to(wide)
+    a64, e64 = a.to(wide), e.to(wide)  # pragma: no mutate (one side wide promotes the other)
+    # As torch.testing does, only mismatched elements count (inf vs inf matches, and 0 vs 0
+    # has no relative difference); a NaN difference counts as the worst (torch prints nan).
     diff = (a64 - e64).abs()
-    # NaN differences count as the worst, like torch.testing reports them.
-    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
-    rel = diff / e64.abs()
-    rel = torch.where(torch.isnan(rel), torch.full_like(rel, float("inf")), rel)
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, math.inf), diff)
+    zero = torch.zeros_like(diff)
+    diff = torch.where(close, zero, diff)
+    rel = torch.where(close, zero, (diff / e64.abs()).nan_to_num(nan=math.inf, posinf=math.inf))
     i_abs = int(diff.reshape(-1).argmax())
     i_rel = int(rel.reshape(-1).argmax())
     i_first = int((~close).reshape(-1).nonzero()[0, 0])
@@ -168,7 +175,7 @@ def assert_grads_close(
                 Failure(name, shape_of(got), f"shape differs from expected {shape_of(want)}")
             )
             continue
-        if rtol is None or atol is None:
+        if rtol is None or atol is None:  # pragma: no mutate (both or neither: checked above)
             r, a = default_tolerances(got.dtype, want.dtype)
         else:
             r, a = float(rtol), float(atol)
@@ -177,7 +184,7 @@ def assert_grads_close(
         if problem is not None:
             failures.append(Failure(name, shape_of(got), problem))
     if failures:
-        tols = ", ".join(f"rtol={r:g}, atol={a:g}" for r, a in sorted(used)) or "no tolerance"
+        tols = "; ".join(f"rtol={r:g}, atol={a:g}" for r, a in sorted(used)) or "no tolerance"
         raise fail(
             function,
             f"{len(failures)} of {plural(len(wanted), 'gradient')} "

@@ -142,12 +142,21 @@ def select(
 ) -> set[str]:
     """The canonical names matched by ``patterns`` (names, aliases or globs); typos raise.
 
+    A pattern equal to a name matches that name (``"[0]"``, the first of a list of tensors, is
+    not read as a glob character class).
+
     A pattern that matches nothing is almost always a typo that would silently weaken the test,
     so it raises :class:`UnknownParameterError` with the closest names.
     """
     chosen: set[str] = set()
     for pattern in _as_patterns(patterns, argument, function):
-        matched = [alias for alias in names.canonical if fnmatch.fnmatchcase(alias, pattern)]
+        # a name matches itself before it is read as a glob: "[0]" (the first tensor of a list)
+        # would otherwise be the glob class that matches "0"
+        matched = [
+            alias
+            for alias in names.canonical
+            if alias == pattern or fnmatch.fnmatchcase(alias, pattern)
+        ]
         if not matched:
             raise UnknownParameterError(
                 f"{function}: {argument}= names {pattern!r}, which matches no parameter"

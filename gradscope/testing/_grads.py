@@ -104,7 +104,7 @@ def assert_grads_finite(
             counts = f"{nan} NaN, {pos} +Inf, {neg} -Inf"
             value = float(flat[first])
         problem = (
-            f"{counts} of {flat.numel()} elements; first at index "
+            f"{counts} of {plural(flat.numel(), 'element')}; first at index "
             f"{index_of(grad.shape, first)} = {value}"
         )
         weights_bad = int((~torch.isfinite(param.detach())).sum())
@@ -157,7 +157,11 @@ def assert_all_params_have_grad(
         elif not allow_zero and not bool(grad.detach().ne(0).any()):
             zero += 1
             failures.append(
-                Failure(name, shape_of(param), f"gradient is all zeros ({grad.numel()} elements)")
+                Failure(
+                    name,
+                    shape_of(param),
+                    f"gradient is all zeros ({plural(grad.numel(), 'element')})",
+                )
             )
     if not failures:
         return
@@ -268,7 +272,7 @@ def assert_grad_norms(
                         name,
                         shape_of(grad),
                         f"{problem}; largest |element| {fmt_num(abs(value))} at index {index} "
-                        f"of {grad.numel()} elements",
+                        f"of {plural(grad.numel(), 'element')}",
                     )
                 )
         header = f"{len(failures)} of {plural(len(grads), 'gradient norm')} outside the bounds"
@@ -345,8 +349,8 @@ def assert_no_grad(
                 name,
                 shape_of(grad),
                 f"has a gradient: norm {fmt_num(_norm(grad))}, largest |element| "
-                f"{fmt_num(abs(value))} at index {index}, {nonzero} of {grad.numel()} "
-                "elements non-zero",
+                f"{fmt_num(abs(value))} at index {index}, {nonzero} of "
+                f"{plural(grad.numel(), 'element')} non-zero",
             )
         )
     if failures:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -21,6 +22,10 @@ def _changed(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """Element mask of changes; a NaN that stays NaN is not a change."""
     same = (before == after) | (torch.isnan(before) & torch.isnan(after))
     return ~same
+
+
+def _all_equal(numel: int) -> str:
+    return "its one element is the same" if numel == 1 else f"all {numel} elements equal"
 
 
 def _grad_note(param: torch.Tensor) -> str:
@@ -86,15 +91,18 @@ def assert_params_updated(
         count = int(mask.sum())
         if name in must_stay and count:
             moved += 1
-            delta = (after.to(torch.float64) - before[name].to(torch.float64)).abs()
+            # both sides are widened, so that either one is enough: float64 promotes the other
+            wide = after.to(torch.float64)  # pragma: no mutate (before is widened below too)
+            delta = (wide - before[name].to(torch.float64)).abs()  # pragma: no mutate (see above)
             delta = torch.where(mask, delta, torch.zeros_like(delta))
-            i = int(torch.nan_to_num(delta, nan=float("inf")).reshape(-1).argmax())
+            i = int(torch.nan_to_num(delta, nan=math.inf).reshape(-1).argmax())
             why = "requires_grad=False" if not param.requires_grad else "frozen= lists it"
             failures.append(
                 Failure(
                     name,
                     shape_of(after),
-                    f"changed though it is frozen ({why}): {count} of {after.numel()} elements, "
+                    f"changed though it is frozen ({why}): {count} of "
+                    f"{plural(after.numel(), 'element')}, "
                     f"largest change {fmt_num(float(delta.reshape(-1)[i]))} at index "
                     f"{index_of(after.shape, i)}",
                 )
@@ -105,7 +113,7 @@ def assert_params_updated(
                 Failure(
                     name,
                     shape_of(after),
-                    f"did not change (all {after.numel()} elements equal); {_grad_note(param)}",
+                    f"did not change ({_all_equal(after.numel())}); {_grad_note(param)}",
                 )
             )
     if failures:

@@ -71,7 +71,7 @@ def assert_watch_finite(watch: Watch, *, msg: str | None = None) -> None:
                 name,
                 tuple(int(s) for s in grad.shape),
                 f"non-finite from backward pass {index} on: {stats.nan} NaN, {stats.inf} Inf of "
-                f"{stats.numel} elements{_first_index(grad)}",
+                f"{plural(stats.numel, 'element')}{_first_index(grad)}",
             )
         )
     first = min(index for index, _ in first_bad.values())

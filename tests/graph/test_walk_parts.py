@@ -239,3 +239,107 @@ def test_a_walk_that_fails_midway_raises_its_own_error_after_the_hand_over() -> 
     with pytest.raises(RuntimeError, match="broken node"):
         walk([out, _Broken()], {})  # type: ignore[list-item]
     assert walk([out], {}).ops[0] == "SumBackward0"  # the graph is still walkable
+
+
+def _holder(result: Any, i: int) -> Any:
+    ref = result.holders[i]
+    return None if ref is None else ref()
+
+
+def test_each_root_holds_exactly_the_inner_nodes_it_reached_first() -> None:
+    from gradscope._graph.walk import walk
+
+    w = torch.randn(3, requires_grad=True)
+    lone = w.sum()  # Sum -> w: one inner node, nothing for a holder to keep
+    pair = (w * 2).sum()  # Sum -> Mul -> w: the smallest part that gets a holder
+    long = (w.exp() * 2).sin().sum()
+    result = walk([lone, pair, long], {})
+    # oracle: a plain next_functions traversal per root, leaves (AccumulateGrad) left out
+    expected: list[set[int]] = []
+    seen: set[int] = set()
+    for root in (lone, pair, long):
+        part, stack = set(), [root.grad_fn]
+        while stack:
+            fn = stack.pop()
+            if id(fn) in seen or type(fn).__name__ == "AccumulateGrad":
+                continue
+            seen.add(id(fn))
+            part.add(id(fn))
+            stack.extend(child for child, _ in fn.next_functions if child is not None)
+        expected.append(part)
+    assert [len(p) for p in expected] == [1, 2, 4]
+    assert _holder(result, result.roots[0]) is None  # a part of one node needs no holder
+    holders = [_holder(result, result.roots[k]) for k in (1, 2)]
+    assert all(h is not None for h in holders) and holders[0] is not holders[1]
+    for holder, part, root in zip(holders, expected[1:], (pair, long), strict=True):
+        assert {id(fn) for fn in holder.fns} == part - {id(root.grad_fn)}  # the root keeps them
+        assert holder.children is None  # small parts never re-home
+    for i, op in enumerate(result.ops):
+        if op == "AccumulateGrad":
+            assert result.holders[i] is None  # leaves free without recursion: not held
+        elif i != result.roots[0]:
+            assert _holder(result, i) in holders
+    assert [h() for h in result.own_holders] == holders
+
+
+def test_a_part_above_small_lists_each_nodes_inputs_for_re_homing() -> None:
+    from gradscope._graph.safe_free import SMALL
+    from gradscope._graph.walk import walk
+
+    w = torch.randn(2, requires_grad=True)
+    x = w * 1.0
+    for _ in range(SMALL + 5):
+        x = x * 1.0
+    out = (x + w).sum()  # w is reached from the top and from the bottom of the chain
+    result = walk([out], {})
+    holder = _holder(result, result.roots[0])
+    # the root (Sum) keeps the others: Add and SMALL + 6 Muls
+    assert holder is not None and len(holder.fns) == SMALL + 7
+    # oracle: each held node's inputs, by position in the holder, from next_functions
+    position = {id(fn): k for k, fn in enumerate(holder.fns)}
+    oracle = [
+        sorted(position[id(c)] for c, _ in fn.next_functions if c is not None and id(c) in position)
+        for fn in holder.fns
+    ]
+    # (compared position by position: pytest's diff of two 2,000-entry lists takes minutes)
+    wrong = [k for k, c in enumerate(holder.children) if sorted(c) != oracle[k]]
+    assert len(holder.children) == len(oracle) and not wrong, wrong[:5]
+    assert holder.fns[0] is out.grad_fn.next_functions[0][0]
+    assert sum(map(len, oracle)) == SMALL + 6  # a chain: each node but the last feeds the next
+
+
+def test_a_holder_lists_its_nodes_consumers_first() -> None:
+    from gradscope._graph.walk import walk
+
+    w = torch.randn(3, requires_grad=True)
+    x = w.exp()
+    # Add reaches Exp before Sin -> Mul does: the order the walk found them in is not a
+    # topological one (Exp would come before Mul, which consumes it)
+    out = (x + (x * 2).sin()).sum()
+    result = walk([out], {})
+    holder = _holder(result, result.roots[0])
+    assert holder is not None
+    # oracle: next_functions edges; each held node comes before every input it has
+    fns = [out.grad_fn, *holder.fns]
+    position = {id(fn): k for k, fn in enumerate(fns)}
+    assert len(fns) == 5
+    for k, fn in enumerate(fns):
+        for child, _ in fn.next_functions:
+            if child is not None and id(child) in position:
+                assert position[id(child)] > k, (type(fn).__name__, type(child).__name__)
+
+
+def test_a_walk_that_fails_midway_still_hands_over_what_it_walked() -> None:
+    from gradscope._graph.walk import walk
+
+    w = torch.randn(3, requires_grad=True)
+    out = (w.exp() * 2).sin().sum()
+    with pytest.raises(RuntimeError, match="broken node"):
+        walk([out, _Broken()], {})  # type: ignore[list-item]
+    # the failed walk's holder keeps out's inner nodes: a second walk finds them held and
+    # makes no holder of its own (a root alone needs none)
+    second = walk([out], {})
+    inner = [i for i in range(1, len(second)) if i in second.src]
+    assert len(inner) == 3
+    assert second.own_holders == []
+    assert all(second.holders[i] is not None for i in inner)

@@ -219,7 +219,7 @@ def test_user_line():
     text = result.stdout.str()
     assert "THE USER LINE" in text
     assert "_assert_grads.py" not in text  # __tracebackhide__ keeps gradscope's frames out
-    assert "2.bias (1,): 1 NaN, 0 +Inf, 0 -Inf of 1 elements; first at index (0,) = nan" in text
+    assert "2.bias (1,): 1 NaN, 0 +Inf, 0 -Inf of 1 element; first at index (0,) = nan" in text
 
 
 def test_assert_watch_finite_directly(lenet: torch.nn.Module, lenet_input: torch.Tensor) -> None:

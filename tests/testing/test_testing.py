@@ -111,7 +111,8 @@ def test_grads_finite_counts_agree_with_numpy(values: np.ndarray) -> None:
     )
     first = np.unravel_index(int(np.flatnonzero(~np.isfinite(values))[0]), values.shape)
     where = tuple(int(i) for i in first)
-    expected = f"{nan} NaN, {pos} +Inf, {neg} -Inf of {values.size} elements; first at index "
+    elements = "1 element" if values.size == 1 else f"{values.size} elements"
+    expected = f"{nan} NaN, {pos} +Inf, {neg} -Inf of {elements}; first at index "
     assert f"{expected}{where} = {float(values[where])}" in _message(excinfo)
 
 
@@ -271,7 +272,9 @@ def test_grads_close_mapping_with_missing_and_extra_keys() -> None:
     net(torch.randn(4, 3)).sum().backward()
     with pytest.raises(GradscopeError, match=r"expected has no entry for \['bias'\]"):
         gt.assert_grads_close(net, {"weight": net.weight.grad})
-    with pytest.raises(GradscopeError, match=r"names the module does not: \['biass'\]"):
+    with pytest.raises(
+        GradscopeError, match=r"names in expected are not the module's: \['biass'\]"
+    ):
         gt.assert_grads_close(net, {"weight": net.weight.grad, "biass": net.bias.grad})
     with pytest.raises(GradientAssertionError, match=r"shape differs from expected \(3,\)"):
         gt.assert_grads_close(net, {"weight": net.weight.grad, "bias": torch.zeros(3)})
@@ -281,10 +284,44 @@ def test_grads_close_mapping_with_missing_and_extra_keys() -> None:
         gt.assert_grads_close(net, {"weight": net.weight.grad}, rtol=1e-3)
 
 
+def test_grads_close_reports_only_the_mismatched_elements() -> None:
+    # as torch.testing: an Inf that equals its expected Inf, or a 0 that equals 0, is no
+    # difference (before the fix: "greatest absolute difference inf at index (0,)", and 0 / 0
+    # made the greatest relative difference inf at an element that matched)
+    p = nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([math.inf, 0.0, 1.0])
+    with pytest.raises(GradientAssertionError) as excinfo:
+        gt.assert_grads_close({"w": p}, {"w": torch.tensor([math.inf, 0.0, 1.5])})
+    text = _message(excinfo)
+    assert "mismatched elements: 1 / 3 (33.3%)" in text
+    assert "greatest absolute difference 0.5 at index (2,)" in text
+    assert "greatest relative difference 0.3333 at index (2,)" in text
+    assert "first at index (2,): got 1, expected 1.5" in text
+    # NaN against NaN mismatches (equal_nan=False) and counts as the worst difference
+    p.grad = torch.tensor([1.0, math.nan, 1.0])
+    with pytest.raises(GradientAssertionError) as excinfo:
+        gt.assert_grads_close({"w": p}, {"w": torch.tensor([1.0, math.nan, 2.0])})
+    text = _message(excinfo)
+    assert "greatest absolute difference inf at index (1,)" in text
+    assert "greatest relative difference inf at index (1,)" in text
+
+
 _FINITE = st.floats(-1e3, 1e3, width=32)
 _RTOLS = [0.0, 1e-6, 1e-3, 0.1]
 _ATOLS = [0.0, 1e-5, 0.5]
 _ANY = st.one_of(_FINITE, st.sampled_from([math.nan, math.inf, -math.inf, 0.0]))
+
+
+def _unique_max(got: np.ndarray, want: torch.Tensor, rtol: float, atol: float, kind: str) -> bool:
+    """Whether one mismatched element alone has the greatest difference (numpy's arithmetic)."""
+    g, w = got.astype(np.float64).reshape(-1), want.double().numpy().reshape(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = np.abs(g - w)
+        if kind == "relative":
+            diff = diff / np.abs(w)
+    diff = np.where(np.isclose(g, w, rtol=rtol, atol=atol), 0.0, diff)
+    top = np.nanmax(diff)
+    return bool(np.sum(np.isclose(diff, top, rtol=1e-9, atol=0)) == 1)
 
 
 @SETTINGS
@@ -316,9 +353,37 @@ def test_grads_close_agrees_with_torch_testing(
     except AssertionError as err:
         with pytest.raises(GradientAssertionError) as excinfo:
             gt.assert_grads_close({"w": p}, {"w": want}, rtol=rtol, atol=atol)
+        text = _message(excinfo)
         counts = re.search(r"Mismatched elements: (\d+) / (\d+)", str(err))
         assert counts is not None
-        assert f"mismatched elements: {counts[1]} / {counts[2]}" in _message(excinfo)
+        assert f"mismatched elements: {counts[1]} / {counts[2]}" in text
+        # got is float32, so the default pair is float32's (the larger of the two dtypes')
+        r, a = (rtol, atol) if rtol is not None and atol is not None else (1.3e-6, 1e-5)
+        for kind, allowed in (("absolute", a), ("relative", r)):
+            # torch.testing's greatest differences: the same value (NaN there, inf here), index
+            theirs = re.search(rf"Greatest {kind} difference: (\S+) at index (\([^)]*\))", str(err))
+            ours = re.search(
+                rf"greatest {kind} difference (\S+) at index (\([^)]*\)) \(up to (\S+) allowed",
+                text,
+            )
+            assert theirs is not None and ours is not None, text
+            assert float(ours[3]) == allowed
+            if theirs[1] == "nan":
+                assert ours[1] == "inf"
+                continue
+            assert float(ours[1]) == pytest.approx(float(theirs[1]), rel=1e-3), text
+            if _unique_max(got, want, r, a, kind):  # a tie may pick either index
+                assert ours[2] == theirs[2], text
+        # the first mismatch, by numpy's isclose (the same formula: |a - b| <= atol + rtol |b|)
+        g64, w64 = got.astype(np.float64).reshape(-1), want.double().numpy().reshape(-1)
+        first = int(np.flatnonzero(~np.isclose(g64, w64, rtol=r, atol=a))[0])
+        index = tuple(int(i) for i in np.unravel_index(first, shape))
+        found = re.search(
+            rf"first at index {re.escape(str(index))}: got (\S+), expected (\S+)$", text, re.M
+        )
+        assert found is not None, (index, text)
+        for shown, value in ((found[1], g64[first]), (found[2], w64[first])):
+            assert float(shown) == pytest.approx(value, rel=1e-3, nan_ok=True)
     else:
         gt.assert_grads_close({"w": p}, {"w": want}, rtol=rtol, atol=atol)
 
@@ -726,6 +791,7 @@ def test_unknown_names_suggest_the_close_ones(lenet: nn.Module) -> None:
         lambda m: gt.assert_grads_close(m, {}),
         lambda m: gt.assert_params_updated(m, lambda: None),
         lambda m: gt.assert_no_grad(m),
+        lambda m: gt.assert_step_matches_reference(torch.optim.SGD([nn.Parameter(m)], lr=0.1), 5),
     ],
 )
 def test_pytest_hides_the_assertions_frames(call: object) -> None:

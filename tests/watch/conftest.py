@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from read_paths import CopyLater
 
-import gradscope._watch.forward as forward_module
+import gradscope._watch.forward_pass as forward_module
 import gradscope._watch.recorder as recorder_module
 
 
