@@ -188,7 +188,14 @@ _FLOAT32 = torch.float32
 
 
 def _sum(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().sum(dtype=_FLOAT32)  # finite_sum of a real dtype other than float64
+    """finite_sum of a real dtype other than float64 (a tensor that needs no gradient makes no
+    graph: it is not detached)."""
+    return (t.detach() if t.requires_grad else t).sum(dtype=_FLOAT32)
+
+
+def _sum_float32(t: torch.Tensor) -> torch.Tensor:
+    """finite_sum of a float32 tensor: the same sum, without parsing a dtype argument."""
+    return (t.detach() if t.requires_grad else t).sum()
 
 
 class _ByDtype(dict[torch.dtype, "Reducer | None"]):
@@ -199,6 +206,8 @@ class _ByDtype(dict[torch.dtype, "Reducer | None"]):
         reducer: Reducer | None = None
         if dtype.is_complex or dtype == torch.float64:
             reducer = finite_sum
+        elif dtype == _FLOAT32:
+            reducer = _sum_float32
         elif dtype.is_floating_point:
             reducer = _sum
         self[dtype] = reducer
