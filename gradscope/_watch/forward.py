@@ -33,6 +33,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .._graph.module_tags import share_hooks
 from .._hooks import CopySafe
+from .forward_hooks import post_hook, pre_hook
 from .forward_pass import (
     IN,
     OUT,
@@ -50,10 +51,8 @@ from .tracer import ArmedMode, CutTrace, OpSite
 
 __all__ = ["BackwardOrigin", "ForwardMonitor", "ForwardOrigin", "ForwardRecord"]
 
-# The hooks run on every module call: what they look up often is bound once here.
-_Tensor = torch.Tensor
+# _check runs for every module call: what it looks up often is bound once here.
 _STRIDED = torch.strided
-_is_grad_enabled = torch.is_grad_enabled
 _ref = weakref.ref
 _device_of = operator.attrgetter("device")
 _NO_MODULES: frozenset[str] = frozenset()
@@ -104,11 +103,11 @@ class ForwardMonitor:
         for k, (_, module) in enumerate(named):
             # inside the module-tagging hooks where there are some: one pair of hooks, not two
             self._handles.append(
-                share_hooks(module, CopySafe(_pre_hook, ref, k), CopySafe(_post_hook, ref, k))
+                share_hooks(module, CopySafe(pre_hook, ref, k), CopySafe(post_hook, ref, k))
             )
 
     # ----------------------------------------------------------------------------- hooks
-    # _pre_hook and _post_hook (below the class) run on every module call; they call these.
+    # forward_hooks.pre_hook and post_hook run on every module call; they call these.
     def _guard(self, fn: Any, *args: Any) -> None:
         try:
             fn(*args)
@@ -369,79 +368,3 @@ class ForwardMonitor:
         self._last_held = None
         self._modules = []
         self.mode.arm_trace({})
-
-
-# The module hooks (run inside the module-tagging hooks where there are some) are CopySafe (see
-# gradscope._hooks): a deepcopy, pickle or torch.save of the watched model carries inert hooks,
-# not these (which would report into this watch). They run on every module call, so the common
-# case (one tensor in, one out) is written out here, in one frame, not in ForwardMonitor methods.
-def _pre_hook(
-    ref: weakref.ref[ForwardMonitor],
-    k: int,
-    module: nn.Module,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> None:
-    monitor = ref()
-    if monitor is None:
-        return
-    try:
-        stack = monitor._stack
-        if monitor._replaying:
-            stack.append(k)
-            return
-        live = monitor._live
-        if live is None or not stack:
-            live = monitor._begin(k, args, kwargs)
-            owner = -1
-        else:
-            owner = stack[-1]
-        stack.append(k)
-        live.called.append(k)
-        if not _is_grad_enabled():
-            live.no_grad.append(k)
-        if len(args) == 1 and isinstance(args[0], _Tensor):
-            monitor._check(live, args[0], owner, k, IN)
-        elif args:
-            monitor._check_all(live, args, owner, k, IN)
-        if kwargs:
-            monitor._check_all(live, kwargs, owner, k, IN)
-    except Exception as error:  # never break the user's forward; surfaced via watch.errors
-        monitor.errors.append(error)
-
-
-def _post_hook(
-    ref: weakref.ref[ForwardMonitor], k: int, module: nn.Module, args: tuple[Any, ...], output: Any
-) -> None:
-    monitor = ref()
-    if monitor is None:
-        return
-    try:
-        stack = monitor._stack
-        if not stack:
-            return
-        if stack[-1] != k:
-            if k not in stack:
-                return
-            while stack[-1] != k:  # an inner call raised and skipped its hook
-                stack.pop()
-        live = monitor._live
-        if monitor._replaying or live is None:
-            if monitor._replaying:
-                monitor.replay_outputs.extend(
-                    t for t in floating_tensors(output) if t.requires_grad
-                )
-            stack.pop()
-            return
-        if isinstance(output, _Tensor):
-            monitor._check(live, output, k, k, OUT)
-        else:
-            monitor._check_all(live, output, k, k, OUT)
-        mode = monitor._mode
-        if mode is not None:
-            mode.left(k, output, outermost=len(stack) == 1)
-        stack.pop()
-        if not stack:
-            monitor._finish(live, output)
-    except Exception as error:  # never break the user's forward; surfaced via watch.errors
-        monitor.errors.append(error)
