@@ -21,6 +21,7 @@ state (about 2 us a pass); a healthy run pays for the sums and that alone.
 from __future__ import annotations
 
 import math
+import operator
 import weakref
 from collections import deque
 from collections.abc import Mapping
@@ -30,22 +31,31 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .._graph.module_tags import share_hooks
 from .._hooks import CopySafe
+from .forward_hooks import post_hook, pre_hook
 from .forward_pass import (
     IN,
     OUT,
+    REDUCERS,
     BackwardOrigin,
     ForwardOrigin,
     ForwardRecord,
     LivePass,
     PendingPass,
-    finite_sum,
+    Reducer,
     floating_tensors,
 )
 from .replay import Held, find_backward_origin, random_states, replay
 from .tracer import ArmedMode, CutTrace, OpSite
 
 __all__ = ["BackwardOrigin", "ForwardMonitor", "ForwardOrigin", "ForwardRecord"]
+
+# _check runs for every module call: what it looks up often is bound once here.
+_STRIDED = torch.strided
+_ref = weakref.ref
+_device_of = operator.attrgetter("device")
+_NO_MODULES: frozenset[str] = frozenset()
 
 
 class ForwardMonitor:
@@ -69,6 +79,7 @@ class ForwardMonitor:
         self.forwards = 0
         self.order: list[str] = []  # module paths in first-call order
         self._ordered: set[int] = set()
+        self._ordered_from: list[int] = []  # the calls of the pass order was last brought up from
         self._live: LivePass | None = None
         self._stack: list[int] = []
         self._pending: list[PendingPass] = []
@@ -77,6 +88,7 @@ class ForwardMonitor:
         self._last_held: Held | None = None
         self._to_locate: tuple[int, Held, int] | None = None  # the bad pass to replay, when safe
         self._last_called: frozenset[str] = frozenset()
+        self._last_called_ks: list[int] = []  # the module indices _last_called was made from
         self._replaying = False
         self.replay_outputs: list[torch.Tensor] = []
         self._mode: ArmedMode | None = None
@@ -89,80 +101,59 @@ class ForwardMonitor:
         self._handles: list[RemovableHandle] = []
         ref = weakref.ref(self)
         for k, (_, module) in enumerate(named):
+            # inside the module-tagging hooks where there are some: one pair of hooks, not two
             self._handles.append(
-                module.register_forward_pre_hook(CopySafe(_pre_hook, ref, k), with_kwargs=True)
-            )
-            self._handles.append(
-                module.register_forward_hook(CopySafe(_post_hook, ref, k), always_call=True)
+                share_hooks(module, CopySafe(pre_hook, ref, k), CopySafe(post_hook, ref, k))
             )
 
     # ----------------------------------------------------------------------------- hooks
+    # forward_hooks.pre_hook and post_hook run on every module call; they call these.
     def _guard(self, fn: Any, *args: Any) -> None:
         try:
             fn(*args)
         except Exception as error:  # never break the user's forward; surfaced via watch.errors
             self.errors.append(error)
 
-    def _pre(self, k: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        stack = self._stack
-        if self._replaying:
-            stack.append(k)
-            return
-        live = self._live
-        if live is None or not stack:
-            live = self._begin(k, args, kwargs)
-        if k not in self._ordered:
-            self._ordered.add(k)
-            self.order.append(self.paths[k])
-        owner = stack[-1] if stack else -1
-        stack.append(k)
-        live.called.append(k)
-        if not torch.is_grad_enabled():
-            live.no_grad.append(k)
-        for t in floating_tensors(args):
-            self._check(live, t, owner, k, IN)
-        if kwargs:
-            for t in floating_tensors(kwargs):
-                self._check(live, t, owner, k, IN)
-
-    def _post(self, k: int, output: Any) -> None:
-        stack = self._stack
-        if k not in stack:
-            return
-        while stack[-1] != k:  # an inner call raised and skipped its hook
-            stack.pop()
-        live = self._live
-        if self._replaying or live is None:
-            if self._replaying:
-                self.replay_outputs.extend(t for t in floating_tensors(output) if t.requires_grad)
-            stack.pop()
-            return
-        for t in floating_tensors(output):
-            self._check(live, t, k, k, OUT)
-        mode = self._mode
-        if mode is not None:
-            mode.left(k, output, outermost=len(stack) == 1)
-        stack.pop()
-        if not stack:
-            self._finish(live, output)
+    def _check_all(self, live: LivePass, value: Any, owner: int, k: int, kind: int) -> None:
+        """:meth:`_check` each floating tensor of a module's inputs or output."""
+        for t in floating_tensors(value):
+            self._check(live, t, owner, k, kind)
 
     def _check(self, live: LivePass, t: torch.Tensor, owner: int, k: int, kind: int) -> None:
+        """Sum ``t`` (event ``(owner, k, kind)``) unless this pass summed it already, unchanged."""
+        reduce = REDUCERS[t.dtype]
+        if reduce is None or t.layout is not _STRIDED:
+            return
         key = id(t)
         seen = live.seen.get(key)
         if seen is not None and seen[0]() is t and seen[1] == t._version:
             return
-        if t.numel() == 0 or t.device.type == "meta":
+        if t.numel() == 0 or t.is_meta:
             return
-        mode = self._mode
-        if mode is not None:
-            mode.busy = True
-        try:
-            live.sums.append(finite_sum(t))
-        finally:
-            if mode is not None:
-                mode.busy = False
+        if self._mode is None:
+            live.sums.append(reduce(t))
+        else:
+            self._sum_quietly(live, t, reduce)
         live.events.append((owner, k, kind))
-        live.seen[key] = (weakref.ref(t), t._version)
+        live.seen[key] = (_ref(t), t._version)
+
+    def _sum_quietly(self, live: LivePass, t: torch.Tensor, reduce: Reducer) -> None:
+        """The sum, while the tracer is on: it lets gradscope's own ops pass unchecked."""
+        mode = self._mode
+        assert mode is not None
+        mode.busy = True
+        try:
+            live.sums.append(reduce(t))
+        finally:
+            mode.busy = False
+
+    def _note_order(self, called: list[int]) -> None:
+        """Add the modules of one pass's ``called`` not seen before to :attr:`order`."""
+        self._ordered_from = called
+        for k in called:
+            if k not in self._ordered:
+                self._ordered.add(k)
+                self.order.append(self.paths[k])
 
     # ----------------------------------------------------------------------------- passes
     def _holding(self) -> bool:
@@ -172,11 +163,13 @@ class ForwardMonitor:
 
     def _begin(self, k: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LivePass:
         self._stack.clear()
+        if self._live is not None:  # a pass whose outermost call never returned
+            self._note_order(self._live.called)
         self.resolve(wait=False)
         self.forwards += 1
         held = None
         if self._holding():
-            tensors = list(floating_tensors((args, kwargs)))
+            tensors = list(floating_tensors((args, kwargs) if kwargs else args))
             held = Held(self._modules[k], args, dict(kwargs), random_states(tensors))
         self._last_held = None  # the pass that keeps a replay's inputs is this one now
         live = self._live = LivePass(self.forwards, k, torch.is_grad_enabled(), held)
@@ -187,6 +180,8 @@ class ForwardMonitor:
 
     def _finish(self, live: LivePass, output: Any) -> None:
         self._live = None
+        if live.called != self._ordered_from:  # usually the same modules as the last pass
+            self._note_order(live.called)
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.stop()
@@ -197,10 +192,11 @@ class ForwardMonitor:
                 held.hook_outputs(outputs)
         stacked = None
         if live.sums:
-            first = live.sums[0].device
-            if all(s.device == first for s in live.sums):
+            devices = set(map(_device_of, live.sums))
+            if len(devices) == 1:
                 stacked = torch.stack(live.sums)
             else:  # a model split over devices: gather the flags on the first one
+                first = live.sums[0].device
                 stacked = torch.stack([s.to(first) for s in live.sums])
         live.sums = []
         live.seen = {}
@@ -225,28 +221,26 @@ class ForwardMonitor:
         origin = None
         output_finite = True
         input_sum = values[0] if values and pending.events[0][0] < 0 else None
-        for (owner, k, kind), value in zip(pending.events, values, strict=True):
-            if math.isfinite(value):
-                continue
-            if origin is None:
-                if kind == IN and owner < 0:
-                    origin = ForwardOrigin(self.paths[k], "input")
-                elif kind == IN:
-                    origin = ForwardOrigin(self.paths[owner], "before", self.paths[k])
-                else:
-                    origin = ForwardOrigin(self.paths[k], "output")
-            if kind == OUT and k == pending.root:
-                output_finite = False
-        called = frozenset(self.paths[k] for k in pending.called)
-        if called == self._last_called:
+        # One NaN/Inf makes the (float64) total non-finite; finite float32 sums cannot overflow
+        # it. Only a bad pass looks at its sums one by one.
+        if not math.isfinite(sum(values)):
+            origin, output_finite = self._first_nonfinite(pending, values)
+        if pending.called == self._last_called_ks:
             called = self._last_called  # one shared set for the usual identical passes
-        self._last_called = called
+        else:
+            called = frozenset(self.paths[k] for k in pending.called)
+            if called == self._last_called:
+                called = self._last_called
+            self._last_called, self._last_called_ks = called, pending.called
+        no_grad = (
+            frozenset(self.paths[k] for k in pending.no_grad) if pending.no_grad else _NO_MODULES
+        )
         record = ForwardRecord(
             index=pending.index,
             root=self.paths[pending.root],
             grad_enabled=pending.grad_enabled,
             called=called,
-            no_grad=frozenset(self.paths[k] for k in pending.no_grad),
+            no_grad=no_grad,
             origin=origin,
             output_finite=output_finite,
             input_sum=input_sum,
@@ -268,6 +262,27 @@ class ForwardMonitor:
                 and pending.held is not None
             ):
                 self._to_locate = (pending.index, pending.held, self.paths.index(origin.module))
+
+    def _first_nonfinite(
+        self, pending: PendingPass, values: list[float]
+    ) -> tuple[ForwardOrigin | None, bool]:
+        """Where the first non-finite sum of a pass was made; whether the pass's output was
+        finite."""
+        origin = None
+        output_finite = True
+        for (owner, k, kind), value in zip(pending.events, values, strict=True):
+            if math.isfinite(value):
+                continue
+            if origin is None:
+                if kind == IN and owner < 0:
+                    origin = ForwardOrigin(self.paths[k], "input")
+                elif kind == IN:
+                    origin = ForwardOrigin(self.paths[owner], "before", self.paths[k])
+                else:
+                    origin = ForwardOrigin(self.paths[k], "output")
+            if kind == OUT and k == pending.root:
+                output_finite = False
+        return origin, output_finite
 
     def _locate_when_safe(self) -> None:
         """Replay the first bad pass once no forward pass waits for its backward.
@@ -345,31 +360,11 @@ class ForwardMonitor:
             self._mode = None
         self.resolve(wait=True)
         self._to_locate = None
+        if self._live is not None:  # closed during a forward pass
+            self._note_order(self._live.called)
         for pending in self._pending:
             pending.held = None
         self._live = None
         self._last_held = None
         self._modules = []
         self.mode.arm_trace({})
-
-
-# Module hooks are CopySafe (see gradscope._hooks): a deepcopy, pickle or torch.save of the
-# watched model carries inert hooks, not these (which would report into this watch).
-def _pre_hook(
-    ref: weakref.ref[ForwardMonitor],
-    k: int,
-    module: nn.Module,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> None:
-    monitor = ref()
-    if monitor is not None:
-        monitor._guard(monitor._pre, k, args, kwargs)
-
-
-def _post_hook(
-    ref: weakref.ref[ForwardMonitor], k: int, module: nn.Module, args: tuple[Any, ...], output: Any
-) -> None:
-    monitor = ref()
-    if monitor is not None:
-        monitor._guard(monitor._post, k, output)

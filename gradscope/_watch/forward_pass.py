@@ -7,7 +7,7 @@ on their way, the resolved record, and the reduction that makes one sum per tens
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +21,13 @@ if TYPE_CHECKING:
 __all__ = [
     "IN",
     "OUT",
+    "REDUCERS",
     "BackwardOrigin",
     "ForwardOrigin",
     "ForwardRecord",
     "LivePass",
     "PendingPass",
+    "Reducer",
     "finite_sum",
     "floating_tensors",
 ]
@@ -179,3 +181,37 @@ def finite_sum(t: torch.Tensor) -> torch.Tensor:
         total = values.sum()
         return (total - total).float()  # 0 or NaN: a float64 sum never overflows float32 inputs
     return values.sum(dtype=torch.float32)
+
+
+Reducer = Callable[[torch.Tensor], torch.Tensor]
+_FLOAT32 = torch.float32
+
+
+def _sum(t: torch.Tensor) -> torch.Tensor:
+    """finite_sum of a real dtype other than float64 (a tensor that needs no gradient makes no
+    graph: it is not detached)."""
+    return (t.detach() if t.requires_grad else t).sum(dtype=_FLOAT32)
+
+
+def _sum_float32(t: torch.Tensor) -> torch.Tensor:
+    """finite_sum of a float32 tensor: the same sum, without parsing a dtype argument."""
+    return (t.detach() if t.requires_grad else t).sum()
+
+
+class _ByDtype(dict[torch.dtype, "Reducer | None"]):
+    """dtype -> how :func:`finite_sum` reduces it (None: not floating, not checked), decided the
+    first time each dtype is seen, so a module call asks one dict lookup."""
+
+    def __missing__(self, dtype: torch.dtype) -> Reducer | None:
+        reducer: Reducer | None = None
+        if dtype.is_complex or dtype == torch.float64:
+            reducer = finite_sum
+        elif dtype == _FLOAT32:
+            reducer = _sum_float32
+        elif dtype.is_floating_point:
+            reducer = _sum
+        self[dtype] = reducer
+        return reducer
+
+
+REDUCERS = _ByDtype()  # finite_sum, by dtype; None for dtypes that are not checked
