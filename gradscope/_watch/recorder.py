@@ -34,7 +34,7 @@ from .following import Followed
 from .keeping import Keep, Keeper, default_max_bytes
 from .passes import Entry, Pass, take_accumulated
 from .reading import HostCopy, Reading, host_copy_for
-from .records import BackwardRecord, GradRecord
+from .records import BackwardRecord, GradRecord, attach_reading
 from .sharded import assemble_sharded, combine_across_ranks, register
 from .stats import reduction_dtype
 from .trampolines import after_forward, before_forward, on_grad, on_shard
@@ -440,13 +440,9 @@ class Recorder:
         hot = None if known.count(None) == len(known) else known
         reading = Reading(sources, hot, copy_for=self._host_copy)
         self._in_flight = reading if reading.pending else None
-        for record in records.values():
-            record._reading = reading
-        if scale is not None:
-            rescaled = scaler_moved(self.scaler)
-            for record in records.values():
-                if record.accumulated and record._source_version is not None:
-                    record._rescaled = rescaled
+        attach_reading(
+            records.values(), reading, None if scale is None else scaler_moved(self.scaler)
+        )
 
     def _host_copy(self, device: torch.device) -> HostCopy:
         copy = self._copies.get(device)
