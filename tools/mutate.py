@@ -34,6 +34,16 @@ _TOLERANCE = [
     "tests/optim/test_check.py",
 ]
 _TESTING = ["tests/testing/test_testing.py"]
+# the watch's recorder and assembly: the records against clones of .grad, torch and twins
+_WATCH_CORE = [
+    "tests/watch/test_recorder_parts.py",
+    "tests/watch/test_sharded_one_process.py",
+    "tests/watch/test_recorder.py",
+    "tests/watch/test_in_place.py",
+    "tests/watch/test_keeping.py",
+    "tests/watch/test_passes.py",
+    "tests/watch/test_watch.py",
+]
 # module -> the test files that exercise it (the slow long-run and state-machine files are left
 # out: minutes each, and they kill nothing the focused files miss)
 MODULES: dict[str, list[str]] = {
@@ -42,6 +52,8 @@ MODULES: dict[str, list[str]] = {
         "tests/watch/test_numbers.py",
         "tests/watch/test_records.py",
     ],
+    "gradscope/_watch/recorder.py": _WATCH_CORE,
+    "gradscope/_watch/assembly.py": _WATCH_CORE,
     "gradscope/_optim/tolerance.py": _TOLERANCE,
     "gradscope/_graph/grad_flow.py": [
         "tests/graph/test_grad_flow.py",

@@ -140,7 +140,9 @@ class Recorder:
 
     def install_forward_hooks(self, module: nn.Module, tag_modules: bool) -> None:
         hook = CopySafe(before_forward, weakref.ref(self))
-        self._other_handles.append(module.register_forward_pre_hook(hook))
+        # FSDP2's own pre-hook unshards the root's parameters: ours runs first, to see the shards
+        pre = module.register_forward_pre_hook(hook, prepend=self._sharded)
+        self._other_handles.append(pre)
         if self._sharded:  # FSDP2: a pass that writes no .grad (no sync) still starts
             after = CopySafe(after_forward, weakref.ref(self))
             self._other_handles.append(module.register_forward_hook(after))
@@ -160,10 +162,6 @@ class Recorder:
             fn(*args)
         except Exception as error:
             self.caught(error)
-
-    def frozen_names(self) -> list[str]:
-        """Watched parameters with ``requires_grad=False`` right now."""
-        return [n for n, p in self.names.params.items() if not p.requires_grad]
 
     @property
     def module(self) -> nn.Module | None:

@@ -1,0 +1,182 @@
+"""The recorder's parts, one behaviour each, against clones of ``.grad`` taken by hand.
+
+Written against the mutants of ``gradscope/_watch/recorder.py`` that the broader watch tests let
+live (see ``tools/mutate.py``): errors kept on the pass they happened in, passes that raise after
+some gradients arrived, tensors autograd hands back, copies under ``create_graph=True``,
+parameters removed before they ever had a gradient, and what ``keep="none"`` never copies.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+import gradscope._watch.keeping as keeping_module
+import gradscope._watch.recorder as recorder_module
+from gradscope import GradscopeError, GradscopeWarning
+
+pytestmark = pytest.mark.usefixtures("read_path")
+
+
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+
+
+def _clones(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+def test_an_error_inside_a_hook_is_kept_on_the_record_of_its_pass(monkeypatch) -> None:
+    net, x = _net(), torch.randn(5, 4)
+    twin = copy.deepcopy(net)
+    failure = ValueError("hook failed on 0.bias")
+    real = recorder_module.Recorder._held_entry
+
+    def failing(self, name, grad, old, accumulates):  # type: ignore[no-untyped-def]
+        if name == "0.bias":
+            raise failure
+        return real(self, name, grad, old, accumulates)
+
+    with gradscope.watch(net, keep="all") as w:
+        net(x).pow(2).sum().backward()  # .grad was None: no held entry, no failure
+        monkeypatch.setattr(recorder_module.Recorder, "_held_entry", failing)
+        net(x).pow(2).sum().backward()  # .grad exists: 0.bias's hook fails
+    twin(x).pow(2).sum().backward()
+    twin(x).pow(2).sum().backward()
+    for (name, param), twin_param in zip(net.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(param.grad, twin_param.grad, msg=name)  # backward unharmed
+    with pytest.warns(GradscopeWarning, match="hook failed on 0.bias"):
+        first, second = w.records
+    assert first.errors == []
+    assert len(second.errors) == 1 and second.errors[0] is failure
+    assert w.errors == [failure]
+    assert "0.bias" not in second.grads and set(second.grads) == {"0.weight", "2.weight", "2.bias"}
+
+
+def test_a_pass_that_raises_before_one_gradient_is_added_records_only_those_added() -> None:
+    """A hook registered after the watch's raises: its parameter's ``.grad`` keeps its old value
+    (same tensor, same version), so the failed pass must not record it as arrived."""
+    net, x = _net(), torch.randn(5, 4)
+    with gradscope.watch(net, keep="all") as w:
+        net(x).pow(2).sum().backward()
+        before = _clones(net)
+        loss = net(x).pow(2).sum()
+
+        def refuse(grad: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("refused by a user hook")
+
+        handle = net[0].weight.register_hook(refuse)  # after the watch's: runs after it
+        with pytest.raises(RuntimeError, match="refused"):
+            loss.backward()
+        handle.remove()
+        after = _clones(net)
+        with pytest.warns(GradscopeWarning, match="pass 2 raised"):
+            record = w.last
+    changed = {n for n in after if not torch.equal(after[n], before[n])}
+    assert "0.weight" not in changed  # the oracle: torch never added into it
+    assert record.failed and record.index == 2
+    assert set(record.grads) == changed
+    assert "0.weight" in record.missing
+    for name in changed:
+        torch.testing.assert_close(record[name].before, before[name], rtol=0, atol=0)
+        torch.testing.assert_close(record[name].after, after[name], rtol=0, atol=0)
+        torch.testing.assert_close(record[name].delta, after[name] - before[name])
+
+
+def test_the_tensor_autograd_grad_returns_is_recorded_as_itself() -> None:
+    """Under torch.autograd.grad ``delta`` is the very tensor handed back: a later in-place
+    change of it shows as ``modified`` instead of a stale copy being returned."""
+    net, x = _net(), torch.randn(5, 4)
+    with gradscope.watch(net) as w:
+        (g,) = torch.autograd.grad(net(x).pow(2).sum(), [net[2].weight])
+    record = w.last["2.weight"]
+    expected = g.clone()
+    assert not record.modified
+    torch.testing.assert_close(record.delta, expected, rtol=0, atol=0)
+    assert record.stats.norm == pytest.approx(float(expected.double().norm()), rel=1e-6)
+    g.mul_(2.0)
+    assert record.modified
+    with pytest.raises(GradscopeError, match="changed in place"):
+        record.delta  # noqa: B018
+    assert record.stats.norm == pytest.approx(float(expected.double().norm()), rel=1e-6)
+
+
+def test_create_graph_into_an_existing_grad_records_plain_tensors() -> None:
+    """``backward(create_graph=True)`` hands the hook a gradient with a graph: the record holds a
+    detached copy of what the pass added (``after - before``, from clones taken by hand)."""
+    net, x = _net(), torch.randn(5, 4)
+    with gradscope.watch(net, keep="all") as w:
+        net(x).pow(2).sum().backward()
+        before = _clones(net)
+        net(x).pow(2).sum().backward(create_graph=True)
+        after = {n: p.grad.detach().clone() for n, p in net.named_parameters()}
+    record = w.last
+    for name in after:
+        delta = record[name].delta
+        assert delta is not None and not delta.requires_grad and delta.grad_fn is None
+        torch.testing.assert_close(delta, after[name] - before[name])
+        torch.testing.assert_close(record[name].before, before[name], rtol=0, atol=0)
+    for param in net.parameters():
+        param.grad = None  # create_graph=True: .grad holds a graph through the parameters
+
+
+def test_removing_a_parameter_that_never_had_a_gradient_is_not_an_error() -> None:
+    class WithSpare(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used = nn.Linear(2, 2)
+            self.spare: nn.Parameter | None = nn.Parameter(torch.ones(2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x).sum()
+
+    net, x = WithSpare(), torch.randn(3, 2)
+    with gradscope.watch(net) as w:
+        net(x).backward()
+        assert w.last.missing == ["spare"]
+        net.spare = None
+        net(x).backward()
+    assert w.errors == []
+    assert set(w.last) == {"used.weight", "used.bias"} and w.last.missing == []
+
+
+def test_keep_none_never_copies_a_gradient(monkeypatch) -> None:
+    copies: list[str] = []
+    real = keeping_module.Keeper.copy
+
+    def counting(self, name, tensor):  # type: ignore[no-untyped-def]
+        copies.append(name)
+        return real(self, name, tensor)
+
+    monkeypatch.setattr(keeping_module.Keeper, "copy", counting)
+    net, x = _net(), torch.randn(5, 4)
+    norms = []
+    with gradscope.watch(net, keep="none") as w:
+        for _ in range(3):  # accumulating: .grad exists from the second pass on
+            net(x).pow(2).sum().backward()
+            norms.append(float(net[0].weight.grad.double().norm()))
+    assert copies == []
+    assert [r["0.weight"].stats.norm for r in w.records] == pytest.approx(norms, rel=1e-6)
+    assert w.last["0.weight"].before is None and w.last["0.weight"].after is None
+
+
+def test_the_host_copy_of_a_device_is_made_once(monkeypatch) -> None:
+    made: list[torch.device] = []
+    real = recorder_module.host_copy_for
+
+    def counting(device: torch.device):  # type: ignore[no-untyped-def]
+        made.append(device)
+        return real(device)
+
+    monkeypatch.setattr(recorder_module, "host_copy_for", counting)
+    net, x = _net(), torch.randn(5, 4)
+    with gradscope.watch(net) as w:
+        for _ in range(3):
+            net(x).pow(2).sum().backward()
+    assert len(w.records) == 3 and w.last["0.weight"].stats.norm > 0
+    assert made == [torch.device("cpu")]

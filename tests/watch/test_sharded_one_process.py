@@ -1,0 +1,150 @@
+"""watch() under FSDP2 (``fully_shard``) on one process, in this test process (gloo, world 1).
+
+The multi-process checks are in tests/distributed (torchrun, slow); these run the recorder's
+FSDP2 path in the normal suite. On one rank the shard is the whole gradient, so the oracles are
+clones of the shard taken by hand between passes and an unsharded twin of the model trained on
+the same inputs. Parameters owned by the root module (``fully_shard(net)`` alone) are unsharded
+by FSDP's own forward pre-hook: the watch must take ``before`` ahead of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import socket
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import gradscope
+
+pytestmark = [
+    pytest.mark.skipif(not dist.is_available(), reason="torch without distributed"),
+    pytest.mark.usefixtures("read_path", "process_group"),
+]
+
+
+@pytest.fixture(scope="module")
+def process_group() -> Iterator[None]:
+    if dist.is_initialized():  # pragma: no cover - another test left one: use it
+        yield
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+
+
+def _sharded(how: str) -> tuple[nn.Module, nn.Module]:
+    from torch.distributed.fsdp import fully_shard
+
+    net = _mlp()
+    twin = copy.deepcopy(net)
+    if how == "per-layer":
+        for layer in net:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+    fully_shard(net)
+    return net, twin
+
+
+def _shards(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.to_local().clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+def _plain(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+@pytest.mark.parametrize("how", ["root-only", "per-layer"])
+def test_accumulating_passes_record_before_after_and_delta(how: str) -> None:
+    net, twin = _sharded(how)
+    x1, x2 = torch.randn(6, 4), torch.randn(6, 4)
+    with gradscope.watch(net, keep="all") as w:
+        net(x1).pow(2).sum().backward()
+        first = _shards(net)
+        net(x2).pow(2).sum().backward()  # no zero_grad: FSDP adds into the shards
+        second = _shards(net)
+    twin(x1).pow(2).sum().backward()
+    twin_first = _plain(twin)
+    twin(x2).pow(2).sum().backward()
+    twin_second = _plain(twin)
+    assert [r.index for r in w.records] == [1, 2] and w.errors == []
+    old, new = w.records
+    assert set(old) == set(new) == set(first) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert old.synchronised is True and old.missing == [] and old.frozen == []
+    for name in first:
+        torch.testing.assert_close(first[name], twin_first[name])  # one rank: shard == whole
+        torch.testing.assert_close(second[name], twin_second[name])
+        assert old[name].before is None
+        torch.testing.assert_close(old[name].after, first[name], rtol=0, atol=0)  # copied on write
+        torch.testing.assert_close(old[name].delta, first[name], rtol=0, atol=0)
+        torch.testing.assert_close(new[name].before, first[name], rtol=0, atol=0)
+        torch.testing.assert_close(new[name].after, second[name], rtol=0, atol=0)
+        torch.testing.assert_close(new[name].delta, second[name] - first[name])
+        for record, oracle in ((old, twin_first), (new, twin_second)):
+            expected = float(oracle[name].double().norm())
+            assert record[name].stats.norm == pytest.approx(expected, rel=1e-6)
+            assert record[name].stats.numel == oracle[name].numel()
+            assert [s.norm for s in record[name].rank_stats] == pytest.approx([expected])
+
+
+def test_zero_grad_between_passes_gives_no_before() -> None:
+    net, twin = _sharded("root-only")
+    x = torch.randn(6, 4)
+    with gradscope.watch(net) as w:
+        for _ in range(2):
+            net.zero_grad()
+            net(x).pow(2).sum().backward()
+    twin(x).pow(2).sum().backward()
+    for name, grad in _plain(twin).items():
+        assert w.last[name].before is None
+        torch.testing.assert_close(w.last[name].after, grad)
+        torch.testing.assert_close(w.last[name].delta, grad)
+
+
+def test_keep_none_and_every_other_pass_keep_only_statistics() -> None:
+    net, twin = _sharded("per-layer")
+    xs = [torch.randn(6, 4) for _ in range(3)]
+    norms = []
+    with gradscope.watch(net, keep="none", every=2) as w:
+        for x in xs:
+            net(x).pow(2).sum().backward()
+            twin(x).pow(2).sum().backward()
+            norms.append({n: float(g.double().norm()) for n, g in _plain(twin).items()})
+    assert [r.index for r in w.records] == [1, 3] and w.errors == []
+    for record, expected in zip(w.records, (norms[0], norms[2]), strict=True):
+        assert set(record) == set(expected)
+        for name, norm in expected.items():
+            assert record[name].before is None and record[name].after is None
+            assert record[name].stats.norm == pytest.approx(norm, rel=1e-6)
+
+
+def test_copy_true_keeps_each_pass_through_in_place_changes() -> None:
+    net, _ = _sharded("root-only")
+    x = torch.randn(6, 4)
+    with gradscope.watch(net, keep="all", copy=True) as w:
+        net(x).pow(2).sum().backward()
+        first = _shards(net)
+        for p in net.parameters():
+            p.grad.to_local().mul_(0.5)  # in place, as a clip would
+        halved = _shards(net)
+        net(x).pow(2).sum().backward()
+        second = _shards(net)
+    old, new = w.records
+    for name in first:
+        assert not old[name].modified
+        torch.testing.assert_close(old[name].after, first[name], rtol=0, atol=0)
+        torch.testing.assert_close(new[name].before, halved[name], rtol=0, atol=0)
+        torch.testing.assert_close(new[name].after, second[name], rtol=0, atol=0)
