@@ -38,6 +38,7 @@ _TESTING = ["tests/testing/test_testing.py"]
 _WATCH_CORE = [
     "tests/watch/test_recorder_parts.py",
     "tests/watch/test_sharded_one_process.py",
+    "tests/watch/test_ddp_one_process.py",
     "tests/watch/test_recorder.py",
     "tests/watch/test_in_place.py",
     "tests/watch/test_keeping.py",

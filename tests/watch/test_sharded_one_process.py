@@ -10,8 +10,6 @@ by FSDP's own forward pre-hook: the watch must take ``before`` ahead of it.
 from __future__ import annotations
 
 import copy
-import socket
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -24,21 +22,6 @@ pytestmark = [
     pytest.mark.skipif(not dist.is_available(), reason="torch without distributed"),
     pytest.mark.usefixtures("read_path", "process_group"),
 ]
-
-
-@pytest.fixture(scope="module")
-def process_group() -> Iterator[None]:
-    if dist.is_initialized():  # pragma: no cover - another test left one: use it
-        yield
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def _mlp() -> nn.Sequential:
