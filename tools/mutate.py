@@ -37,6 +37,7 @@ _TESTING = ["tests/testing/test_testing.py"]
 # the watch's recorder and assembly: the records against clones of .grad, torch and twins
 _WATCH_CORE = [
     "tests/watch/test_recorder_parts.py",
+    "tests/watch/test_assembly_parts.py",
     "tests/watch/test_sharded_one_process.py",
     "tests/watch/test_ddp_one_process.py",
     "tests/watch/test_recorder.py",

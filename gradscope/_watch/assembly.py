@@ -195,6 +195,8 @@ def scaler_moved(scaler: Any) -> Callable[[], bool]:
         states = _states(scaler)
         if states is not token:  # update() ran: a new per-optimizer state dict
             return True
+        if states is None:  # not a torch GradScaler: only the version and norm checks apply
+            return False
         return any(getattr(s.get("stage"), "name", "READY") != "READY" for s in states.values())
 
     return moved

@@ -1,0 +1,139 @@
+"""How a pass's records are assembled, one case each, against clones of ``.grad`` and torch.
+
+Written against the mutants of ``gradscope/_watch/assembly.py`` that the broader watch tests let
+live (see ``tools/mutate.py``): a norm taken in the hook that no longer describes ``.grad``,
+``torch.autograd.grad`` next to an existing ``.grad``, and loss scales of scalers that are off.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+from gradscope._watch.records import GradRecord
+
+pytestmark = pytest.mark.usefixtures("read_path")
+
+BIG = 300  # a 300x300 weight: large enough that the hook takes its norm while it is hot
+
+
+def _big_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(BIG, BIG), nn.Tanh(), nn.Linear(BIG, 2))
+
+
+@pytest.mark.parametrize(("keep", "copy"), [("last", False), ("none", False), ("last", True)])
+@pytest.mark.parametrize("change", ["in-place", "replaced"])
+def test_a_norm_taken_in_the_hook_is_dropped_when_grad_changes_after_it(
+    keep: str, copy: bool, change: str
+) -> None:
+    """A post-accumulate-grad hook doubles ``.grad`` (in place, or by a new tensor) after the
+    watch's hook measured the incoming gradient: the recorded norm is the final ``.grad``'s."""
+    net, x = _big_net(), torch.randn(3, BIG)
+    weight = net[0].weight
+    assert weight.numel() >= 1 << 16
+
+    def double(param: torch.Tensor) -> None:
+        if change == "in-place":
+            param.grad.mul_(2.0)
+        else:
+            param.grad = param.grad * 2.0
+
+    handle = weight.register_post_accumulate_grad_hook(double)
+    with gradscope.watch(net, keep=keep, copy=copy) as w:  # type: ignore[arg-type]
+        net(x).pow(2).sum().backward()
+        final = weight.grad.clone()
+    handle.remove()
+    expected = float(final.double().norm())
+    assert w.last["0.weight"].recorded.norm == pytest.approx(expected, rel=1e-6)
+    assert w.last["0.weight"].stats.norm == pytest.approx(expected, rel=1e-6)
+    unchanged = float(net[2].weight.grad.double().norm())
+    assert w.last["2.weight"].stats.norm == pytest.approx(unchanged, rel=1e-6)
+
+
+@pytest.mark.parametrize("keep", ["last", "none"])
+def test_a_big_gradient_stored_as_is_keeps_the_norm_taken_in_the_hook(keep: str) -> None:
+    net, x = _big_net(), torch.randn(3, BIG)
+    with gradscope.watch(net, keep=keep) as w:  # type: ignore[arg-type]
+        net(x).pow(2).sum().backward()
+    for name, param in net.named_parameters():
+        expected = float(param.grad.double().norm())
+        assert w.last[name].recorded.norm == pytest.approx(expected, rel=1e-6), name
+
+
+def test_autograd_grad_next_to_an_existing_grad_leaves_before_and_after_as_they_were() -> None:
+    torch.manual_seed(0)
+    net, x = nn.Linear(3, 2), torch.randn(4, 3)
+    with gradscope.watch(net, keep="all") as w:
+        net(x).pow(2).sum().backward()
+        existing = net.weight.grad.clone()
+        (g,) = torch.autograd.grad(net(x).sum(), [net.weight])
+    record = w.last["weight"]
+    assert w.last.index == 2 and record.accumulated is False
+    torch.testing.assert_close(net.weight.grad, existing, rtol=0, atol=0)
+    torch.testing.assert_close(record.before, existing, rtol=0, atol=0)
+    torch.testing.assert_close(record.after, existing, rtol=0, atol=0)
+    torch.testing.assert_close(record.delta, g, rtol=0, atol=0)
+    assert record.stats.norm == pytest.approx(float(g.double().norm()), rel=1e-6)
+    assert w.last.missing == ["bias"]
+    first = w.records[0]["weight"]  # autograd.grad did not touch .grad: still readable
+    assert not first.modified
+    torch.testing.assert_close(first.after, existing, rtol=0, atol=0)
+
+
+def test_autograd_grad_with_keep_none_records_statistics_only() -> None:
+    torch.manual_seed(0)
+    net, x = nn.Linear(3, 2), torch.randn(4, 3)
+    with gradscope.watch(net, keep="none") as w:
+        (g,) = torch.autograd.grad(net(x).pow(2).sum(), [net.bias])
+    record = w.last["bias"]
+    assert record.accumulated is False
+    assert record.before is None and record.after is None and record.delta is None
+    assert record.stats.norm == pytest.approx(float(g.double().norm()), rel=1e-6)
+    assert record.stats.numel == 2 and not record.modified
+
+
+class _Scaler:
+    """A duck-typed scaler: ``get_scale`` only (no ``is_enabled``, no per-optimizer state)."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def get_scale(self) -> float:
+        return self.scale
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_loss_scale_is_recorded_only_for_an_enabled_scaler(enabled: bool) -> None:
+    torch.manual_seed(0)
+    net, x = nn.Linear(3, 2), torch.randn(4, 3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0, enabled=enabled)
+    with gradscope.watch(net, scaler=scaler) as w:
+        scaler.scale(net(x).pow(2).sum()).backward()
+        grad = net.weight.grad.clone()
+    scale = 256.0 if enabled else None
+    assert w.last.loss_scale == scale and w.last["weight"].loss_scale == scale
+    expected = float(grad.double().norm()) / (256.0 if enabled else 1.0)
+    assert w.last["weight"].stats.norm == pytest.approx(expected, rel=1e-6)
+    torch.testing.assert_close(w.last["weight"].after, grad)  # the tensor itself, unscaled
+
+
+def test_a_scaler_without_is_enabled_is_taken_as_enabled() -> None:
+    torch.manual_seed(0)
+    net, x = nn.Linear(3, 2), torch.randn(4, 3)
+    with gradscope.watch(net, scaler=_Scaler(8.0)) as w:
+        (net(x).pow(2).sum() * 8.0).backward()
+        grad = net.weight.grad.clone()
+    assert w.last.loss_scale == 8.0
+    assert w.last["weight"].stats.norm == pytest.approx(float(grad.double().norm()) / 8.0)
+
+
+def test_every_slot_is_set_by_both_constructors() -> None:
+    """``GradRecord.from_pass`` sets the slots itself (it runs per parameter per pass): it and
+    ``__init__`` must agree on every slot, or a read raises AttributeError."""
+    plain = GradRecord("w", 1, torch.Size([2]))
+    built = GradRecord.from_pass("w", 1, torch.Size([2]), 0)
+    for slot in GradRecord.__slots__:
+        assert getattr(plain, slot) == getattr(built, slot), slot
