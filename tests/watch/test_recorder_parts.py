@@ -180,3 +180,28 @@ def test_the_host_copy_of_a_device_is_made_once(monkeypatch) -> None:
             net(x).pow(2).sum().backward()
     assert len(w.records) == 3 and w.last["0.weight"].stats.norm > 0
     assert made == [torch.device("cpu")]
+
+
+def test_a_failed_pass_ends_at_the_next_forward_before_the_loop_zeroes_grad() -> None:
+    """The failed pass is recorded with what had arrived when the next forward starts, not
+    with what ``.grad`` holds after a ``zero_grad()`` the loop runs between forward and backward.
+    """
+    net, x = _net(), torch.randn(5, 4)
+    with gradscope.watch(net) as w:
+        loss = net(x).pow(2).sum()
+        handle = net[0].weight.register_hook(lambda g: (_ for _ in ()).throw(RuntimeError("no")))
+        with pytest.raises(RuntimeError, match="no"):
+            loss.backward()
+        handle.remove()
+        arrived = _clones(net)
+        loss = net(x).pow(2).sum()  # the next forward ends the failed pass
+        net.zero_grad()
+        loss.backward()
+        with pytest.warns(GradscopeWarning, match="pass 1 raised"):
+            failed, fine = w.records
+    assert arrived and "0.weight" not in arrived
+    assert failed.failed and not fine.failed
+    assert set(failed.grads) == set(arrived) and "0.weight" in failed.missing
+    for name, grad in arrived.items():
+        assert failed[name].stats.norm == pytest.approx(float(grad.double().norm()), rel=1e-6)
+    assert set(fine.grads) == {"0.weight", "0.bias", "2.weight", "2.bias"}
