@@ -316,15 +316,15 @@ class Recorder:
             last._replace(grad, snapshot)
         return snapshot
 
-    def before_forward(self) -> None:
+    def before_forward(self, module: nn.Module) -> None:
+        """The watched ``module`` (as wrapped: DDP, FSDP2) is about to run forward."""
         current = self._pass
         if current is not None and current.end() is None:
             self._end_pass(current, True)
         followed = self._followed
         followed.sync()
         if self._layout.kind != "local":
-            module = self.module
-            self._synchronising = None if module is None else sync_pending(module, self._layout)
+            self._synchronising = sync_pending(module, self._layout)
         if self._sharded:
             self._snapshot_shards()
         else:
