@@ -9,6 +9,8 @@ parameters removed before they ever had a gradient, and what ``keep="none"`` nev
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
@@ -205,3 +207,47 @@ def test_a_failed_pass_ends_at_the_next_forward_before_the_loop_zeroes_grad() ->
     for name, grad in arrived.items():
         assert failed[name].stats.norm == pytest.approx(float(grad.double().norm()), rel=1e-6)
     assert set(fine.grads) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+def test_a_removed_parameter_leaves_no_reference_to_its_gradient() -> None:
+    """Once its record leaves the history, nothing of the watch holds a removed parameter's
+    last ``.grad`` (the copy-on-write list forgets it with the parameter)."""
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Parameter(torch.ones(3))
+            self.b: nn.Parameter | None = nn.Parameter(torch.ones(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x * self.a * (self.b if self.b is not None else 1.0)).sum()
+
+    net, x = Two(), torch.arange(3.0)
+    with gradscope.watch(net, keep="all", history=1) as w:
+        net(x).backward()
+        assert net.b is not None and net.b.grad is not None
+        gone = weakref.ref(net.b.grad)
+        net.b = None
+        for _ in range(2):
+            net.zero_grad()
+            net(x).backward()
+        gc.collect()
+        assert [r.index for r in w.records] == [3] and set(w.last) == {"a"}
+        assert gone() is None
+
+
+def test_before_is_copied_into_the_buffers_of_the_pass_let_go() -> None:
+    """With copies (``copy=True``) under ``keep="last"`` each pass's ``before`` is written into
+    a buffer of the previous pass (alive until then, so a fresh copy could not share its
+    address), and holds exactly ``.grad`` as it was (clones taken by hand)."""
+    net, x = _net(), torch.randn(5, 4)
+    with gradscope.watch(net, keep="last", copy=True) as w:
+        previous: set[int] = set()
+        for step in range(4):
+            before = _clones(net)
+            net(x).pow(2).sum().backward()
+            record = w.last["0.weight"]
+            if step:
+                assert record._before.data_ptr() in previous, step
+                torch.testing.assert_close(record._before, before["0.weight"], rtol=0, atol=0)
+            previous = {t.data_ptr() for t in (record._before, record._after) if t is not None}
