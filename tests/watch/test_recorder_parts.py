@@ -77,11 +77,12 @@ def test_a_pass_that_raises_before_one_gradient_is_added_records_only_those_adde
             loss.backward()
         handle.remove()
         after = _clones(net)
-        with pytest.warns(GradscopeWarning, match="pass 2 raised"):
+        with pytest.warns(GradscopeWarning, match="pass 2 raised") as warned:
             record = w.last
     changed = {n for n in after if not torch.equal(after[n], before[n])}
     assert "0.weight" not in changed  # the oracle: torch never added into it
     assert record.failed and record.index == 2
+    assert f"recorded with the {len(changed)} gradient(s) that arrived" in str(warned[0].message)
     assert set(record.grads) == changed
     assert "0.weight" in record.missing
     for name in changed:

@@ -131,3 +131,24 @@ def test_copy_true_keeps_each_pass_through_in_place_changes() -> None:
         torch.testing.assert_close(old[name].after, first[name], rtol=0, atol=0)
         torch.testing.assert_close(new[name].before, halved[name], rtol=0, atol=0)
         torch.testing.assert_close(new[name].after, second[name], rtol=0, atol=0)
+
+
+def test_a_pass_without_gradient_sync_records_nothing_missing_and_the_next_the_sum() -> None:
+    """FSDP2 keeps an unsynchronised pass's gradients unsharded inside FSDP: that record has no
+    gradients and none missing; the next synchronised pass records the sum of both passes."""
+    net, twin = _sharded("per-layer")
+    x1, x2 = torch.randn(6, 4), torch.randn(6, 4)
+    with gradscope.watch(net, keep="all") as w:
+        net.set_requires_gradient_sync(False)
+        net(x1).pow(2).sum().backward()
+        net.set_requires_gradient_sync(True)
+        net(x2).pow(2).sum().backward()
+    twin(x1).pow(2).sum().backward()
+    twin(x2).pow(2).sum().backward()
+    quiet, synced = w.records
+    assert w.errors == []
+    assert quiet.synchronised is False and dict(quiet.grads) == {} and quiet.missing == []
+    assert synced.synchronised is True and synced.missing == []
+    for name, grad in _plain(twin).items():
+        torch.testing.assert_close(synced[name].after, grad)
+        assert synced[name].stats.norm == pytest.approx(float(grad.double().norm()), rel=1e-6)
