@@ -56,6 +56,19 @@ MODULES: dict[str, list[str]] = {
     ],
     "gradscope/_watch/recorder.py": _WATCH_CORE,
     "gradscope/_watch/assembly.py": _WATCH_CORE,
+    "gradscope/_watch/passes.py": [
+        "tests/watch/test_recorder_parts.py",
+        "tests/watch/test_passes.py",
+        "tests/watch/test_in_place.py",
+        "tests/watch/test_watch.py",
+    ],
+    "gradscope/_watch/reading.py": [
+        "tests/watch/test_reading.py",
+        "tests/watch/test_stats.py",
+        "tests/watch/test_numbers.py",
+        "tests/watch/test_records.py",
+        "tests/watch/test_in_place.py",
+    ],
     "gradscope/_optim/tolerance.py": _TOLERANCE,
     "gradscope/_graph/grad_flow.py": [
         "tests/graph/test_grad_flow.py",
