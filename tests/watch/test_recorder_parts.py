@@ -252,3 +252,109 @@ def test_before_is_copied_into_the_buffers_of_the_pass_let_go() -> None:
                 assert record._before.data_ptr() in previous, step
                 torch.testing.assert_close(record._before, before["0.weight"], rtol=0, atol=0)
             previous = {t.data_ptr() for t in (record._before, record._after) if t is not None}
+
+
+class _Boom(torch.autograd.Function):
+    """Identity forward; its backward raises."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom in backward")
+
+
+def test_a_failed_pass_is_ended_by_the_next_backward_of_a_graph_built_before_it() -> None:
+    """Both losses are built first, so no forward runs between the failed backward and the
+    next one: that backward's first hook ends the failed pass, as failed, with what arrived."""
+    net, x = _net(), torch.randn(5, 4)
+    with gradscope.watch(net) as w:
+        bad = net[2](_Boom.apply(net[1](net[0](x)))).sum()
+        fine = net(x).pow(2).sum()
+        with pytest.raises(RuntimeError, match="boom"):
+            bad.backward()
+        arrived = _clones(net)
+        fine.backward()
+        with pytest.warns(GradscopeWarning, match="pass 1 raised"):
+            failed, whole = w.records
+    assert set(arrived) == {"2.weight", "2.bias"}
+    assert failed.failed and failed.index == 1 and set(failed.grads) == set(arrived)
+    assert failed.missing == ["0.weight", "0.bias"]
+    for name, grad in arrived.items():
+        assert failed[name].stats.norm == pytest.approx(float(grad.double().norm()), rel=1e-6)
+    assert not whole.failed and whole.index == 2 and len(whole.grads) == 4
+
+
+class _SharedInsideAndOutside(nn.Module):
+    """``shared`` runs inside a reentrant checkpoint (a nested backward) and outside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        inner = checkpoint(lambda h: torch.tanh(self.shared(h)), x, use_reentrant=True)
+        return self.head(self.shared(inner)).sum()
+
+
+def test_a_leaf_that_gets_two_gradients_in_one_pass_records_their_sum() -> None:
+    torch.manual_seed(0)
+    net = _SharedInsideAndOutside()
+    twin = copy.deepcopy(net)
+    x = torch.randn(4, 3, requires_grad=True)
+    with gradscope.watch(net, keep="all") as w:
+        net(x).backward()
+        first = _clones(net)
+        net(x * 2).backward()  # .grad exists: the pass's own gradient is held and summed
+        second = _clones(net)
+    assert [r.index for r in w.records] == [1, 2] and w.errors == []
+    twin(x).backward()
+    twin(x * 2).backward()
+    for name, param in twin.named_parameters():
+        torch.testing.assert_close(second[name], param.grad)
+        record = w.last[name]
+        torch.testing.assert_close(record.before, first[name], rtol=0, atol=0)
+        torch.testing.assert_close(record.delta, second[name] - first[name])
+        torch.testing.assert_close(record.before + record.delta, record.after)
+
+
+def test_the_incoming_gradient_is_stored_in_grad_without_a_copy() -> None:
+    """Where ``.grad`` is None torch moves the incoming gradient into ``.grad`` unless someone
+    else holds it: the watch does not hold it (that would cost a copy per parameter)."""
+    net, x = _net(), torch.randn(5, 4)
+    seen: dict[str, int] = {}
+    handles = [
+        p.register_hook(lambda g, n=n: seen.__setitem__(n, g.data_ptr()))
+        for n, p in net.named_parameters()
+    ]
+    with gradscope.watch(net) as w:
+        net(x).pow(2).sum().backward()
+    for handle in handles:
+        handle.remove()
+    for name, param in net.named_parameters():
+        assert param.grad.data_ptr() == seen[name], name
+        torch.testing.assert_close(w.last[name].after, param.grad, rtol=0, atol=0)
+
+
+def test_a_sparse_gradient_is_recorded_as_it_is() -> None:
+    torch.manual_seed(0)
+    net = nn.Embedding(10, 3, sparse=True)
+    tokens = torch.tensor([1, 4, 4, 7])
+    with gradscope.watch(net, keep="all") as w:
+        net(tokens).pow(2).sum().backward()
+        first = net.weight.grad.to_dense().clone()
+        net(tokens[:2]).pow(2).sum().backward()
+        second = net.weight.grad.to_dense().clone()
+    assert w.errors == []
+    old, new = w.records[0]["weight"], w.records[1]["weight"]
+    assert new.after.is_sparse and new.local is None
+    torch.testing.assert_close(old.delta.to_dense(), first)
+    torch.testing.assert_close(new.after.to_dense(), second)
+    torch.testing.assert_close(new.before.to_dense(), first)
+    torch.testing.assert_close(new.delta.to_dense(), second - first)
+    assert new.stats.norm == pytest.approx(float(second.double().norm()), rel=1e-6)
