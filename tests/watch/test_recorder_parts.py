@@ -14,10 +14,12 @@ import weakref
 
 import pytest
 import torch
+from read_paths import FakeEvent
 from torch import nn
 
 import gradscope
 import gradscope._watch.keeping as keeping_module
+import gradscope._watch.monitors as monitors_module
 import gradscope._watch.recorder as recorder_module
 from gradscope import GradscopeError, GradscopeWarning
 
@@ -358,3 +360,37 @@ def test_a_sparse_gradient_is_recorded_as_it_is() -> None:
     torch.testing.assert_close(new.before.to_dense(), first)
     torch.testing.assert_close(new.delta.to_dense(), second - first)
     assert new.stats.norm == pytest.approx(float(second.double().norm()), rel=1e-6)
+
+
+class _OneBuffer:
+    """A deferred HostCopy that, as ``CopyAsync`` does with its pinned memory, copies every
+    pass's results into one reused host buffer: a pass must be read before the next copy."""
+
+    deferred = True
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def __call__(self, values: torch.Tensor) -> tuple[torch.Tensor, FakeEvent]:
+        if self.buffer is None or self.buffer.shape != values.shape:
+            self.buffer = torch.empty_like(values)
+        self.buffer.copy_(values)
+        return self.buffer, FakeEvent()
+
+
+def test_a_deferred_pass_is_read_before_the_next_pass_reuses_the_host_buffer(monkeypatch) -> None:
+    one = _OneBuffer()
+    monkeypatch.setattr(recorder_module, "host_copy_for", lambda device: one)
+    # as for a model on a CUDA device: the diagnosis does not read each pass as it ends
+    monkeypatch.setattr(monitors_module, "_on_cpu", lambda params: False)
+    net = _net()
+    norms = []
+    with gradscope.watch(net, keep="none") as w:
+        for scale in (1.0, 10.0, 100.0):
+            net.zero_grad()
+            net(torch.randn(5, 4) * scale).pow(2).sum().backward()
+            norms.append({n: float(p.grad.double().norm()) for n, p in net.named_parameters()})
+    assert one.buffer is not None
+    for record, expected in zip(w.records, norms, strict=True):
+        for name, norm in expected.items():
+            assert record[name].stats.norm == pytest.approx(norm, rel=1e-6), (record.index, name)
