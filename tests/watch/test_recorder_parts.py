@@ -111,6 +111,7 @@ def test_the_tensor_autograd_grad_returns_is_recorded_as_itself() -> None:
     assert record.stats.norm == pytest.approx(float(expected.double().norm()), rel=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:Using backward.. with create_graph=True:UserWarning")
 def test_create_graph_into_an_existing_grad_records_plain_tensors() -> None:
     """``backward(create_graph=True)`` hands the hook a gradient with a graph: the record holds a
     detached copy of what the pass added (``after - before``, from clones taken by hand)."""
