@@ -232,7 +232,7 @@ class Recorder:
         if recording and self.keep == "last" and self.records:
             # Let go of the last pass's tensors now rather than when this pass ends, so the
             # allocator can reuse that memory for this pass's gradients.
-            self._keeper.recycle(self.records[-1])
+            self._keeper.recycle(self.records[-1], self.names.params)
         return current
 
     def current_pass(self) -> Pass:
@@ -247,7 +247,14 @@ class Recorder:
         """FSDP2 wrote this rank's shard of ``param``'s gradient (see ``sharded``)."""
         current = self.current_pass()
         if current.recording and name not in current.entries:
-            current.entries[name] = Entry(None, self._befores.pop(name, None), True, None, 0)
+            # a shard's record reads only ``before``: sharded assembly never asks ``arrived``
+            current.entries[name] = Entry(
+                None,
+                self._befores.pop(name, None),
+                True,  # pragma: no mutate (accumulated: unread for FSDP2 shards)
+                None,
+                0,  # pragma: no mutate (old_version: unread for FSDP2 shards)
+            )
 
     def on_grad(self, name: str, param: torch.Tensor, grad: torch.Tensor) -> None:
         current = self._pass  # (current_pass inlined: this runs for every parameter)
@@ -270,7 +277,13 @@ class Recorder:
             accumulates = False
         if old is None and accumulates and not grad.requires_grad:
             if self._ddp or grad.layout is not _STRIDED:
-                entry = Entry(grad, None, True, None, 0)
+                entry = Entry(
+                    grad,
+                    None,
+                    True,
+                    None,
+                    0,  # pragma: no mutate (old_version: unread where old is None, see arrived)
+                )
             else:
                 # torch moves this very tensor into .grad unless someone holds it, so do not
                 # hold it (that would cost a copy); remember its address and measure it while
@@ -278,7 +291,15 @@ class Recorder:
                 norm = None
                 if grad.numel() >= _HOT_NORM_NUMEL and not grad.is_cuda and not grad.is_complex():
                     norm = _vector_norm(grad, dtype=reduction_dtype(grad.dtype))
-                entry = Entry(None, None, True, None, 0, (grad.data_ptr(), grad._version), norm)
+                entry = Entry(
+                    None,
+                    None,
+                    True,
+                    None,
+                    0,  # pragma: no mutate (old_version: unread where old is None, see arrived)
+                    (grad.data_ptr(), grad._version),
+                    norm,
+                )
         else:
             entry = self._held_entry(name, grad, old, accumulates)
         entries[name] = entry

@@ -67,7 +67,8 @@ def test_a_pass_that_raises_before_one_gradient_is_added_records_only_those_adde
     (same tensor, same version), so the failed pass must not record it as arrived."""
     net, x = _net(), torch.randn(5, 4)
     with gradscope.watch(net, keep="all") as w:
-        net(x).pow(2).sum().backward()
+        for _ in range(2):  # the second adds into .grad in place: versions are not 0
+            net(x).pow(2).sum().backward()
         before = _clones(net)
         loss = net(x).pow(2).sum()
 
@@ -79,11 +80,11 @@ def test_a_pass_that_raises_before_one_gradient_is_added_records_only_those_adde
             loss.backward()
         handle.remove()
         after = _clones(net)
-        with pytest.warns(GradscopeWarning, match="pass 2 raised") as warned:
+        with pytest.warns(GradscopeWarning, match="pass 3 raised") as warned:
             record = w.last
     changed = {n for n in after if not torch.equal(after[n], before[n])}
     assert "0.weight" not in changed  # the oracle: torch never added into it
-    assert record.failed and record.index == 2
+    assert record.failed and record.index == 3
     assert f"recorded with the {len(changed)} gradient(s) that arrived" in str(warned[0].message)
     assert set(record.grads) == changed
     assert "0.weight" in record.missing
@@ -395,3 +396,86 @@ def test_a_deferred_pass_is_read_before_the_next_pass_reuses_the_host_buffer(mon
     for record, expected in zip(w.records, norms, strict=True):
         for name, norm in expected.items():
             assert record[name].stats.norm == pytest.approx(norm, rel=1e-6), (record.index, name)
+
+
+def test_large_cpu_gradients_have_their_norm_taken_in_the_hook(monkeypatch) -> None:
+    """From 65536 elements on, the hook measures a real CPU gradient while it is in cache (once
+    per parameter and pass); smaller ones are measured together when the pass ends."""
+    measured: list[tuple[int, torch.dtype]] = []
+    real = recorder_module._vector_norm
+
+    def counting(tensor: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        measured.append((tensor.numel(), kwargs["dtype"]))  # type: ignore[arg-type]
+        return real(tensor, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(recorder_module, "_vector_norm", counting)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 255))  # 65536 and 65280 elements
+    with gradscope.watch(net) as w:
+        net(torch.randn(2, 256)).pow(2).sum().backward()
+    assert measured == [(65536, torch.float32)]
+    for name, param in net.named_parameters():
+        expected = float(param.grad.double().norm())
+        assert w.last[name].recorded.norm == pytest.approx(expected, rel=1e-6), name
+
+
+def test_a_large_bfloat16_gradient_is_measured_in_float32() -> None:
+    torch.manual_seed(0)
+    net = nn.Linear(256, 256).to(torch.bfloat16)
+    with gradscope.watch(net) as w:
+        net(torch.randn(3, 256, dtype=torch.bfloat16)).pow(2).sum().backward()
+    expected = float(net.weight.grad.double().norm())
+    assert not w.last["weight"].modified
+    assert w.last["weight"].recorded.norm == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_removed_parameter_leaves_no_buffer_behind() -> None:
+    """With copies, a parameter's dropped copies are kept as buffers for its next pass; once
+    the parameter is removed from the model those buffers are let go too."""
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Parameter(torch.ones(3))
+            self.b: nn.Parameter | None = nn.Parameter(torch.ones(3))
+
+        def forward(self, x: torch.Tensor, use_b: bool = True) -> torch.Tensor:
+            return (x * self.a * (self.b if self.b is not None and use_b else 1.0)).sum()
+
+    net, x = Two(), torch.arange(3.0)
+    with gradscope.watch(net, keep="last", copy=True) as w:
+        net(x).backward()
+        copies = [w.last["b"]._after]
+        refs = [weakref.ref(t) for t in copies if t is not None]
+        del copies
+        net.zero_grad()
+        net(x, use_b=False).backward()  # b's copies wait as buffers for its next gradient
+        net.b = None  # that never comes
+        for _ in range(2):
+            net(x).backward()
+        gc.collect()
+        assert set(w.last) == {"a"} and refs
+        assert all(ref() is None for ref in refs)
+
+
+def test_the_last_copies_of_a_removed_parameter_are_not_kept_as_buffers() -> None:
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Parameter(torch.ones(3))
+            self.b: nn.Parameter | None = nn.Parameter(torch.ones(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x * self.a * (self.b if self.b is not None else 1.0)).sum()
+
+    net, x = Two(), torch.arange(3.0)
+    with gradscope.watch(net, keep="last", copy=True) as w:
+        for _ in range(2):
+            net(x).backward()
+        ref = weakref.ref(w.last["b"]._after)
+        net.b = None
+        for _ in range(2):  # the first of these lets go of the last pass's copies
+            net(x).backward()
+        gc.collect()
+        assert set(w.last) == {"a"} and w.records[1].dropped == "keep"
+        assert ref() is None

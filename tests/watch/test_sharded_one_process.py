@@ -152,3 +152,22 @@ def test_a_pass_without_gradient_sync_records_nothing_missing_and_the_next_the_s
     for name, grad in _plain(twin).items():
         torch.testing.assert_close(synced[name].after, grad)
         assert synced[name].stats.norm == pytest.approx(float(grad.double().norm()), rel=1e-6)
+
+
+def test_keep_none_takes_no_copy_of_a_shard(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gradscope._watch.keeping as keeping_module
+
+    copies: list[str] = []
+    real = keeping_module.Keeper.copy
+
+    def counting(self: object, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        copies.append(name)
+        return real(self, name, tensor)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(keeping_module.Keeper, "copy", counting)
+    net, _ = _sharded("root-only")
+    with gradscope.watch(net, keep="none") as w:
+        for _ in range(3):  # accumulating: every shard has a .grad from the second pass on
+            net(torch.randn(6, 4)).pow(2).sum().backward()
+    assert copies == [] and len(w.records) == 3 and w.errors == []
+    assert all(w.last[name].before is None for name in w.last)
