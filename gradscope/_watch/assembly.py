@@ -100,7 +100,6 @@ def make_grad_record(
     live = param.grad
     accumulated = entry.accumulated
     if not accumulated or live is None:  # torch.autograd.grad: .grad is untouched
-        version = None
         if keep == "none":
             record = GradRecord.from_pass(
                 name,
@@ -112,8 +111,7 @@ def make_grad_record(
                 aliases=aliases,
             )
         else:
-            if entry.grad is not None:  # autograd.grad returned this very tensor
-                version = entry.grad._version
+            grad = entry.grad  # autograd.grad returned this very tensor: its version now
             record = GradRecord.from_pass(
                 name,
                 index,
@@ -124,10 +122,11 @@ def make_grad_record(
                 aliases=aliases,
                 before=entry.before,
                 after=entry.before,
-                delta=entry.grad,
-                source_version=version,
+                delta=grad,
+                source_version=None if grad is None else grad._version,
             )
-        return record, entry.grad, None, accumulated and version is not None
+        # never .grad itself (before and after are the copy taken before the pass): not shared
+        return record, entry.grad, None, False
     norm = entry.norm
     if norm is not None and entry.incoming != (live.data_ptr(), live._version):
         norm = None  # .grad is not the very gradient the hook measured (another hook?)

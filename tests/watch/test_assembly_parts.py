@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import gradscope
+import gradscope._watch.assembly as assembly_module
 from gradscope._watch.records import GradRecord
 
 pytestmark = pytest.mark.usefixtures("read_path")
@@ -137,3 +138,63 @@ def test_every_slot_is_set_by_both_constructors() -> None:
     built = GradRecord.from_pass("w", 1, torch.Size([2]), 0)
     for slot in GradRecord.__slots__:
         assert getattr(plain, slot) == getattr(built, slot), slot
+
+
+def test_the_common_case_is_assembled_inline(monkeypatch) -> None:
+    """``.grad`` was None and the pass stored its gradient there: assembled without a call per
+    parameter. Everything else (accumulation, keep="none", copies) goes through
+    ``make_grad_record``, and both give the same records (clones of ``.grad`` as oracle)."""
+    calls: list[str] = []
+    real = assembly_module.make_grad_record
+
+    def counting(name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(assembly_module, "make_grad_record", counting)
+    torch.manual_seed(0)
+    net, x = nn.Linear(3, 2), torch.randn(4, 3)
+    with gradscope.watch(net, keep="all") as w:
+        net(x).pow(2).sum().backward()
+        first = {n: p.grad.clone() for n, p in net.named_parameters()}
+        assert calls == []
+        net(x).pow(2).sum().backward()  # accumulates into .grad
+        second = {n: p.grad.clone() for n, p in net.named_parameters()}
+        assert sorted(calls) == ["bias", "weight"]
+    old, new = w.records
+    for name in first:
+        torch.testing.assert_close(old[name].after, first[name], rtol=0, atol=0)
+        torch.testing.assert_close(old[name].delta, first[name], rtol=0, atol=0)
+        torch.testing.assert_close(new[name].after, second[name], rtol=0, atol=0)
+        torch.testing.assert_close(new[name].delta, second[name] - first[name])
+    for options in ({"keep": "none"}, {"copy": True}):
+        calls.clear()
+        net.zero_grad()
+        with gradscope.watch(net, **options) as w:  # type: ignore[arg-type]
+            net(x).pow(2).sum().backward()
+        assert sorted(calls) == ["bias", "weight"], options
+        assert w.last["weight"].stats.norm == pytest.approx(float(first["weight"].norm()))
+
+
+@pytest.mark.parametrize("how", ["unscale_", "step and update"])
+def test_a_grad_scaler_that_ran_makes_the_kept_tensors_untrusted(how: str) -> None:
+    """GradScaler rescales .grad in place without bumping its version; with a scale of 1 the
+    values (and so the norm) do not even change: the scaler's own state says it ran."""
+    torch.manual_seed(0)
+    net, x = nn.Linear(3, 2), torch.randn(4, 3)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    with gradscope.watch(net, scaler=scaler) as w:
+        scaler.scale(net(x).pow(2).sum()).backward()
+        grad = net.weight.grad.clone()
+        record = w.last["weight"]
+        assert not record.modified  # the scaler has not run yet
+        torch.testing.assert_close(record.after, grad, rtol=0, atol=0)
+        if how == "unscale_":
+            scaler.unscale_(optimizer)
+        else:
+            scaler.step(optimizer)
+            scaler.update()
+    torch.testing.assert_close(net.weight.grad, grad, rtol=0, atol=0)  # unscaled by 1
+    assert record.modified
+    assert record.stats.norm == pytest.approx(float(grad.double().norm()), rel=1e-6)
