@@ -246,7 +246,8 @@ class Recorder:
     def on_shard(self, name: str, param: torch.Tensor) -> None:
         """FSDP2 wrote this rank's shard of ``param``'s gradient (see ``sharded``)."""
         current = self.current_pass()
-        if current.recording and name not in current.entries:
+        if current.recording and name not in current.entries:  # pragma: no mutate
+            # (FSDP2's hook runs once per parameter and pass; a skipped pass's entries are unread)
             # a shard's record reads only ``before``: sharded assembly never asks ``arrived``
             current.entries[name] = Entry(
                 None,
@@ -314,11 +315,16 @@ class Recorder:
         # create_graph=True: a plain copy, not the double-backward graph; otherwise holding it
         # is free: torch adds it into the existing .grad, or does not use .grad
         held = grad.detach().clone() if grad.requires_grad else grad
-        before = None
-        if old is not None and self.keep != "none":
-            before = self._snapshot_before(name, old)
-        version = old._version if old is not None else 0
-        return Entry(held, before, accumulates, old, version)
+        if old is None:
+            return Entry(
+                held,
+                None,
+                accumulates,
+                None,
+                0,  # pragma: no mutate (old_version: unread where old is None, see arrived)
+            )
+        before = self._snapshot_before(name, old) if self.keep != "none" else None
+        return Entry(held, before, accumulates, old, old._version)
 
     def _follow_later_hooks(self, name: str, param: torch.Tensor, entry: Entry) -> None:
         """A hook registered after ours may change the gradient: take what gets accumulated.
@@ -344,7 +350,7 @@ class Recorder:
             self._end_pass(current, True)
         followed = self._followed
         followed.sync()
-        if self._layout.kind != "local":
+        if self._layout.kind != "local":  # pragma: no mutate (saves a call returning None)
             self._synchronising = sync_pending(module, self._layout)
         if self._sharded:
             self._snapshot_shards()
