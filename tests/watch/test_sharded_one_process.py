@@ -171,3 +171,64 @@ def test_keep_none_takes_no_copy_of_a_shard(monkeypatch: pytest.MonkeyPatch) -> 
             net(torch.randn(6, 4)).pow(2).sum().backward()
     assert copies == [] and len(w.records) == 3 and w.errors == []
     assert all(w.last[name].before is None for name in w.last)
+
+
+class _Boom(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom in backward")
+
+
+class _MaybeBoom(nn.Module):
+    on = False
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return _Boom.apply(h) if self.on else torch.tanh(h)
+
+
+def _failed_then_fine() -> tuple[gradscope.Watch, dict[str, torch.Tensor]]:
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), _MaybeBoom(), nn.Linear(5, 3))
+    for layer in (net[0], net[2]):
+        fully_shard(layer)
+    fully_shard(net)
+    x = torch.randn(6, 4)
+    with gradscope.watch(net) as w:
+        net[1].on = True
+        bad = net(x).pow(2).sum()
+        net[1].on = False
+        fine = net(x).pow(2).sum()
+        with pytest.raises(RuntimeError, match="boom"):
+            bad.backward()
+        arrived = _shards(net)
+        fine.backward()  # its first hook ends the failed pass
+        with pytest.warns(gradscope.GradscopeWarning, match="pass 1 raised"):
+            w.records  # noqa: B018
+    return w, arrived
+
+
+def test_a_failed_pass_is_ended_by_the_next_backward_of_a_graph_built_before_it() -> None:
+    w, arrived = _failed_then_fine()
+    failed, nxt = w.records
+    assert set(arrived) == {"2.weight", "2.bias"}
+    assert failed.failed and failed.index == 1 and set(failed.grads) == set(arrived)
+    assert not nxt.failed and nxt.index == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: ended lazily by the next backward's first hook, the failed pass finds no "
+    ".grad on the parameters it reads then (FSDP2's unsharded ones, most likely; not yet "
+    "investigated), so its records are empty (numel 0)",
+)
+def test_a_failed_pass_ended_by_the_next_backward_keeps_what_arrived() -> None:
+    w, arrived = _failed_then_fine()
+    failed = w.records[0]
+    for name, shard in arrived.items():
+        assert failed[name].stats.norm == pytest.approx(float(shard.double().norm()), rel=1e-6)
