@@ -196,6 +196,7 @@ def scaler_moved(scaler: Any) -> Callable[[], bool]:
             return True
         if states is None:  # not a torch GradScaler: only the version and norm checks apply
             return False
-        return any(getattr(s.get("stage"), "name", "READY") != "READY" for s in states.values())
+        # GradScaler's entries start READY (_check_inf_per_device makes one and leaves it so)
+        return any(s["stage"].name != "READY" for s in states.values())
 
     return moved

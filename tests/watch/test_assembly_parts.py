@@ -7,6 +7,8 @@ live (see ``tools/mutate.py``): a norm taken in the hook that no longer describe
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -129,6 +131,8 @@ def test_a_scaler_without_is_enabled_is_taken_as_enabled() -> None:
         grad = net.weight.grad.clone()
     assert w.last.loss_scale == 8.0
     assert w.last["weight"].stats.norm == pytest.approx(float(grad.double().norm()) / 8.0)
+    assert not w.last["weight"].modified  # no GradScaler state to say it ran: it did not
+    torch.testing.assert_close(w.last["weight"].after, grad, rtol=0, atol=0)
 
 
 def test_every_slot_is_set_by_both_constructors() -> None:
@@ -198,3 +202,49 @@ def test_a_grad_scaler_that_ran_makes_the_kept_tensors_untrusted(how: str) -> No
     torch.testing.assert_close(net.weight.grad, grad, rtol=0, atol=0)  # unscaled by 1
     assert record.modified
     assert record.stats.norm == pytest.approx(float(grad.double().norm()), rel=1e-6)
+
+
+def test_a_scaler_asked_about_inf_has_not_rescaled_anything() -> None:
+    """``_check_inf_per_device`` (what code asking the scaler about Inf/NaN calls) leaves its
+    optimizer's entry READY: nothing was unscaled, so the kept tensors stay trusted."""
+    torch.manual_seed(0)
+    net, x = nn.Linear(3, 2), torch.randn(4, 3)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    with gradscope.watch(net, scaler=scaler) as w:
+        scaler.scale(net(x).pow(2).sum()).backward()
+        grad = net.weight.grad.clone()
+        scaler._check_inf_per_device(optimizer)
+    assert [s["stage"].name for s in scaler._per_optimizer_states.values()] == ["READY"]
+    record = w.last["weight"]
+    assert not record.modified
+    torch.testing.assert_close(record.after, grad, rtol=0, atol=0)
+
+
+def test_a_failed_autograd_grad_keeps_the_gradients_it_computed() -> None:
+    """Under torch.autograd.grad nothing is added into ``.grad``: every gradient whose hook ran
+    before the error is recorded (the oracle: the same call on an unwatched twin, no error)."""
+    torch.manual_seed(0)
+    net, x = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), torch.randn(5, 3)
+    twin = copy.deepcopy(net)
+
+    class Boom(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: object, h: torch.Tensor) -> torch.Tensor:
+            return h.clone()
+
+        @staticmethod
+        def backward(ctx: object, g: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("boom in backward")
+
+    with gradscope.watch(net) as w:
+        loss = net[1](Boom.apply(net[0](x))).pow(2).sum()
+        with pytest.raises(RuntimeError, match="boom"):
+            torch.autograd.grad(loss, [net[1].weight, net[0].weight])
+        with pytest.warns(gradscope.GradscopeWarning, match="pass 1 raised"):
+            record = w.last
+    (expected,) = torch.autograd.grad(twin(x).pow(2).sum(), [twin[1].weight])
+    assert record.failed and set(record.grads) == {"1.weight"}
+    assert record["1.weight"].accumulated is False
+    torch.testing.assert_close(record["1.weight"].delta, expected)
+    assert net[1].weight.grad is None
