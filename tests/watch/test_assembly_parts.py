@@ -248,3 +248,32 @@ def test_a_failed_autograd_grad_keeps_the_gradients_it_computed() -> None:
     assert record["1.weight"].accumulated is False
     torch.testing.assert_close(record["1.weight"].delta, expected)
     assert net[1].weight.grad is None
+
+
+@pytest.mark.parametrize(
+    "scenario", ["first pass", "accumulating", "keep none", "copies", "autograd.grad", "both"]
+)
+def test_every_record_says_which_parameter_pass_and_scale_it_is(scenario: str) -> None:
+    """Name, pass index, shape, tied aliases and loss scale, on every way a record is built
+    (``both``: torch.autograd.grad with keep="none")."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
+    net[2].weight = net[0].weight  # tied: one record, two names
+    x = torch.randn(4, 3)
+    keep = "none" if scenario in ("keep none", "both") else "last"
+    with gradscope.watch(net, keep=keep, copy=scenario == "copies", scaler=_Scaler(4.0)) as w:
+        net(x).sum().backward()
+        if scenario == "accumulating":
+            net(x).sum().backward()
+        if scenario in ("autograd.grad", "both"):
+            torch.autograd.grad(net(x).sum(), list(net.parameters()))
+    record = w.last
+    expected_index = 1 if scenario in ("first pass", "keep none", "copies") else 2
+    assert record.index == expected_index and record.loss_scale == 4.0
+    assert set(record) == {"0.weight", "0.bias", "2.bias"}
+    for name, param in (("0.weight", net[0].weight), ("0.bias", net[0].bias)):
+        grad = record[name]
+        assert (grad.name, grad.index, grad.shape) == (name, expected_index, param.shape)
+        assert grad.loss_scale == 4.0
+    assert record["0.weight"].aliases == ("2.weight",) and record["0.bias"].aliases == ()
+    assert record["2.weight"] is record["0.weight"]
