@@ -126,7 +126,8 @@ def make_grad_record(
                 source_version=None if grad is None else grad._version,
             )
         # never .grad itself (before and after are the copy taken before the pass): not shared
-        return record, entry.grad, None, False
+        shares = False  # pragma: no mutate (listed, it would be skipped: its after is not .grad)
+        return record, entry.grad, None, shares
     norm = entry.norm
     if norm is not None and entry.incoming != (live.data_ptr(), live._version):
         norm = None  # .grad is not the very gradient the hook measured (another hook?)
@@ -134,7 +135,8 @@ def make_grad_record(
         record = GradRecord.from_pass(
             name, index, param.shape, slot, loss_scale=scale, aliases=aliases
         )
-        return record, live, norm, False
+        shares = False  # pragma: no mutate (listed, it would be skipped: it holds no tensor)
+        return record, live, norm, shares
     before = entry.before
     if copy is not None:
         after, version = copy(name, live), None

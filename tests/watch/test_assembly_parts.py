@@ -277,3 +277,47 @@ def test_every_record_says_which_parameter_pass_and_scale_it_is(scenario: str) -
         assert grad.loss_scale == 4.0
     assert record["0.weight"].aliases == ("2.weight",) and record["0.bias"].aliases == ()
     assert record["2.weight"] is record["0.weight"]
+
+
+def _optimizer_in_backward(net: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+    """PyTorch's "fuse the optimizer step into backward" recipe: each parameter steps its own
+    optimizer as soon as its gradient is accumulated, then sets ``.grad`` to None."""
+    optimizers = {p: torch.optim.SGD([p], lr=0.1) for p in net.parameters()}
+
+    def step(param: torch.Tensor) -> None:
+        optimizers[param].step()
+        optimizers[param].zero_grad()
+
+    return [p.register_post_accumulate_grad_hook(step) for p in net.parameters()]
+
+
+def test_optimizer_in_backward_is_recorded_without_errors() -> None:
+    torch.manual_seed(0)
+    net, x = nn.Linear(3, 2), torch.randn(4, 3)
+    handles = _optimizer_in_backward(net)
+    with gradscope.watch(net) as w:
+        for _ in range(2):
+            net(x).pow(2).sum().backward()
+    for handle in handles:
+        handle.remove()
+    assert w.errors == [] and [r.index for r in w.records] == [1, 2]
+    assert set(w.last) == {"weight", "bias"} and w.last.missing == []
+    assert net.weight.grad is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: when a post-accumulate hook sets .grad to None (optimizer in backward) "
+    "the watch has kept neither the gradient nor, below 65536 elements, its norm: the record "
+    "says norm 0",
+)
+def test_optimizer_in_backward_records_the_gradient_the_optimizer_used() -> None:
+    torch.manual_seed(0)
+    net, x = nn.Linear(3, 2), torch.randn(4, 3)
+    (expected,) = torch.autograd.grad(net(x).pow(2).sum(), [net.weight])
+    handles = _optimizer_in_backward(net)
+    with gradscope.watch(net) as w:
+        net(x).pow(2).sum().backward()
+    for handle in handles:
+        handle.remove()
+    assert w.last["weight"].stats.norm == pytest.approx(float(expected.double().norm()))

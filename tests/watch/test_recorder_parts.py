@@ -398,7 +398,10 @@ def test_a_deferred_pass_is_read_before_the_next_pass_reuses_the_host_buffer(mon
             assert record[name].stats.norm == pytest.approx(norm, rel=1e-6), (record.index, name)
 
 
-def test_large_cpu_gradients_have_their_norm_taken_in_the_hook(monkeypatch, read_path) -> None:
+@pytest.mark.parametrize("options", [{}, {"keep": "none"}, {"copy": True}])
+def test_large_cpu_gradients_have_their_norm_taken_in_the_hook(
+    monkeypatch, read_path, options
+) -> None:
     """From 65536 elements on, the hook measures a real CPU gradient while it is in cache (once
     per parameter and pass); smaller ones are measured together when the pass ends."""
     measured: list[tuple[int, torch.dtype]] = []
@@ -419,7 +422,7 @@ def test_large_cpu_gradients_have_their_norm_taken_in_the_hook(monkeypatch, read
     monkeypatch.setattr(torch, "_foreach_norm", counting_fused)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 255))  # 65536 and 65280 elements
-    with gradscope.watch(net, check_forward=False) as w:
+    with gradscope.watch(net, check_forward=False, **options) as w:
         net(torch.randn(2, 256)).pow(2).sum().backward()
     assert measured == [(65536, torch.float32)]
     if read_path == "read-now":  # (a deferred read measures everything on the device)
