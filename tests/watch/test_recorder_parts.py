@@ -495,3 +495,27 @@ def test_the_last_copies_of_a_removed_parameter_are_not_kept_as_buffers() -> Non
         gc.collect()
         assert set(w.last) == {"a"} and w.records[1].dropped == "keep"
         assert ref() is None
+
+
+def test_a_failed_pass_ended_after_a_parameter_was_removed_keeps_the_others() -> None:
+    """The failed pass ends at the next forward, after the loop removed a parameter that had
+    received its gradient: that one is gone from the record, every other arrival stays."""
+    net, x = _net(), torch.randn(5, 4)
+    with gradscope.watch(net) as w:
+        net(x).pow(2).sum().backward()
+        before = _clones(net)
+        loss = net(x).pow(2).sum()
+        handle = net[0].weight.register_hook(lambda g: (_ for _ in ()).throw(RuntimeError("no")))
+        with pytest.raises(RuntimeError, match="no"):
+            loss.backward()
+        handle.remove()
+        after = _clones(net)
+        net[2].bias = None  # removed before the pass was ended
+        net(x)  # ends the failed pass
+        with pytest.warns(GradscopeWarning, match="pass 2 raised"):
+            failed = w.last
+    changed = {n for n in after if not torch.equal(after[n], before[n])}
+    assert changed == {"2.weight", "2.bias", "0.bias"}
+    assert failed.failed and set(failed.grads) == changed - {"2.bias"}
+    for name in failed.grads:
+        torch.testing.assert_close(failed[name].delta, after[name] - before[name])
