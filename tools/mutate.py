@@ -185,6 +185,11 @@ def main() -> int:
             command = [sys.executable, __file__, "--one", "--jobs", str(args.jobs), module]
             command += ["--survivors"] if args.survivors else []
             done = subprocess.run(command, env=env, check=False)
+            if not done.returncode and args.survivors and score(module)[3]:
+                # the source changed since the last run: mutmut made the mutants of the changed
+                # functions anew, unrun, after this run had picked which names to run
+                print(f"==> {module}: again, for functions changed since", flush=True)
+                done = subprocess.run(command, env=env, check=False)
             if done.returncode:
                 print(f"mutate: mutmut failed on {module} (exit {done.returncode})")
                 return done.returncode
