@@ -34,6 +34,23 @@ _TOLERANCE = [
     "tests/optim/test_check.py",
 ]
 _TESTING = ["tests/testing/test_testing.py", "tests/testing/test_messages.py"]
+# the watch's recorder and assembly: the records against clones of .grad, torch and twins.
+# Every mutant that survives runs all of these: the older files run on the read-now path only
+# (their read-later twins kill nothing more; the parts files run both) and without the
+# torch.compile test (seconds each, and compile is recorded like eager)
+_WATCH_CORE = [
+    "-k",
+    "not compile and (not later or parts or one_process)",
+    "tests/watch/test_recorder_parts.py",
+    "tests/watch/test_assembly_parts.py",
+    "tests/watch/test_sharded_one_process.py",
+    "tests/watch/test_ddp_one_process.py",
+    "tests/watch/test_recorder.py",
+    "tests/watch/test_in_place.py",
+    "tests/watch/test_keeping.py",
+    "tests/watch/test_passes.py",
+    "tests/watch/test_watch.py",
+]
 # module -> the test files that exercise it (the slow long-run and state-machine files are left
 # out: minutes each, and they kill nothing the focused files miss)
 MODULES: dict[str, list[str]] = {
@@ -41,6 +58,21 @@ MODULES: dict[str, list[str]] = {
         "tests/watch/test_stats.py",
         "tests/watch/test_numbers.py",
         "tests/watch/test_records.py",
+    ],
+    "gradscope/_watch/recorder.py": _WATCH_CORE,
+    "gradscope/_watch/assembly.py": _WATCH_CORE,
+    "gradscope/_watch/passes.py": [
+        "tests/watch/test_recorder_parts.py",
+        "tests/watch/test_passes.py",
+        "tests/watch/test_in_place.py",
+        "tests/watch/test_watch.py",
+    ],
+    "gradscope/_watch/reading.py": [
+        "tests/watch/test_reading.py",
+        "tests/watch/test_stats.py",
+        "tests/watch/test_numbers.py",
+        "tests/watch/test_records.py",
+        "tests/watch/test_in_place.py",
     ],
     "gradscope/_optim/tolerance.py": _TOLERANCE,
     "gradscope/_graph/grad_flow.py": [
@@ -156,6 +188,11 @@ def main() -> int:
             command = [sys.executable, __file__, "--one", "--jobs", str(args.jobs), module]
             command += ["--survivors"] if args.survivors else []
             done = subprocess.run(command, env=env, check=False)
+            if not done.returncode and args.survivors and score(module)[3]:
+                # the source changed since the last run: mutmut made the mutants of the changed
+                # functions anew, unrun, after this run had picked which names to run
+                print(f"==> {module}: again, for functions changed since", flush=True)
+                done = subprocess.run(command, env=env, check=False)
             if done.returncode:
                 print(f"mutate: mutmut failed on {module} (exit {done.returncode})")
                 return done.returncode

@@ -35,13 +35,14 @@ def assemble(
 ) -> tuple[dict[str, GradRecord], list[torch.Tensor], list[torch.Tensor | None]]:
     """The records of one pass, the tensors their statistics describe and norms already taken.
 
-    A record's ``_slot`` is its place in those lists. ``live_records`` gets, by name, each
-    record whose ``after`` is ``.grad`` itself (the copy-on-write list of the recorder).
+    A record's slot is its place in those lists. ``live_records`` gets, by name, each record
+    whose ``after`` is ``.grad`` itself (the copy-on-write list of the recorder).
     """
     records: dict[str, GradRecord] = {}
     sources: list[torch.Tensor] = []
     known: list[torch.Tensor | None] = []
     simple = keep != "none" and copy is None and not ddp
+    from_pass = GradRecord.from_pass
     for name, entry in entries.items():
         param = params.get(name)
         if param is None or (failed and not arrived(entry, param)):
@@ -49,21 +50,29 @@ def assemble(
         live = param.grad
         if simple and entry.incoming is not None and entry.before is None and live is not None:
             # .grad was None: the pass stored its gradient there, so after == delta == .grad
-            record = GradRecord(name, index, param.shape, loss_scale=scale, aliases=aliases[name])
-            record._after = record._delta = live
-            version = record._source_version = live._version
+            version = live._version
+            record = from_pass(
+                name,
+                index,
+                param.shape,
+                len(sources),
+                loss_scale=scale,
+                aliases=aliases[name],
+                after=live,
+                delta=live,
+                source_version=version,
+            )
             norm = entry.norm
             if norm is not None and entry.incoming != (live.data_ptr(), version):
                 norm = None  # .grad is not the very gradient the hook measured (another hook?)
             source: torch.Tensor | None = live
             live_records[name] = record
         else:
-            record, source, norm = make_grad_record(
-                name, param, entry, index, scale, aliases[name], keep, copy, ddp
+            record, source, norm, shares = make_grad_record(
+                name, param, entry, index, len(sources), scale, aliases[name], keep, copy, ddp
             )
-            if record.accumulated and record._source_version is not None:
+            if shares:
                 live_records[name] = record
-        record._slot = len(sources)
         records[name] = record
         sources.append(source if source is not None else torch.zeros(0))
         known.append(norm)
@@ -75,44 +84,85 @@ def make_grad_record(
     param: torch.Tensor,
     entry: Entry,
     index: int,
+    slot: int,
     scale: float | None,
     aliases: tuple[str, ...],
     keep: Keep,
     copy: Copy | None,
     ddp: bool,
-) -> tuple[GradRecord, torch.Tensor | None, torch.Tensor | None]:
-    """The record, the tensor its statistics describe, and that tensor's norm if known.
+) -> tuple[GradRecord, torch.Tensor | None, torch.Tensor | None, bool]:
+    """The record, the tensor its statistics describe, that tensor's norm if known, and
+    whether the record holds ``.grad`` itself (to be copied before the next pass adds into it).
 
     ``copy`` (``watch(copy=True)``) copies ``.grad``; without it ``after`` is ``.grad`` itself,
     remembered with its version so later in-place changes show.
     """
     live = param.grad
-    record = GradRecord(
-        name, index, param.shape, accumulated=entry.accumulated, loss_scale=scale, aliases=aliases
-    )
-    if not entry.accumulated or live is None:  # torch.autograd.grad: .grad is untouched
-        if keep != "none":
-            record._before = record._after = entry.before
-            record._delta = entry.grad
-            if entry.grad is not None:  # autograd.grad returned this very tensor
-                record._source_version = entry.grad._version
-        return record, entry.grad, None
+    accumulated = entry.accumulated
+    if not accumulated or live is None:  # torch.autograd.grad: .grad is untouched
+        if keep == "none":
+            record = GradRecord.from_pass(
+                name,
+                index,
+                param.shape,
+                slot,
+                accumulated=accumulated,
+                loss_scale=scale,
+                aliases=aliases,
+            )
+        else:
+            grad = entry.grad  # autograd.grad returned this very tensor: its version now
+            record = GradRecord.from_pass(
+                name,
+                index,
+                param.shape,
+                slot,
+                accumulated=accumulated,
+                loss_scale=scale,
+                aliases=aliases,
+                before=entry.before,
+                after=entry.before,
+                delta=grad,
+                source_version=None if grad is None else grad._version,
+            )
+        # never .grad itself (before and after are the copy taken before the pass): not shared
+        shares = False  # pragma: no mutate (listed, it would be skipped: its after is not .grad)
+        return record, entry.grad, None, shares
     norm = entry.norm
     if norm is not None and entry.incoming != (live.data_ptr(), live._version):
         norm = None  # .grad is not the very gradient the hook measured (another hook?)
     if keep == "none":
-        return record, live, norm
+        record = GradRecord.from_pass(
+            name, index, param.shape, slot, loss_scale=scale, aliases=aliases
+        )
+        shares = False  # pragma: no mutate (listed, it would be skipped: it holds no tensor)
+        return record, live, norm, shares
+    before = entry.before
     if copy is not None:
-        after = copy(name, live)
+        after, version = copy(name, live), None
     else:
-        after, record._source_version = live, live._version
-    record._before, record._after = entry.before, after
+        after, version = live, live._version
+    local = None
+    delta: torch.Tensor | None
     if ddp:  # .grad now holds the average over processes; entry.grad is the local one
-        record._local = entry.grad
-        record._delta = after if entry.before is None else after - entry.before
+        local = entry.grad
+        delta = after if before is None else after - before
     else:  # with no .grad before the pass, .grad is exactly what the pass added
-        record._delta = after if entry.before is None else entry.grad
-    return record, after, norm
+        delta = after if before is None else entry.grad
+    record = GradRecord.from_pass(
+        name,
+        index,
+        param.shape,
+        slot,
+        loss_scale=scale,
+        aliases=aliases,
+        before=before,
+        after=after,
+        delta=delta,
+        local=local,
+        source_version=version,
+    )
+    return record, after, norm, version is not None
 
 
 def arrived(entry: Entry, param: torch.Tensor) -> bool:
@@ -146,6 +196,9 @@ def scaler_moved(scaler: Any) -> Callable[[], bool]:
         states = _states(scaler)
         if states is not token:  # update() ran: a new per-optimizer state dict
             return True
-        return any(getattr(s.get("stage"), "name", "READY") != "READY" for s in states.values())
+        if states is None:  # not a torch GradScaler: only the version and norm checks apply
+            return False
+        # GradScaler's entries start READY (_check_inf_per_device makes one and leaves it so)
+        return any(s["stage"].name != "READY" for s in states.values())
 
     return moved

@@ -69,13 +69,16 @@ class Keeper:
         self._holding.clear()
         self._held_bytes = 0
 
-    def recycle(self, record: BackwardRecord) -> None:
-        """Drop the tensors of an older pass, keeping its own copies as buffers for later ones."""
+    def recycle(self, record: BackwardRecord, params: Mapping[str, torch.Tensor]) -> None:
+        """Drop the tensors of an older pass, keeping its own copies as buffers for later ones
+        (of the parameters still watched: ``params``)."""
         if record is self._dropped:
             return
         self._dropped = record
         record.dropped = record.dropped or "keep"
         for name, tensors in record.drop_tensors().items():
+            if not tensors or name not in params:  # nothing of ours, or removed since
+                continue
             pool = self._pool.setdefault(name, [])
             for tensor in tensors:
                 if tensor.layout == torch.strided and len(pool) < 2:

@@ -26,20 +26,12 @@ import torch
 from torch.autograd import Variable
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["Entry", "Pass", "accumulate_node", "take_accumulated", "will_accumulate"]
+__all__ = ["Entry", "Pass", "accumulate_node", "take_accumulated"]
 
 
 def accumulate_node(param: torch.Tensor) -> Any:
     """The AccumulateGrad node that writes ``param.grad`` (kept alive, it stays the same one)."""
     return param.view_as(param).grad_fn.next_functions[0][0]  # type: ignore[union-attr]
-
-
-def will_accumulate(node: Any) -> bool:
-    """Whether this backward pass writes ``.grad`` (False under ``torch.autograd.grad``)."""
-    try:
-        return bool(torch._C._will_engine_execute_node(node))
-    except RuntimeError:  # torch refuses the question for leaves during autograd.grad
-        return False
 
 
 @dataclass(slots=True)

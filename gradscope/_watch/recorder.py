@@ -34,7 +34,7 @@ from .following import Followed
 from .keeping import Keep, Keeper, default_max_bytes
 from .passes import Entry, Pass, take_accumulated
 from .reading import HostCopy, Reading, host_copy_for
-from .records import BackwardRecord, GradRecord
+from .records import BackwardRecord, GradRecord, attach_reading
 from .sharded import assemble_sharded, combine_across_ranks, register
 from .stats import reduction_dtype
 from .trampolines import after_forward, before_forward, on_grad, on_shard
@@ -140,7 +140,9 @@ class Recorder:
 
     def install_forward_hooks(self, module: nn.Module, tag_modules: bool) -> None:
         hook = CopySafe(before_forward, weakref.ref(self))
-        self._other_handles.append(module.register_forward_pre_hook(hook))
+        # FSDP2's own pre-hook unshards the root's parameters: ours runs first, to see the shards
+        pre = module.register_forward_pre_hook(hook, prepend=self._sharded)
+        self._other_handles.append(pre)
         if self._sharded:  # FSDP2: a pass that writes no .grad (no sync) still starts
             after = CopySafe(after_forward, weakref.ref(self))
             self._other_handles.append(module.register_forward_hook(after))
@@ -160,10 +162,6 @@ class Recorder:
             fn(*args)
         except Exception as error:
             self.caught(error)
-
-    def frozen_names(self) -> list[str]:
-        """Watched parameters with ``requires_grad=False`` right now."""
-        return [n for n, p in self.names.params.items() if not p.requires_grad]
 
     @property
     def module(self) -> nn.Module | None:
@@ -234,7 +232,7 @@ class Recorder:
         if recording and self.keep == "last" and self.records:
             # Let go of the last pass's tensors now rather than when this pass ends, so the
             # allocator can reuse that memory for this pass's gradients.
-            self._keeper.recycle(self.records[-1])
+            self._keeper.recycle(self.records[-1], self.names.params)
         return current
 
     def current_pass(self) -> Pass:
@@ -248,8 +246,16 @@ class Recorder:
     def on_shard(self, name: str, param: torch.Tensor) -> None:
         """FSDP2 wrote this rank's shard of ``param``'s gradient (see ``sharded``)."""
         current = self.current_pass()
-        if current.recording and name not in current.entries:
-            current.entries[name] = Entry(None, self._befores.pop(name, None), True, None, 0)
+        if current.recording and name not in current.entries:  # pragma: no mutate
+            # (FSDP2's hook runs once per parameter and pass; a skipped pass's entries are unread)
+            # a shard's record reads only ``before``: sharded assembly never asks ``arrived``
+            current.entries[name] = Entry(
+                None,
+                self._befores.pop(name, None),
+                True,  # pragma: no mutate (accumulated: unread for FSDP2 shards)
+                None,
+                0,  # pragma: no mutate (old_version: unread for FSDP2 shards)
+            )
 
     def on_grad(self, name: str, param: torch.Tensor, grad: torch.Tensor) -> None:
         current = self._pass  # (current_pass inlined: this runs for every parameter)
@@ -272,7 +278,13 @@ class Recorder:
             accumulates = False
         if old is None and accumulates and not grad.requires_grad:
             if self._ddp or grad.layout is not _STRIDED:
-                entry = Entry(grad, None, True, None, 0)
+                entry = Entry(
+                    grad,
+                    None,
+                    True,
+                    None,
+                    0,  # pragma: no mutate (old_version: unread where old is None, see arrived)
+                )
             else:
                 # torch moves this very tensor into .grad unless someone holds it, so do not
                 # hold it (that would cost a copy); remember its address and measure it while
@@ -280,7 +292,15 @@ class Recorder:
                 norm = None
                 if grad.numel() >= _HOT_NORM_NUMEL and not grad.is_cuda and not grad.is_complex():
                     norm = _vector_norm(grad, dtype=reduction_dtype(grad.dtype))
-                entry = Entry(None, None, True, None, 0, (grad.data_ptr(), grad._version), norm)
+                entry = Entry(
+                    None,
+                    None,
+                    True,
+                    None,
+                    0,  # pragma: no mutate (old_version: unread where old is None, see arrived)
+                    (grad.data_ptr(), grad._version),
+                    norm,
+                )
         else:
             entry = self._held_entry(name, grad, old, accumulates)
         entries[name] = entry
@@ -295,11 +315,16 @@ class Recorder:
         # create_graph=True: a plain copy, not the double-backward graph; otherwise holding it
         # is free: torch adds it into the existing .grad, or does not use .grad
         held = grad.detach().clone() if grad.requires_grad else grad
-        before = None
-        if old is not None and self.keep != "none":
-            before = self._snapshot_before(name, old)
-        version = old._version if old is not None else 0
-        return Entry(held, before, accumulates, old, version)
+        if old is None:
+            return Entry(
+                held,
+                None,
+                accumulates,
+                None,
+                0,  # pragma: no mutate (old_version: unread where old is None, see arrived)
+            )
+        before = self._snapshot_before(name, old) if self.keep != "none" else None
+        return Entry(held, before, accumulates, old, old._version)
 
     def _follow_later_hooks(self, name: str, param: torch.Tensor, entry: Entry) -> None:
         """A hook registered after ours may change the gradient: take what gets accumulated.
@@ -318,15 +343,15 @@ class Recorder:
             last._replace(grad, snapshot)
         return snapshot
 
-    def before_forward(self) -> None:
+    def before_forward(self, module: nn.Module) -> None:
+        """The watched ``module`` (as wrapped: DDP, FSDP2) is about to run forward."""
         current = self._pass
         if current is not None and current.end() is None:
             self._end_pass(current, True)
         followed = self._followed
         followed.sync()
-        if self._layout.kind != "local":
-            module = self.module
-            self._synchronising = None if module is None else sync_pending(module, self._layout)
+        if self._layout.kind != "local":  # pragma: no mutate (saves a call returning None)
+            self._synchronising = sync_pending(module, self._layout)
         if self._sharded:
             self._snapshot_shards()
         else:
@@ -440,13 +465,9 @@ class Recorder:
         hot = None if known.count(None) == len(known) else known
         reading = Reading(sources, hot, copy_for=self._host_copy)
         self._in_flight = reading if reading.pending else None
-        for record in records.values():
-            record._reading = reading
-        if scale is not None:
-            rescaled = scaler_moved(self.scaler)
-            for record in records.values():
-                if record.accumulated and record._source_version is not None:
-                    record._rescaled = rescaled
+        attach_reading(
+            records.values(), reading, None if scale is None else scaler_moved(self.scaler)
+        )
 
     def _host_copy(self, device: torch.device) -> HostCopy:
         copy = self._copies.get(device)

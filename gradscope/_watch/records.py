@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -12,7 +12,7 @@ from .._naming import describe, suggest
 from .reading import Reading
 from .stats import GradStats, full_stats
 
-__all__ = ["BackwardRecord", "GradRecord"]
+__all__ = ["BackwardRecord", "GradRecord", "attach_reading"]
 
 
 class GradRecord:
@@ -97,6 +97,52 @@ class GradRecord:
         # FSDP2: the whole gradient's statistics and every rank's (see gradscope._distributed).
         self._whole: GradStats | None = None
         self._ranks: list[GradStats] | None = None
+
+    @classmethod
+    def from_pass(
+        cls,
+        name: str,
+        index: int,
+        shape: torch.Size,
+        slot: int,
+        *,
+        accumulated: bool = True,
+        loss_scale: float | None = None,
+        aliases: tuple[str, ...] = (),
+        before: torch.Tensor | None = None,
+        after: torch.Tensor | None = None,
+        delta: torch.Tensor | None = None,
+        local: torch.Tensor | None = None,
+        source_version: int | None = None,
+    ) -> GradRecord:
+        """The record the watch builds when a pass ends (user code reads records, never builds).
+
+        ``slot`` is the record's place in the pass's :class:`Reading`, given later with
+        :func:`attach_reading`; ``source_version`` the version of ``after`` (of ``delta`` under
+        ``torch.autograd.grad``) when that tensor is one the training loop also holds.
+        Sets every slot itself, without ``__init__``: it runs once per parameter per pass.
+        """
+        record = cls.__new__(cls)
+        record.name = name
+        record.index = index
+        record.shape = shape
+        record.accumulated = accumulated
+        record.loss_scale = loss_scale
+        record.aliases = aliases
+        record._before = before
+        record._after = after
+        record._delta = delta
+        record._local = local
+        record._source_version = source_version
+        record._intact = None
+        record._rescaled = None
+        record._handed_out = False
+        record._reading = None
+        record._slot = slot
+        record._full = None
+        record._whole = None
+        record._ranks = None
+        return record
 
     def _source(self) -> torch.Tensor | None:
         return self._after if self.accumulated else self._delta
@@ -260,6 +306,19 @@ class GradRecord:
             f"GradRecord({self.name!r}, pass {self.index}, shape={tuple(self.shape)}, "
             f"norm={stats.norm:.4g}, nan={stats.nan}, inf={stats.inf}{kind})"
         )
+
+
+def attach_reading(
+    records: Collection[GradRecord], reading: Reading, rescaled: Callable[[], bool] | None
+) -> None:
+    """Give one pass's records their statistics and, with a GradScaler, the check that says
+    whether it rescaled ``.grad`` in place since (only records whose ``after`` is ``.grad``)."""
+    for record in records:
+        record._reading = reading
+    if rescaled is not None:
+        for record in records:
+            if record.accumulated and record._source_version is not None:
+                record._rescaled = rescaled
 
 
 def _nbytes(tensor: torch.Tensor) -> int:

@@ -23,12 +23,12 @@ if TYPE_CHECKING:
 __all__ = ["after_forward", "before_forward", "on_grad", "on_shard"]
 
 
-def before_forward(ref: weakref.ref[Recorder], _module: nn.Module, _args: Any) -> None:
+def before_forward(ref: weakref.ref[Recorder], module: nn.Module, _args: Any) -> None:
     """Forward pre-hook on the watched module."""
     recorder = ref()
     if recorder is not None:
         try:
-            recorder.before_forward()
+            recorder.before_forward(module)
         except Exception as error:  # never break the user's forward or backward
             recorder.caught(error)
 

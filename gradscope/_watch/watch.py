@@ -90,7 +90,7 @@ class Watch:
             copy=copy,
             max_bytes=max_bytes,
         )
-        if not self._recorder.names.params and not self._recorder.frozen_names():
+        if not self._recorder.names.params:  # frozen parameters are watched too
             self._recorder.close()
             raise GradscopeError(
                 f"watch() found no parameters to watch in {type(module).__name__}"

@@ -7,7 +7,11 @@ copy behind a fake event, so the deferred read is tested on every machine, not o
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+
 import pytest
+import torch.distributed as dist
 from read_paths import CopyLater
 
 import gradscope._watch.forward_pass as forward_module
@@ -22,3 +26,19 @@ def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
         # the diagnosis's forward sums travel the same way
         monkeypatch.setattr(forward_module, "host_copy_for", lambda device: CopyLater())
     return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def process_group() -> Iterator[None]:
+    """A gloo process group of one rank in this process, for DDP and FSDP2 without torchrun."""
+    if dist.is_initialized():  # pragma: no cover - another test left one: use it
+        yield
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
