@@ -1,0 +1,375 @@
+"""The step comparison's verdicts one by one: structural checks, skipped and outside parameters.
+
+Every expectation is a fact about the step that the test itself makes (it moves a parameter or
+not, by a known amount) or a literal message, never a number computed by gradscope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn, optim
+
+import gradscope
+
+
+def _net() -> nn.Linear:
+    net = nn.Linear(3, 2)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, -2.0, 3.0], [0.5, 0.25, -1.0]]))
+        net.bias.copy_(torch.tensor([0.1, -0.2]))
+    return net
+
+
+def _grads(net: nn.Module) -> None:
+    net.zero_grad()
+    net(torch.tensor([[1.0, 2.0, -1.0]])).sum().backward()
+
+
+def _structural(
+    opt: optim.Optimizer, net: nn.Module, after: Callable[[], None] = lambda: None
+) -> gradscope.StepReport:
+    with gradscope.check_step(opt, params=net, values=False) as report:
+        opt.step()
+        with torch.no_grad():
+            after()
+    return report
+
+
+# ---- structural checks (values=False) ------------------------------------------------------
+
+
+def test_structural_a_parameter_left_alone_is_unchanged_and_unchecked() -> None:
+    net = _net()
+    _grads(net)
+    opt = optim.SGD(net.parameters(), lr=0.0)
+    report = _structural(opt, net)
+    assert report.ok, str(report)
+    assert [(p.name, p.changed, p.verdict, p.reasons) for p in report.params] == [
+        ("weight", False, "unchecked", ()),
+        ("bias", False, "unchecked", ()),
+    ]
+
+
+def test_structural_a_nan_that_stays_nan_is_not_a_change() -> None:
+    net = _net()
+    with torch.no_grad():
+        net.weight[0, 0] = float("nan")
+    _grads(net)
+    report = _structural(optim.SGD(net.parameters(), lr=0.0), net)
+    assert report.ok, str(report)
+    assert not report["weight"].changed
+
+
+def test_structural_moved_parameters_are_changed() -> None:
+    net = _net()
+    _grads(net)
+    report = _structural(optim.SGD(net.parameters(), lr=0.1), net)
+    assert report.ok, str(report)
+    assert [(p.name, p.changed, p.verdict) for p in report.params] == [
+        ("weight", True, "unchecked"),
+        ("bias", True, "unchecked"),
+    ]
+
+
+def test_structural_a_parameter_given_a_new_shape_has_changed() -> None:
+    net = _net()
+    _grads(net)
+    opt = optim.SGD(net.parameters(), lr=0.0)
+
+    def reshape() -> None:
+        net.bias.data = torch.tensor([0.1, -0.2, 0.0])  # same leading values, one more
+
+    report = _structural(opt, net, reshape)
+    assert report["bias"].changed and not report["weight"].changed
+    assert report["bias"].reasons == (
+        "it moved although lr is 0 in param group 0: something other than the lr-scaled step "
+        "moved it",
+    )
+
+
+def _complex() -> dict[str, torch.Tensor]:
+    params = {
+        "weight": torch.tensor([[1 + 2j, -1j], [0.5, 3 - 1j]], requires_grad=True),
+        "bias": torch.tensor([1j, -2.0 + 0j], requires_grad=True),
+    }
+    for p in params.values():
+        p.grad = torch.full_like(p, 0.5 - 0.5j)
+    return params
+
+
+@pytest.mark.parametrize("lr", [0.0, 0.1])
+def test_structural_complex_parameters(lr: float) -> None:
+    params = _complex()
+    opt = optim.SGD(params.values(), lr=lr)
+    with gradscope.check_step(opt, params=params, values=False) as report:
+        opt.step()
+    assert report.ok, str(report)
+    assert [p.changed for p in report.params] == [lr > 0, lr > 0]
+
+
+def test_structural_a_complex_nan_whose_other_part_moved_has_changed() -> None:
+    params = _complex()
+    with torch.no_grad():
+        params["weight"][0, 0] = complex(float("nan"), 1.0)
+    opt = optim.SGD(params.values(), lr=0.0)
+    with gradscope.check_step(opt, params=params, values=False) as report:
+        opt.step()
+        with torch.no_grad():
+            params["weight"][0, 0] = complex(float("nan"), 2.0)  # only its imaginary part
+    assert report["weight"].changed and not report["bias"].changed
+    assert report["weight"].verdict == "FAIL"
+
+
+def test_structural_a_parameter_the_step_skipped_fails_with_its_lr() -> None:
+    net = _net()
+    _grads(net)
+    opt = optim.SGD(net.parameters(), lr=0.25)
+
+    def undo_bias() -> None:
+        net.bias.copy_(torch.tensor([0.1, -0.2]))
+
+    report = _structural(opt, net, undo_bias)
+    assert [p.name for p in report.failures] == ["bias"]
+    assert report["bias"].reasons == (
+        "it did not change although its gradient is non-zero and lr=0.25: did the step skip it?",
+    )
+    assert not report["bias"].changed and report["bias"].group == 0
+
+
+def test_structural_a_zero_gradient_may_leave_a_parameter_alone() -> None:
+    net = _net()
+    _grads(net)
+    net.bias.grad.zero_()  # type: ignore[union-attr]
+    opt = optim.SGD(net.parameters(), lr=0.25)
+    report = _structural(opt, net)
+    assert report.ok, str(report)
+    assert not report["bias"].changed and report["bias"].verdict == "unchecked"
+
+
+# ---- parameters without a gradient (skipped) -------------------------------------------------
+
+
+def test_a_parameter_without_a_gradient_left_alone_is_skipped() -> None:
+    net = _net()
+    _grads(net)
+    net.bias.grad = None
+    opt = optim.SGD(net.parameters(), lr=0.1)
+    with gradscope.check_step(opt, params=net) as report:
+        opt.step()
+    assert report.ok, str(report)
+    bias = report["bias"]
+    assert (bias.changed, bias.verdict, bias.reasons, bias.group, bias.optimizer) == (
+        False,
+        "skipped",
+        (),
+        0,
+        0,
+    )
+    assert report.notes == [
+        "1 parameter(s) in param groups had no gradient and were skipped (frozen, or unused in "
+        "the forward pass?): bias"
+    ]
+
+
+def test_a_parameter_without_a_gradient_that_moved_fails() -> None:
+    net = _net()
+    _grads(net)
+    net.bias.grad = None
+    opt = optim.SGD(net.parameters(), lr=0.1)
+    with gradscope.check_step(opt, params=net) as report:
+        opt.step()
+        with torch.no_grad():
+            net.bias.mul_(0.5)
+    bias = report["bias"]
+    assert (bias.changed, bias.verdict, bias.group, bias.optimizer) == (True, "FAIL", 0, 0)
+    assert bias.reasons == (
+        "it changed although its .grad was None: something other than its gradient moved it "
+        "(a custom step that decays every parameter? a second optimizer?)",
+    )
+    assert [p.name for p in report.failures] == ["bias"]
+
+
+def test_many_skipped_parameters_are_named_six_at_most() -> None:
+    nets = nn.ModuleList(nn.Linear(1, 1) for _ in range(5))
+    opt = optim.SGD(nets.parameters(), lr=0.1)
+    nets[0](torch.ones(1, 1)).sum().backward()  # only the first has gradients
+    with gradscope.check_step(opt, params=nets) as report:
+        opt.step()
+    assert report.ok, str(report)
+    assert report.notes == [
+        "8 parameter(s) in param groups had no gradient and were skipped (frozen, or unused in "
+        "the forward pass?): 1.weight, 1.bias, 2.weight, 2.bias, 3.weight, 3.bias and 2 more"
+    ]
+
+
+def test_six_skipped_parameters_are_all_named() -> None:
+    nets = nn.ModuleList(nn.Linear(1, 1) for _ in range(4))
+    opt = optim.SGD(nets.parameters(), lr=0.1)
+    nets[0](torch.ones(1, 1)).sum().backward()
+    with gradscope.check_step(opt, params=nets) as report:
+        opt.step()
+    assert report.notes[0].endswith(": 1.weight, 1.bias, 2.weight, 2.bias, 3.weight, 3.bias")
+
+
+# ---- parameters in no param group (outside) --------------------------------------------------
+
+_NO_GROUP = (
+    "it has a gradient but is in no param group: it will never be updated; pass all the "
+    "model's parameters to the optimizer (e.g. torch.optim.SGD(net.parameters(), ...)) or add "
+    "it with optimizer.add_param_group({'params': [...]}); if another optimizer updates it "
+    "(SparseAdam for embeddings), check both: check_step([sparse_opt, dense_opt], ...)"
+)
+
+
+@pytest.mark.parametrize("moved", [False, True])
+def test_a_parameter_in_no_group_fails_and_says_whether_it_moved(moved: bool) -> None:
+    net = _net()
+    _grads(net)
+    opt = optim.SGD([net.weight], lr=0.1)
+    with gradscope.check_step(opt, params=net) as report:
+        opt.step()
+        if moved:
+            with torch.no_grad():
+                net.bias.add_(1.0)
+    bias = report["bias"]
+    assert (bias.changed, bias.verdict, bias.group, bias.reasons) == (
+        moved,
+        "FAIL",
+        None,
+        (_NO_GROUP,),
+    )
+    assert [p.name for p in report.params] == ["weight", "bias"]  # outside ones come last
+
+
+def test_a_parameter_in_none_of_several_optimizers_names_them() -> None:
+    nets = nn.ModuleList([nn.Linear(2, 1), nn.Linear(2, 1), nn.Linear(2, 1)])
+    sum(n(torch.ones(1, 2)).sum() for n in nets).backward()  # type: ignore[misc]
+    first, second = optim.SGD(nets[0].parameters(), lr=0.1), optim.Adam(nets[1].parameters())
+    with gradscope.check_step([first, second], params=nets) as report:
+        first.step()
+        second.step()
+    assert [p.name for p in report.failures] == ["2.weight", "2.bias"]
+    assert report["2.weight"].reasons == (
+        "it has a gradient but is in none of the optimizers checked (SGD, Adam): it will never "
+        "be updated; add it to one of them",
+    )
+    assert not report["2.weight"].changed
+
+
+# ---- the value comparison: its numbers against torch.optim stepping a copy --------------------
+
+
+def _documented_tolerance(before: torch.Tensor, update: torch.Tensor) -> float:
+    """tolerance.py's documented rule written out: 8 * (eps * (max|p| + max|update|) + tiny)."""
+    info = torch.finfo(before.dtype)
+    scale = float(before.abs().max()) + float(update.abs().max())
+    return 8.0 * (info.eps * scale + info.tiny)
+
+
+class _OffByOneElement(optim.SGD):
+    """torch's SGD, then one element of the first parameter nudged by ``delta``: a bug."""
+
+    def __init__(self, params: object, delta: float, **kwargs: float) -> None:
+        super().__init__(params, **kwargs)  # type: ignore[arg-type]
+        self.delta = delta
+
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        super().step()
+        self.param_groups[0]["params"][0].view(-1)[1] += self.delta
+
+
+def _torch_sgd_update(net: nn.Module, **kwargs: float) -> dict[str, torch.Tensor]:
+    """The update torch.optim.SGD makes, stepping a copy of ``net`` (the oracle)."""
+    copy = _net()
+    copy.load_state_dict(net.state_dict())
+    for mine, theirs in zip(copy.parameters(), net.parameters(), strict=True):
+        mine.grad = None if theirs.grad is None else theirs.grad.clone()
+    befores = {n: p.detach().clone() for n, p in copy.named_parameters()}
+    opt = optim.SGD(copy.parameters(), **kwargs)
+    opt.step()
+    return {n: p.detach() - befores[n] for n, p in copy.named_parameters()}
+
+
+def test_a_wrong_element_is_measured_against_torchs_own_step() -> None:
+    net = _net()
+    _grads(net)
+    befores = {n: p.detach().clone() for n, p in net.named_parameters()}
+    updates = _torch_sgd_update(net, lr=0.1)
+    opt = _OffByOneElement(net.parameters(), delta=0.5, lr=0.1)
+    with gradscope.check_step(opt, params=net) as report:
+        opt.step()
+    weight, bias = report["weight"], report["bias"]
+    assert [p.name for p in report.failures] == ["weight"]
+    assert weight.changed and bias.changed
+    assert weight.max_abs_diff == pytest.approx(0.5, rel=1e-6)
+    biggest = float(updates["weight"].abs().max())  # 0.1 * 2 = 0.2: the x of 2.0
+    assert biggest == pytest.approx(0.2)
+    assert weight.max_rel_diff == pytest.approx(0.5 / biggest, rel=1e-6)
+    want = _documented_tolerance(befores["weight"], updates["weight"])
+    assert weight.tolerance == pytest.approx(want, rel=1e-6)
+    assert weight.verdict == "FAIL" and len(weight.reasons) == 1
+    # the correct parameter: exact match, its own tolerance, relative to its own update
+    assert bias.max_abs_diff == 0.0 and bias.max_rel_diff == 0.0
+    assert bias.tolerance == pytest.approx(
+        _documented_tolerance(befores["bias"], updates["bias"]), rel=1e-6
+    )
+    assert bias.reasons == () and bias.verdict == "ok"
+
+
+def test_a_wrong_element_next_to_a_nan_the_rule_predicts() -> None:
+    net = _net()
+    _grads(net)
+    net.weight.grad[0, 0] = float("nan")  # type: ignore[index]
+    opt = _OffByOneElement(net.parameters(), delta=0.5, lr=0.1)
+    with gradscope.check_step(opt, params=net) as report:
+        opt.step()
+    assert torch.isnan(net.weight[0, 0])  # the NaN the rule predicts is no mismatch
+    assert [p.name for p in report.failures] == ["weight"]
+    assert report["weight"].max_abs_diff == pytest.approx(0.5, rel=1e-6)
+
+
+def test_a_parameter_moved_although_its_update_is_zero_is_infinitely_off() -> None:
+    net = _net()
+    _grads(net)
+    net.weight.grad.zero_()  # type: ignore[union-attr]
+    opt = _OffByOneElement(net.parameters(), delta=0.5, lr=0.1)
+    with gradscope.check_step(opt, params=net) as report:
+        opt.step()
+    weight = report["weight"]
+    assert weight.failed and weight.changed
+    assert weight.max_abs_diff == pytest.approx(0.5, rel=1e-6)
+    assert weight.max_rel_diff == float("inf")
+
+
+def test_a_zero_update_that_was_made_is_a_match_and_no_move() -> None:
+    net = _net()
+    _grads(net)
+    net.weight.grad.zero_()  # type: ignore[union-attr]
+    opt = optim.SGD(net.parameters(), lr=0.1)
+    with gradscope.check_step(opt, params=net) as report:
+        opt.step()
+    weight = report["weight"]
+    assert report.ok, str(report)
+    assert (weight.max_abs_diff, weight.max_rel_diff, weight.changed) == (0.0, 0.0, False)
+    assert report["bias"].changed
+
+
+def test_without_shadow_no_state_is_compared() -> None:
+    net = _net()
+    _grads(net)
+    opt = optim.Adam(net.parameters(), lr=0.1)
+    with gradscope.check_step(opt, params=net, shadow=False) as report:
+        opt.step()
+    assert report.ok, str(report)
+    assert not report.state_checked
+    assert [p.state for p in report.params] == [(), ()]
+    with gradscope.check_step(opt, params=net, shadow=True) as report:
+        opt.step()
+    assert report.ok and report.state_checked
+    assert [[s.entry for s in p.state] for p in report.params] == [
+        ["exp_avg", "exp_avg_sq", "step"]
+    ] * 2
