@@ -37,10 +37,11 @@ class Outcome:
 
 
 def _same(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` still is ``b``: same shape, dtype and values (NaN where NaN was)."""
     a, b = local_shard(a), local_shard(b)
-    if a.shape != b.shape:
+    if a.shape != b.shape or a.dtype != b.dtype:  # e.g. ``p.data = ...`` in the step
         return False
-    if a.is_complex() or b.is_complex():
+    if a.is_complex():  # and so is b: NaN per real and imaginary part
         a, b = torch.view_as_real(a), torch.view_as_real(b)
     return bool(((a == b) | (a.isnan() & b.isnan())).all())
 

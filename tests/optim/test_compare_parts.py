@@ -7,6 +7,7 @@ not, by a known amount) or a literal message, never a number computed by gradsco
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -257,6 +258,22 @@ def test_a_parameter_in_none_of_several_optimizers_names_them() -> None:
         "be updated; add it to one of them",
     )
     assert not report["2.weight"].changed
+    optimizer_of = {p.name: p.optimizer for p in report.params if not p.failed}
+    assert optimizer_of == {"0.weight": 0, "0.bias": 0, "1.weight": 1, "1.bias": 1}
+    with gradscope.check_step([first, second], params=nets, values=False) as report:
+        first.step()
+        second.step()
+    optimizer_of = {p.name: p.optimizer for p in report.params if not p.failed}
+    assert optimizer_of == {"0.weight": 0, "0.bias": 0, "1.weight": 1, "1.bias": 1}
+    sum(n(torch.ones(1, 2)).sum() for n in nets[:1]).backward()  # type: ignore[misc]
+    second.zero_grad()  # now 1.weight and 1.bias have no gradient: skipped, in optimizer 1
+    with gradscope.check_step([first, second], params=nets) as report:
+        first.step()
+        second.step()
+    assert [(p.name, p.optimizer) for p in report.params if p.verdict == "skipped"] == [
+        ("1.weight", 1),
+        ("1.bias", 1),
+    ]
 
 
 # ---- the value comparison: its numbers against torch.optim stepping a copy --------------------
@@ -373,3 +390,25 @@ def test_without_shadow_no_state_is_compared() -> None:
     assert [[s.entry for s in p.state] for p in report.params] == [
         ["exp_avg", "exp_avg_sq", "step"]
     ] * 2
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ([1 + 2j, -1j], [1.0, 0.0]),  # complex -> real: view_as_real crashed on the real one
+        ([1.0, 0.0], [1 + 0j, 0j]),  # real -> complex, the same values
+        ([1.0, 0.0], torch.tensor([1.0, 0.0], dtype=torch.float64)),  # same values, float64
+    ],
+)
+def test_structural_a_parameter_given_a_new_dtype_has_changed(old: list[Any], new: Any) -> None:
+    p = torch.tensor(old, requires_grad=True)
+    p.grad = torch.ones_like(p)
+    opt = optim.SGD([p], lr=0.0)
+    with gradscope.check_step(opt, params={"w": p}, values=False) as report:
+        opt.step()
+        p.data = torch.as_tensor(new)
+    assert report["w"].changed
+    assert report["w"].reasons == (
+        "it moved although lr is 0 in param group 0: something other than the lr-scaled step "
+        "moved it",
+    )

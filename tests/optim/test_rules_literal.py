@@ -380,6 +380,7 @@ def test_adamax_with_l2_decay_and_its_sensitivity_by_hand() -> None:
     )
 
 
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")
 def test_sparse_adam_by_hand() -> None:
     # only the rows the sparse gradient holds move, by lr sqrt(bc2) / bc1 m / (sqrt v + eps)
     param = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
