@@ -126,13 +126,15 @@ def _batch(
 ) -> list[ParamCheck]:
     targets = batch.targets
     after = [
-        shaped(rule_input(t.tensor, batch.compute, t.window), e)
-        for t, e in zip(targets, batch.expected, strict=True)
+        shaped(rule_input(t.tensor, batch.compute, t.window), e)  # pragma: no mutate
+        # (compute only widens (b)float16 to float32, exactly; torch promotes alike where used)
+        for t, e in zip(targets, batch.expected, strict=True)  # pragma: no mutate (equal length)
     ]
     # expected - actual, in place: no new memory. Where an expected value is not finite (seen
     # in its magnitudes), keep a copy: a NaN or Inf the rule also predicts is a match.
     magnitudes = {k: v.tolist() for k, v in batch.sums.items()}
-    odd = [not all(map(math.isfinite, row)) for row in zip(*magnitudes.values(), strict=True)]
+    rows = zip(*magnitudes.values(), strict=True)  # pragma: no mutate (one value per target)
+    odd = [not all(map(math.isfinite, row)) for row in rows]
     nan_expected = {i: batch.expected[i].clone() for i, bad in enumerate(odd) if bad}
     batch.odd_state = {
         i: {k: v.clone() for k, v in batch.state[i].items() if isinstance(v, Tensor)}
@@ -154,7 +156,8 @@ def _batch(
     keys = sorted(sums)
     table = torch.stack([sums[k].double().cpu() for k in keys]).tolist()
     scalars = iter(torch.stack(scalar_tensors).tolist() if scalar_tensors else [])
-    numbers = {k: row for k, row in zip(keys, table, strict=True)}
+    numbers = {k: row for k, row in zip(keys, table, strict=True)}  # pragma: no mutate
+    # (the table has one row per key: strict= only asserts it)
     checks = []
     for i, target in enumerate(targets):
         value = _value(batch, i, numbers, after, nan_expected.get(i))
