@@ -400,3 +400,24 @@ def test_sparse_adam_by_hand() -> None:
     assert update.state["step"] == 2.0
     first = adam_rules.sparse_adam(param, grad, {}, {"lr": LR})
     np.testing.assert_allclose(_arr(first.state["exp_avg"]), [0.2, 0.0, -0.1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_radam_at_rho_exactly_5_is_not_rectified_as_in_torch(foreach: bool) -> None:
+    # with this beta2, rho_6 = rho_inf - 12 beta2^6 / (1 - beta2^6) is 5.0 exactly in floats:
+    # torch rectifies only where rho_t > 5
+    beta2 = 0.8397685748659791
+    rho_inf = 2 / (1 - beta2) - 1
+    assert rho_inf - 2 * 6 * beta2**6 / (1 - beta2**6) == 5.0
+    p = torch.nn.Parameter(torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64))
+    group = {"lr": 0.1, "betas": (0.9, beta2)}
+    opt = optim.RAdam([p], foreach=foreach, **group)  # type: ignore[arg-type]
+    for step in range(6):
+        p.grad = _grads(step)[:3]
+        before = p.detach().clone()
+        state = _rule_state(opt.state[p])
+        update = adam_rules.radam(before.clone(), p.grad.clone(), state, group)
+        opt.step()
+        _close(p.detach(), update.param, ("RAdam", step))
+    m = opt.state[p]["exp_avg"]
+    torch.testing.assert_close(p.detach(), before - 0.1 / (1 - 0.9**6) * m)  # plain momentum
