@@ -421,3 +421,58 @@ def test_radam_at_rho_exactly_5_is_not_rectified_as_in_torch(foreach: bool) -> N
         _close(p.detach(), update.param, ("RAdam", step))
     m = opt.state[p]["exp_avg"]
     torch.testing.assert_close(p.detach(), before - 0.1 / (1 - 0.9**6) * m)  # plain momentum
+
+
+def test_asgd_default_t0_starts_averaging_after_a_million_steps() -> None:
+    # torch's default t0 = 1e6: mu = 1 / max(1, t - t0) with t = 1e6 + 2 is 1/2
+    state = {"step": 1e6 + 1, "eta": 0.5, "mu": 1.0, "ax": torch.tensor([1.0])}
+    update = sgd_rules.asgd(torch.tensor([1.0]), torch.tensor([0.0]), state, {"lr": 0.5})
+    assert update.state["mu"] == 0.5
+    assert update.state["step"] == 1e6 + 2
+
+
+def test_asgd_average_is_a_plain_copy_while_mu_is_1() -> None:
+    # ax + 1 * (p - ax) is not p in float32 when ax is large (1e8 + (1 - 1e8) rounds to 0):
+    # torch copies the parameter while mu is 1, and so must the rule
+    state = {"step": 1.0, "eta": 0.5, "mu": 1.0, "ax": torch.tensor([1e8])}
+    group = {"lr": 0.5, "lambd": 0.0}
+    update = sgd_rules.asgd(torch.tensor([1.0]), torch.tensor([0.0]), state, group)
+    assert update.param.item() == 1.0
+    assert update.state["ax"].item() == 1.0
+
+
+def test_rprop_default_step_sizes_clamp_at_1e_6_and_50() -> None:
+    group = {"lr": 1.0}  # torch's defaults: etas (0.5, 1.2), step_sizes (1e-6, 50)
+    state = {
+        "step": 3.0,
+        "prev": torch.tensor([1.0, -1.0]),
+        "step_size": torch.tensor([45.0, 1.5e-6]),
+    }
+    update = sgd_rules.rprop(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 1.0]), state, group)
+    sizes = update.state["step_size"].tolist()
+    assert sizes[0] == 50.0  # 45 * 1.2 = 54, clamped
+    assert sizes[1] == pytest.approx(1e-6, rel=1e-6)  # 1.5e-6 * 0.5 = 7.5e-7, clamped
+    assert update.param.tolist() == [-50.0, 0.0]  # the flipped element does not move
+
+
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")
+def test_sparse_adam_first_step_leaves_untouched_rows_at_zero() -> None:
+    param = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    grad = torch.sparse_coo_tensor([[0, 2]], [2.0, -1.0], (3,), dtype=torch.float64)
+    first = adam_rules.sparse_adam(param, grad, {}, {"lr": LR})  # betas 0.9, 0.999; eps 1e-8
+    np.testing.assert_allclose(_arr(first.state["exp_avg"]), [0.2, 0.0, -0.1], rtol=1e-12)
+    np.testing.assert_allclose(_arr(first.state["exp_avg_sq"]), [4e-3, 0.0, 1e-3], rtol=1e-12)
+    weight = LR * math.sqrt(1 - 0.999) / (1 - 0.9)
+    want = [1.0 - weight * 0.2 / (math.sqrt(4e-3) + 1e-8), 2.0]
+    want.append(3.0 + weight * 0.1 / (math.sqrt(1e-3) + 1e-8))
+    np.testing.assert_allclose(_arr(first.param), want, rtol=1e-12)
+    assert first.state["step"] == 1.0
+
+
+def test_sparse_adam_on_a_dense_gradient_moves_every_row() -> None:
+    param = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    update = adam_rules.sparse_adam(param, _t(np.array([2.0, -1.0])), {}, {"lr": LR})
+    weight = LR * math.sqrt(1 - 0.999) / (1 - 0.9)
+    want = [1.0 - weight * 0.2 / (math.sqrt(4e-3) + 1e-8)]
+    want.append(2.0 + weight * 0.1 / (math.sqrt(1e-3) + 1e-8))
+    np.testing.assert_allclose(_arr(update.param), want, rtol=1e-12)
