@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn, optim
@@ -411,4 +412,79 @@ def test_structural_a_parameter_given_a_new_dtype_has_changed(old: list[Any], ne
     assert report["w"].reasons == (
         "it moved although lr is 0 in param group 0: something other than the lr-scaled step "
         "moved it",
+    )
+
+
+def test_the_l2_sensitivity_is_added_to_the_tolerance() -> None:
+    # Adam with L2 decay: the tolerance is the documented bound plus c * eps * max(error), the
+    # error M / denom * scale worked out here in numpy for a first step (see tolerance.py)
+    net = _net()
+    _grads(net)
+    lr, beta1, beta2, eps, wd = 0.1, 0.9, 0.999, 1e-3, 0.5
+    p, g = net.weight.detach().double().numpy(), net.weight.grad.double().numpy()  # type: ignore[union-attr]
+    d, big_m = g + wd * p, np.abs(g) + wd * np.abs(p)
+    m, v = (1 - beta1) * d, (1 - beta2) * d * d
+    denom = np.sqrt(v / (1 - beta2)) + eps
+    scale = np.abs(m / denom) * lr / (1 - beta1) + lr * (1 - beta1) / (1 - beta1)
+    error = float((big_m / denom * scale).max())
+    before = net.weight.detach().clone()
+    copy = _net()
+    copy.load_state_dict(net.state_dict())
+    copy.weight.grad = net.weight.grad.clone()  # type: ignore[union-attr]
+    kwargs = {"lr": lr, "betas": (beta1, beta2), "eps": eps, "weight_decay": wd}
+    optim.Adam([copy.weight], **kwargs).step()  # type: ignore[arg-type]
+    update = copy.weight.detach() - before
+    opt = optim.Adam(net.parameters(), **kwargs)  # type: ignore[arg-type]
+    with gradscope.check_step(opt, params=net) as report:
+        opt.step()
+    assert report.ok, str(report)
+    info = torch.finfo(torch.float32)
+    want = _documented_tolerance(before, update) + 8.0 * (info.eps * error + info.tiny)
+    assert report["weight"].tolerance == pytest.approx(want, rel=1e-5)
+
+
+def test_a_user_reference_is_given_its_measured_sensitivity() -> None:
+    # a user's rule is nudged by one ulp of param and grad; p - lr * g then moves by one or two
+    # ulps of the largest new value (|-3.2|: ulp 2 eps), which adds c * that to the tolerance
+    p = nn.Parameter(torch.tensor([1.5, -3.0, 0.25]))
+    p.grad = torch.tensor([0.5, 2.0, -1.0])
+    before = p.detach().clone()
+    opt = optim.SGD([p], lr=0.1)
+    with gradscope.check_step(
+        opt, params={"w": p}, reference=lambda q, g, s, h: q - h["lr"] * g
+    ) as report:
+        opt.step()
+    assert report.ok, str(report)
+    extra = report["w"].tolerance - _documented_tolerance(before, p.detach() - before)
+    ulp = 2 * torch.finfo(torch.float32).eps
+    assert 8 * ulp <= extra <= 8 * 2 * ulp * (1 + 1e-6)
+
+
+class _ForgetsOneBuffer(optim.SGD):
+    """torch's SGD with momentum, then the second parameter's buffer dropped: a bug."""
+
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        super().step()
+        del self.state[self.param_groups[0]["params"][1]]["momentum_buffer"]
+
+
+def test_a_state_entry_missing_for_one_parameter_of_a_batch() -> None:
+    net = _net()
+    _grads(net)
+    opt = _ForgetsOneBuffer(net.parameters(), lr=0.1, momentum=0.9)
+    with gradscope.check_step(opt, params=net) as report:
+        opt.step()
+    assert [p.name for p in report.failures] == ["bias"]
+    [weight_buffer] = report["weight"].state
+    assert (weight_buffer.entry, weight_buffer.verdict, weight_buffer.max_abs_diff) == (
+        "momentum_buffer",
+        "ok",
+        0.0,
+    )
+    [bias_buffer] = report["bias"].state
+    assert (bias_buffer.entry, bias_buffer.verdict) == ("momentum_buffer", "FAIL")
+    assert report["bias"].reasons == (
+        "momentum_buffer of bias is missing after the step (the rule keeps it): was it computed "
+        "but never stored in optimizer.state[p]?",
     )
