@@ -37,6 +37,7 @@ _TESTING = ["tests/testing/test_testing.py"]
 # the step comparison is reached through check_step and verify_optimizer
 _STEP = [
     "tests/optim/test_compare_parts.py",
+    "tests/optim/test_shadow.py",
     "tests/optim/test_check.py",
     "tests/optim/test_injected_bugs.py",
     "tests/optim/test_verify.py",

@@ -488,3 +488,69 @@ def test_a_state_entry_missing_for_one_parameter_of_a_batch() -> None:
         "momentum_buffer of bias is missing after the step (the rule keeps it): was it computed "
         "but never stored in optimizer.state[p]?",
     )
+
+
+# ---- step-wide findings and the order of the report ------------------------------------------
+
+
+def test_a_step_before_any_gradient_is_one_problem_in_words() -> None:
+    net = _net()
+    opt = optim.SGD(net.parameters(), lr=0.1)
+    with gradscope.check_step(opt, params=net) as report:
+        opt.step()
+    assert report.problems == [
+        "every parameter in the optimizer had .grad None, so the step did nothing: was "
+        "optimizer.step() called before loss.backward(), or right after zero_grad()?"
+    ]
+    assert report.notes == []  # no "skipped" note on top of it
+    assert [p.verdict for p in report.params] == ["skipped", "skipped"]
+
+
+@pytest.mark.parametrize(
+    ("values", "what"),
+    [
+        (True, "the reference expects its parameters not to move"),
+        (False, "its parameters must not move"),
+    ],
+)
+def test_a_group_at_lr_0_is_a_note(values: bool, what: str) -> None:
+    first, second = _net(), _net()
+    _grads(first)
+    _grads(second)
+    params = {f"first.{n}": p for n, p in first.named_parameters()}
+    params |= {f"second.{n}": p for n, p in second.named_parameters()}
+    opt = optim.SGD([{"params": first.parameters()}, {"params": second.parameters(), "lr": 0.0}])
+    opt.param_groups[0]["lr"] = 0.0
+    with gradscope.check_step(opt, params=params, values=values) as report:
+        opt.step()
+    assert report.ok, str(report)
+    assert report.notes == [
+        f"lr is 0 in param group {g} (step 0 of a warmup, or a schedule that reached 0): {what}"
+        for g in (0, 1)
+    ]
+
+
+def test_the_report_lists_parameters_in_the_optimizers_order() -> None:
+    # a float64 parameter between two float32 ones lands in a batch of its own, a parameter
+    # without a gradient in none: the report still follows the param groups, in order
+    a, b, c, d = (nn.Parameter(torch.ones(2)) for _ in range(4))
+    b.data = b.data.double()
+    e, f = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(3, dtype=torch.float64))
+    for p in (a, b, c, e, f):
+        p.grad = torch.ones_like(p)
+    opt = optim.SGD([{"params": [e, f]}, {"params": [a, b, d, c]}], lr=0.1)
+    names = {"a": a, "b": b, "c": c, "d": d, "e": e, "f": f}
+    with gradscope.check_step(opt, params=names) as report:
+        opt.step()
+    assert report.ok, str(report)
+    assert [(p.name, p.group) for p in report.params] == [
+        ("e", 0),
+        ("f", 0),
+        ("a", 1),
+        ("b", 1),
+        ("d", 1),
+        ("c", 1),
+    ]
+    with gradscope.check_step(opt, params=names, values=False) as report:
+        opt.step()
+    assert [p.name for p in report.params] == ["e", "f", "a", "b", "d", "c"]
