@@ -6,6 +6,7 @@ not, by a known amount) or a literal message, never a number computed by gradsco
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -554,3 +555,28 @@ def test_the_report_lists_parameters_in_the_optimizers_order() -> None:
     with gradscope.check_step(opt, params=names, values=False) as report:
         opt.step()
     assert [p.name for p in report.params] == ["e", "f", "a", "b", "d", "c"]
+
+
+def test_a_nan_the_rule_does_not_predict_is_a_failure() -> None:
+    net = _net()
+    _grads(net)
+    opt = optim.SGD(net.parameters(), lr=0.1)
+    with gradscope.check_step(opt, params=net) as report:
+        opt.step()
+        with torch.no_grad():
+            net.weight[1, 2] = float("nan")  # every gradient is finite: the rule says finite
+    assert [p.name for p in report.failures] == ["weight"]
+    assert math.isnan(report["weight"].max_abs_diff)  # type: ignore[arg-type]
+    assert report["bias"].max_abs_diff == 0.0
+
+
+def test_a_moved_parameter_without_a_gradient_names_its_optimizer() -> None:
+    nets = nn.ModuleList([nn.Linear(2, 1), nn.Linear(2, 1)])
+    nets[0](torch.ones(1, 2)).sum().backward()
+    first, second = optim.SGD(nets[0].parameters(), lr=0.1), optim.SGD(nets[1].parameters())
+    with gradscope.check_step([first, second], params=nets) as report:
+        first.step()
+        second.step()
+        with torch.no_grad():
+            nets[1].bias.add_(1.0)
+    assert [(p.name, p.optimizer, p.changed) for p in report.failures] == [("1.bias", 1, True)]
