@@ -580,3 +580,72 @@ def test_a_moved_parameter_without_a_gradient_names_its_optimizer() -> None:
         with torch.no_grad():
             nets[1].bias.add_(1.0)
     assert [(p.name, p.optimizer, p.changed) for p in report.failures] == [("1.bias", 1, True)]
+
+
+class _SetsOneElement(optim.SGD):
+    """torch's SGD, then one element of the first parameter set to ``value``."""
+
+    value = 0.0
+
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        super().step()
+        self.param_groups[0]["params"][0].view(-1)[0] = self.value
+
+
+def test_a_difference_equal_to_the_tolerance_is_a_match() -> None:
+    # at zero (max|p| + max|update| = 0) the documented bound is c * tiny, exactly representable
+    tiny = torch.finfo(torch.float32).tiny
+    for value, ok in ((8 * tiny, True), (16 * tiny, False)):
+        p = nn.Parameter(torch.zeros(3))
+        p.grad = torch.zeros(3)
+        opt = _SetsOneElement([p], lr=0.1)
+        opt.value = value
+        with gradscope.check_step(opt, params={"w": p}) as report:
+            opt.step()
+        assert report["w"].tolerance == 8 * tiny
+        assert report["w"].max_abs_diff == value
+        assert report.ok is ok, str(report)
+
+
+class _WritesWithoutMoving(optim.SGD):
+    """A step that writes every parameter but adds nothing: lr read as 0."""
+
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        for p in self.param_groups[0]["params"]:
+            p.add_(p.grad, alpha=0.0)
+
+
+def test_a_failing_parameter_that_was_written_but_not_moved_is_unchanged() -> None:
+    net = _net()
+    _grads(net)
+    opt = _WritesWithoutMoving(net.parameters(), lr=0.1)
+    with gradscope.check_step(opt, params=net) as report:
+        opt.step()
+    assert [(p.name, p.changed) for p in report.failures] == [("weight", False), ("bias", False)]
+
+
+class _AdamWWithoutBiasCorrection(optim.AdamW):
+    """A first AdamW step without its bias corrections (a classic port mistake)."""
+
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        group = self.param_groups[0]
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        for p in group["params"]:
+            m, v = (1 - b1) * p.grad, (1 - b2) * p.grad * p.grad
+            self.state[p] = {"step": torch.tensor(1.0), "exp_avg": m, "exp_avg_sq": v}
+            p.mul_(1 - lr * wd).add_(-lr * m / (v.sqrt() + eps))
+
+
+def test_a_decoupled_decay_step_is_diagnosed_from_the_value_before_it() -> None:
+    # naming the mistake needs the parameter before the step (the decay shrinks it)
+    net = _net()
+    _grads(net)
+    opt = _AdamWWithoutBiasCorrection(net.parameters(), lr=0.1, weight_decay=0.5)
+    with gradscope.check_step(opt, params=net) as report:
+        opt.step()
+    assert [p.name for p in report.failures] == ["weight", "bias"]
+    for check in report.failures:
+        assert "the rule without its bias corrections" in check.reasons[0], check.reasons
