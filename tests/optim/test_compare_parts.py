@@ -627,25 +627,69 @@ def test_a_failing_parameter_that_was_written_but_not_moved_is_unchanged() -> No
 
 
 class _AdamWWithoutBiasCorrection(optim.AdamW):
-    """A first AdamW step without its bias corrections (a classic port mistake)."""
+    """torch's AdamW until ``buggy``; then its steps leave out the bias corrections."""
+
+    buggy = False
 
     @torch.no_grad()
     def step(self, closure: object = None) -> None:  # type: ignore[override]
+        if not self.buggy:
+            super().step()
+            return
         group = self.param_groups[0]
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         for p in group["params"]:
-            m, v = (1 - b1) * p.grad, (1 - b2) * p.grad * p.grad
-            self.state[p] = {"step": torch.tensor(1.0), "exp_avg": m, "exp_avg_sq": v}
+            state = self.state[p]
+            if not state:
+                state.update(step=torch.tensor(0.0), exp_avg=p * 0, exp_avg_sq=p * 0)
+            state["step"] += 1
+            state["exp_avg"].lerp_(p.grad, 1 - b1)
+            state["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            m, v = state["exp_avg"], state["exp_avg_sq"]
             p.mul_(1 - lr * wd).add_(-lr * m / (v.sqrt() + eps))
 
 
-def test_a_decoupled_decay_step_is_diagnosed_from_the_value_before_it() -> None:
-    # naming the mistake needs the parameter before the step (the decay shrinks it)
+@pytest.mark.parametrize("correct_steps", [0, 2])
+def test_a_decoupled_decay_step_is_diagnosed_from_the_value_before_it(correct_steps: int) -> None:
+    # naming the mistake needs the parameter before the step (the decay shrinks it) and, after
+    # the first step, the step count the bias corrections would have used
     net = _net()
-    _grads(net)
     opt = _AdamWWithoutBiasCorrection(net.parameters(), lr=0.1, weight_decay=0.5)
+    for _ in range(correct_steps):
+        _grads(net)
+        opt.step()
+    _grads(net)
+    opt.buggy = True
     with gradscope.check_step(opt, params=net) as report:
         opt.step()
     assert [p.name for p in report.failures] == ["weight", "bias"]
     for check in report.failures:
         assert "the rule without its bias corrections" in check.reasons[0], check.reasons
+
+
+class _SignSGD(optim.Optimizer):
+    """A user's optimizer whose groups have no ``maximize``; ``flipped`` climbs by mistake."""
+
+    flipped = False
+
+    def __init__(self, params: object, lr: float) -> None:
+        super().__init__(params, {"lr": lr})  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        for p in self.param_groups[0]["params"]:
+            p.add_(p.grad.sign(), alpha=self.param_groups[0]["lr"] * (1 if self.flipped else -1))
+
+
+def test_a_sign_flip_in_a_users_optimizer_without_maximize() -> None:
+    net = _net()
+    _grads(net)
+    opt = _SignSGD(net.parameters(), lr=0.1)
+    opt.flipped = True
+    with gradscope.check_step(
+        opt, params=net, reference=lambda p, g, s, h: p - h["lr"] * g.sign()
+    ) as report:
+        opt.step()
+    assert [p.name for p in report.failures] == ["weight", "bias"]
+    reason = report["weight"].reasons[0]
+    assert "maximize=True by mistake?" in reason and "which maximizes" not in reason
