@@ -626,14 +626,14 @@ def test_a_failing_parameter_that_was_written_but_not_moved_is_unchanged() -> No
     assert [(p.name, p.changed) for p in report.failures] == [("weight", False), ("bias", False)]
 
 
-class _AdamWWithoutBiasCorrection(optim.AdamW):
-    """torch's AdamW until ``buggy``; then its steps leave out the bias corrections."""
+class _HandAdamW(optim.AdamW):
+    """torch's AdamW until ``bug`` is set; then its steps make that classic port mistake."""
 
-    buggy = False
+    bug = ""
 
     @torch.no_grad()
     def step(self, closure: object = None) -> None:  # type: ignore[override]
-        if not self.buggy:
+        if not self.bug:
             super().step()
             return
         group = self.param_groups[0]
@@ -643,28 +643,42 @@ class _AdamWWithoutBiasCorrection(optim.AdamW):
             if not state:
                 state.update(step=torch.tensor(0.0), exp_avg=p * 0, exp_avg_sq=p * 0)
             state["step"] += 1
+            t = float(state["step"])
             state["exp_avg"].lerp_(p.grad, 1 - b1)
             state["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
             m, v = state["exp_avg"], state["exp_avg_sq"]
-            p.mul_(1 - lr * wd).add_(-lr * m / (v.sqrt() + eps))
+            if self.bug == "no bias corrections":
+                step = m / (v.sqrt() + eps)
+            else:  # "eps inside the square root"
+                step = (m / (1 - b1**t)) / (v / (1 - b2**t) + eps).sqrt()
+            p.mul_(1 - lr * wd).add_(-lr * step)
 
 
 @pytest.mark.parametrize("correct_steps", [0, 2])
-def test_a_decoupled_decay_step_is_diagnosed_from_the_value_before_it(correct_steps: int) -> None:
+@pytest.mark.parametrize(
+    ("bug", "named"),
+    [
+        ("no bias corrections", "the rule without its bias corrections"),
+        ("eps inside the square root", "the rule with eps inside the square root"),
+    ],
+)
+def test_a_decoupled_decay_step_is_diagnosed_from_the_value_before_it(
+    correct_steps: int, bug: str, named: str
+) -> None:
     # naming the mistake needs the parameter before the step (the decay shrinks it) and, after
-    # the first step, the step count the bias corrections would have used
+    # the first step, the step count the bias corrections use
     net = _net()
-    opt = _AdamWWithoutBiasCorrection(net.parameters(), lr=0.1, weight_decay=0.5)
+    opt = _HandAdamW(net.parameters(), lr=0.1, weight_decay=0.5, eps=1e-2)
     for _ in range(correct_steps):
         _grads(net)
         opt.step()
     _grads(net)
-    opt.buggy = True
+    opt.bug = bug
     with gradscope.check_step(opt, params=net) as report:
         opt.step()
     assert [p.name for p in report.failures] == ["weight", "bias"]
     for check in report.failures:
-        assert "the rule without its bias corrections" in check.reasons[0], check.reasons
+        assert named in check.reasons[0], check.reasons
 
 
 class _SignSGD(optim.Optimizer):
