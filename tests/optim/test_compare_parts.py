@@ -707,3 +707,34 @@ def test_a_sign_flip_in_a_users_optimizer_without_maximize() -> None:
     assert [p.name for p in report.failures] == ["weight", "bias"]
     reason = report["weight"].reasons[0]
     assert "maximize=True by mistake?" in reason and "which maximizes" not in reason
+
+
+class _CountsMatrices(optim.Optimizer):
+    """Plain SGD that counts its steps in the state of its matrices only."""
+
+    def __init__(self, params: object, lr: float) -> None:
+        super().__init__(params, {"lr": lr})  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        for p in self.param_groups[0]["params"]:
+            if p.dim() > 1:
+                self.state[p]["count"] = self.state[p].get("count", 0) + 1
+            p.add_(p.grad, alpha=-self.param_groups[0]["lr"])
+
+
+def _counts_matrices(p: torch.Tensor, g: torch.Tensor, state: dict[str, Any], group: Any) -> Any:
+    new = p - group["lr"] * g
+    return (new, {"count": state.get("count", 0) + 1}) if p.dim() > 1 else new
+
+
+def test_state_is_checked_when_the_rule_keeps_state_for_any_parameter() -> None:
+    net = _net()
+    _grads(net)
+    opt = _CountsMatrices(net.parameters(), lr=0.1)  # weight, then bias (no state)
+    with gradscope.check_step(opt, params=net, reference=_counts_matrices) as report:
+        opt.step()
+    assert report.ok, str(report)
+    assert report.state_checked
+    assert [[s.entry for s in p.state] for p in report.params] == [["count"], []]
+    assert "(parameters and optimizer state)" in report.headline()
