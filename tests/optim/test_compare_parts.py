@@ -738,3 +738,15 @@ def test_state_is_checked_when_the_rule_keeps_state_for_any_parameter() -> None:
     assert report.state_checked
     assert [[s.entry for s in p.state] for p in report.params] == [["count"], []]
     assert "(parameters and optimizer state)" in report.headline()
+
+
+def test_seven_skipped_parameters_name_six_and_one_more() -> None:
+    params = {f"p{i}": nn.Parameter(torch.ones(1)) for i in range(8)}
+    params["p0"].grad = torch.ones(1)
+    opt = optim.SGD(params.values(), lr=0.1)
+    with gradscope.check_step(opt, params=params) as report:
+        opt.step()
+    assert report.notes == [
+        "7 parameter(s) in param groups had no gradient and were skipped (frozen, or unused in "
+        "the forward pass?): p1, p2, p3, p4, p5, p6 and 1 more"
+    ]
