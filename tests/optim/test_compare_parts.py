@@ -750,3 +750,31 @@ def test_seven_skipped_parameters_name_six_and_one_more() -> None:
         "7 parameter(s) in param groups had no gradient and were skipped (frozen, or unused in "
         "the forward pass?): p1, p2, p3, p4, p5, p6 and 1 more"
     ]
+
+
+class _StepsBy(optim.SGD):
+    """A step that moves every parameter by ``-amount``, whatever the gradient says."""
+
+    amount = 0.0
+
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        for p in self.param_groups[0]["params"]:
+            p.sub_(self.amount)
+
+
+def test_a_move_equal_to_the_tolerance_is_no_move() -> None:
+    # p = 2^-104 and lr * g = 2^-104: the bound is 8 * (eps * 2^-103 + tiny) = 2^-122 exactly;
+    # a step that moves p by exactly that fails (the rule moves it to 0) but did not "move" it,
+    # by the same inclusive bound as a match
+    p = nn.Parameter(torch.tensor([2.0**-104]))
+    p.grad = torch.tensor([2.0**-104])
+    for amount, moved in ((2.0**-122, False), (2.0**-121, True)):
+        with torch.no_grad():
+            p.fill_(2.0**-104)
+        opt = _StepsBy([p], lr=1.0)
+        opt.amount = amount
+        with gradscope.check_step(opt, params={"w": p}) as report:
+            opt.step()
+        assert report["w"].tolerance == 2.0**-122
+        assert report["w"].failed and report["w"].changed is moved
