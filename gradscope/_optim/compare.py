@@ -19,6 +19,7 @@ from .arrays import max_abs_of_differences
 from .batch import Batch, Plan, Target, grad_of, rule_input, shaped
 from .compare_state import spread, state_checks, state_sums
 from .diagnose import explain_update, guess
+from .rules.base import flag
 from .shadow import Shadow
 from .step_report import FAIL, OK, SKIPPED, UNCHECKED, ParamCheck, StateCheck
 from .tolerance import bound
@@ -53,17 +54,19 @@ def judge(
     step: int,
     shadow: Shadow | None,
     check_state: bool,
-    others: str = "",
+    others: str,
 ) -> Outcome:
     """Verdicts for every parameter of ``plan`` now that the step has run.
 
-    ``others`` names the other optimizers checked alongside (for parameters in none of them).
+    ``others`` names the other optimizers checked alongside (for parameters in none of them),
+    "" when it was checked alone.
     """
     out = Outcome()
     checks: dict[int, ParamCheck] = {}
     for batch in plan.batches:
         verdicts = _batch(batch, optimizer, step, shadow, check_state)
-        for target, check in zip(batch.targets, verdicts, strict=True):
+        for target, check in zip(batch.targets, verdicts, strict=True):  # pragma: no mutate
+            # (one verdict per target: strict= only asserts it)
             checks[id(target)] = check
         out.state_checked |= check_state and batch.state_checked
     for target in plan.structural:
@@ -109,8 +112,7 @@ def mismatch(expected: Tensor, actual: Tensor) -> Tensor:
 
 
 def _position(optimizer: torch.optim.Optimizer, target: Target) -> int:
-    if target.group is None:
-        return 0
+    assert target.group is not None  # only targets in a param group are put in order
     for i, tensor in enumerate(optimizer.param_groups[target.group]["params"]):
         if tensor is target.tensor:
             return i
@@ -205,15 +207,15 @@ def _value(
     diff = batch.expected[i]  # expected - actual, after the in-place subtraction
     if math.isnan(max_abs_diff):
         gap = diff.abs() if nan_expected is None else mismatch(nan_expected, after[i])
-        max_abs_diff = float(gap.max()) if gap.numel() else 0.0
-    rel = max_abs_diff / size_u if size_u > 0 else (0.0 if max_abs_diff == 0 else float("inf"))
+        max_abs_diff = float(gap.max())  # not empty: an empty tensor's max|diff| is 0, not NaN
+    rel = max_abs_diff / size_u if size_u > 0 else (0.0 if max_abs_diff == 0 else math.inf)
     reasons: list[str] = []
-    moved = True
+    moved = True  # pragma: no mutate (read only after a failure, which sets it)
     if not max_abs_diff <= tol:  # NaN fails too
         update = batch.update_of(i)
         actual = update - diff  # after - before, up to rounding
         written = batch.fused or target.tensor._version != target.version
-        moved = written and float(actual.abs().max()) > tol if actual.numel() else False
+        moved = written and float(actual.abs().max()) > tol  # not empty: an empty one never fails
         before = after[i] + diff - update  # expected - update
         named = explain_update(
             batch.rule.function,
@@ -225,7 +227,7 @@ def _value(
             batch.state_of(i),
             tol,
         )
-        maximize = bool(batch.hyper.get("maximize", False))
+        maximize = flag(batch.hyper, "maximize")
         reasons.append(named or guess(actual, update, target.lr, target.group or 0, maximize))
     return max_abs_diff, rel, tol, reasons, size_u, moved
 

@@ -778,3 +778,15 @@ def test_a_move_equal_to_the_tolerance_is_no_move() -> None:
             opt.step()
         assert report["w"].tolerance == 2.0**-122
         assert report["w"].failed and report["w"].changed is moved
+
+
+def test_structural_a_parameter_that_became_nan_has_changed() -> None:
+    net = _net()
+    _grads(net)
+
+    def poison() -> None:
+        net.weight[0, 1] = float("nan")
+
+    report = _structural(optim.SGD(net.parameters(), lr=0.0), net, poison)
+    assert report["weight"].changed and not report["bias"].changed
+    assert report["weight"].verdict == "FAIL"
