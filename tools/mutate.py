@@ -51,6 +51,16 @@ _WATCH_CORE = [
     "tests/watch/test_passes.py",
     "tests/watch/test_watch.py",
 ]
+# the step comparison is reached through check_step and verify_optimizer
+_STEP = [
+    "tests/optim/test_compare_parts.py",
+    "tests/optim/test_shadow.py",
+    "tests/optim/test_check.py",
+    "tests/optim/test_injected_bugs.py",
+    "tests/optim/test_verify.py",
+]
+# the reference rules, against torch.optim itself and numbers worked out by hand
+_RULES = ["tests/optim/test_rules_literal.py", "tests/optim/test_references.py"]
 # module -> the test files that exercise it (the slow long-run and state-machine files are left
 # out: minutes each, and they kill nothing the focused files miss)
 MODULES: dict[str, list[str]] = {
@@ -75,6 +85,11 @@ MODULES: dict[str, list[str]] = {
         "tests/watch/test_in_place.py",
     ],
     "gradscope/_optim/tolerance.py": _TOLERANCE,
+    "gradscope/_optim/compare.py": _STEP,
+    "gradscope/_optim/compare_state.py": _STEP,
+    "gradscope/_optim/rules/sgd.py": _RULES,
+    "gradscope/_optim/rules/adam.py": _RULES,
+    "gradscope/_optim/rules/adaptive.py": _RULES,
     "gradscope/_graph/grad_flow.py": [
         "tests/graph/test_grad_flow.py",
         "tests/graph/test_graph.py",

@@ -19,6 +19,7 @@ from .arrays import max_abs_of_differences
 from .batch import Batch, Plan, Target, grad_of, rule_input, shaped
 from .compare_state import spread, state_checks, state_sums
 from .diagnose import explain_update, guess
+from .rules.base import flag
 from .shadow import Shadow
 from .step_report import FAIL, OK, SKIPPED, UNCHECKED, ParamCheck, StateCheck
 from .tolerance import bound
@@ -37,10 +38,11 @@ class Outcome:
 
 
 def _same(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` still is ``b``: same shape, dtype and values (NaN where NaN was)."""
     a, b = local_shard(a), local_shard(b)
-    if a.shape != b.shape:
+    if a.shape != b.shape or a.dtype != b.dtype:  # e.g. ``p.data = ...`` in the step
         return False
-    if a.is_complex() or b.is_complex():
+    if a.is_complex():  # and so is b: NaN per real and imaginary part
         a, b = torch.view_as_real(a), torch.view_as_real(b)
     return bool(((a == b) | (a.isnan() & b.isnan())).all())
 
@@ -52,17 +54,19 @@ def judge(
     step: int,
     shadow: Shadow | None,
     check_state: bool,
-    others: str = "",
+    others: str,
 ) -> Outcome:
     """Verdicts for every parameter of ``plan`` now that the step has run.
 
-    ``others`` names the other optimizers checked alongside (for parameters in none of them).
+    ``others`` names the other optimizers checked alongside (for parameters in none of them),
+    "" when it was checked alone.
     """
     out = Outcome()
     checks: dict[int, ParamCheck] = {}
     for batch in plan.batches:
         verdicts = _batch(batch, optimizer, step, shadow, check_state)
-        for target, check in zip(batch.targets, verdicts, strict=True):
+        for target, check in zip(batch.targets, verdicts, strict=True):  # pragma: no mutate
+            # (one verdict per target: strict= only asserts it)
             checks[id(target)] = check
         out.state_checked |= check_state and batch.state_checked
     for target in plan.structural:
@@ -108,8 +112,7 @@ def mismatch(expected: Tensor, actual: Tensor) -> Tensor:
 
 
 def _position(optimizer: torch.optim.Optimizer, target: Target) -> int:
-    if target.group is None:
-        return 0
+    assert target.group is not None  # only targets in a param group are put in order
     for i, tensor in enumerate(optimizer.param_groups[target.group]["params"]):
         if tensor is target.tensor:
             return i
@@ -125,13 +128,15 @@ def _batch(
 ) -> list[ParamCheck]:
     targets = batch.targets
     after = [
-        shaped(rule_input(t.tensor, batch.compute, t.window), e)
-        for t, e in zip(targets, batch.expected, strict=True)
+        shaped(rule_input(t.tensor, batch.compute, t.window), e)  # pragma: no mutate
+        # (compute only widens (b)float16 to float32, exactly; torch promotes alike where used)
+        for t, e in zip(targets, batch.expected, strict=True)  # pragma: no mutate (equal length)
     ]
     # expected - actual, in place: no new memory. Where an expected value is not finite (seen
     # in its magnitudes), keep a copy: a NaN or Inf the rule also predicts is a match.
     magnitudes = {k: v.tolist() for k, v in batch.sums.items()}
-    odd = [not all(map(math.isfinite, row)) for row in zip(*magnitudes.values(), strict=True)]
+    rows = zip(*magnitudes.values(), strict=True)  # pragma: no mutate (one value per target)
+    odd = [not all(map(math.isfinite, row)) for row in rows]
     nan_expected = {i: batch.expected[i].clone() for i, bad in enumerate(odd) if bad}
     batch.odd_state = {
         i: {k: v.clone() for k, v in batch.state[i].items() if isinstance(v, Tensor)}
@@ -153,7 +158,8 @@ def _batch(
     keys = sorted(sums)
     table = torch.stack([sums[k].double().cpu() for k in keys]).tolist()
     scalars = iter(torch.stack(scalar_tensors).tolist() if scalar_tensors else [])
-    numbers = {k: row for k, row in zip(keys, table, strict=True)}
+    numbers = {k: row for k, row in zip(keys, table, strict=True)}  # pragma: no mutate
+    # (the table has one row per key: strict= only asserts it)
     checks = []
     for i, target in enumerate(targets):
         value = _value(batch, i, numbers, after, nan_expected.get(i))
@@ -201,15 +207,15 @@ def _value(
     diff = batch.expected[i]  # expected - actual, after the in-place subtraction
     if math.isnan(max_abs_diff):
         gap = diff.abs() if nan_expected is None else mismatch(nan_expected, after[i])
-        max_abs_diff = float(gap.max()) if gap.numel() else 0.0
-    rel = max_abs_diff / size_u if size_u > 0 else (0.0 if max_abs_diff == 0 else float("inf"))
+        max_abs_diff = float(gap.max())  # not empty: an empty tensor's max|diff| is 0, not NaN
+    rel = max_abs_diff / size_u if size_u > 0 else (0.0 if max_abs_diff == 0 else math.inf)
     reasons: list[str] = []
-    moved = True
+    moved = True  # pragma: no mutate (read only after a failure, which sets it)
     if not max_abs_diff <= tol:  # NaN fails too
         update = batch.update_of(i)
         actual = update - diff  # after - before, up to rounding
         written = batch.fused or target.tensor._version != target.version
-        moved = written and float(actual.abs().max()) > tol if actual.numel() else False
+        moved = written and float(actual.abs().max()) > tol  # not empty: an empty one never fails
         before = after[i] + diff - update  # expected - update
         named = explain_update(
             batch.rule.function,
@@ -221,7 +227,7 @@ def _value(
             batch.state_of(i),
             tol,
         )
-        maximize = bool(batch.hyper.get("maximize", False))
+        maximize = flag(batch.hyper, "maximize")
         reasons.append(named or guess(actual, update, target.lr, target.group or 0, maximize))
     return max_abs_diff, rel, tol, reasons, size_u, moved
 
