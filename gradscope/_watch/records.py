@@ -117,8 +117,8 @@ class GradRecord:
     ) -> GradRecord:
         """The record the watch builds when a pass ends (user code reads records, never builds).
 
-        ``slot`` is the record's place in the pass's :class:`Reading`, given later with
-        :func:`attach_reading`; ``source_version`` the version of ``after`` (of ``delta`` under
+        ``slot`` is the record's place in the pass's ``Reading``, given later with
+        ``attach_reading``; ``source_version`` the version of ``after`` (of ``delta`` under
         ``torch.autograd.grad``) when that tensor is one the training loop also holds.
         Sets every slot itself, without ``__init__``: it runs once per parameter per pass.
         """
