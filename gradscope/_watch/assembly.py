@@ -100,31 +100,25 @@ def make_grad_record(
     live = param.grad
     accumulated = entry.accumulated
     if not accumulated or live is None:  # torch.autograd.grad: .grad is untouched
-        if keep == "none":
-            record = GradRecord.from_pass(
-                name,
-                index,
-                param.shape,
-                slot,
-                accumulated=accumulated,
-                loss_scale=scale,
-                aliases=aliases,
-            )
-        else:
-            grad = entry.grad  # autograd.grad returned this very tensor: its version now
-            record = GradRecord.from_pass(
-                name,
-                index,
-                param.shape,
-                slot,
-                accumulated=accumulated,
-                loss_scale=scale,
-                aliases=aliases,
-                before=entry.before,
-                after=entry.before,
-                delta=grad,
-                source_version=None if grad is None else grad._version,
-            )
+        grad = entry.grad  # autograd.grad returned this very tensor: its version now
+        kept: dict[str, Any] = {}
+        if keep != "none":
+            kept = {
+                "before": entry.before,
+                "after": entry.before,
+                "delta": grad,
+                "source_version": None if grad is None else grad._version,
+            }
+        record = GradRecord.from_pass(
+            name,
+            index,
+            param.shape,
+            slot,
+            accumulated=accumulated,
+            loss_scale=scale,
+            aliases=aliases,
+            **kept,
+        )
         # never .grad itself (before and after are the copy taken before the pass): not shared
         shares = False  # pragma: no mutate (listed, it would be skipped: its after is not .grad)
         return record, entry.grad, None, shares
