@@ -41,10 +41,9 @@ def _rank_norm(grad: GradRecord, record: BackwardRecord) -> tuple[float, int, bo
     if grad.rank_stats is not None:  # FSDP2: this rank's shard
         stats = grad.local_stats
         return stats.norm, stats.nan + stats.inf, True
-    local = grad._local  # DDP: what this rank computed, while the record holds it
+    local = grad.local_norm()  # DDP: what this rank computed, while the record holds it
     if local is not None:
-        finite = local.isfinite()
-        return float(local.double().norm()), int((~finite).sum()), True
+        return local[0], local[1], True
     stats = grad.recorded  # a DDP pass that synchronised: the same on every rank
     return stats.norm, stats.nan + stats.inf, record.synchronised is not True
 

@@ -18,14 +18,14 @@ from typing import Literal
 
 import torch
 
-from .records import BackwardRecord
+from .records import BackwardRecord, GradRecord
 
 __all__ = ["Keep", "Keeper", "default_max_bytes"]
 
 Keep = Literal["last", "all", "none"]
 
 _MIB = 1 << 20
-_grad_of, _after_of = attrgetter("grad"), attrgetter("_after")
+_grad_of = attrgetter("grad")
 _NO_PARAM = SimpleNamespace(grad=None)  # a parameter removed from the module
 
 
@@ -94,18 +94,9 @@ class Keeper:
         if record is self._dropped:
             return
         grads = record.grads
-        # Attribute reads in C (map): this runs before every forward pass.
+        # Attribute reads and the per-record calls in C (map): this runs before every forward.
         lives = map(_grad_of, map(params.get, grads, repeat(_NO_PARAM)))
-        kept = 0
-        for grad, after, live in zip(
-            grads.values(), map(_after_of, grads.values()), lives, strict=True
-        ):
-            if after is None:
-                continue
-            if grad._source_version is not None and live is not after:  # an orphan
-                grad._before = grad._after = grad._delta = grad._local = None
-            else:
-                kept += 1
+        kept = sum(map(GradRecord.drop_if_orphaned, grads.values(), lives))
         if not kept:
             self._dropped = record  # nothing left to drop or recycle
             record.dropped = "keep"

@@ -340,7 +340,7 @@ class Recorder:
         snapshot = self._keeper.copy(name, grad)  # this pass is about to add into .grad in place
         last = self._last_record.pop(name, None)
         if last is not None:  # copy-on-write: the last record may hold this very .grad
-            last._replace(grad, snapshot)
+            last.swap_for_copy(grad, snapshot)
         return snapshot
 
     def before_forward(self, module: nn.Module) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import torch
 
@@ -227,7 +228,7 @@ class GradRecord:
         if self._full is None:
             source = self._source()
             if source is not None and self._check():
-                stats = full_stats(source, self._raw())
+                stats = full_stats(source, self.recorded_raw())
                 if self.loss_scale is not None:
                     stats = stats.scaled(1.0 / self.loss_scale)
                 self._full = stats
@@ -243,7 +244,9 @@ class GradRecord:
         scale = 1.0 if self.loss_scale is None else 1.0 / self.loss_scale
         return [stats.scaled(scale) for stats in self._ranks]
 
-    def _raw(self) -> tuple[float, int, int]:
+    def recorded_raw(self) -> tuple[float, int, int]:
+        """Norm, NaN and Inf counts of this rank's tensor as read when the pass ended, before
+        unscaling (what ``local_stats`` and ``recorded`` are made from)."""
         if self._reading is None:
             raise GradscopeError(f"no statistics were recorded for {self.name!r}")
         return self._reading.get(self._slot)
@@ -257,15 +260,19 @@ class GradRecord:
         return self._local_recorded()
 
     def _local_recorded(self) -> GradStats:
-        norm, nan, inf = self._raw()
+        norm, nan, inf = self.recorded_raw()
         assert self._reading is not None
         numel = self._reading.numel(self._slot)
         numel = self.shape.numel() if numel is None else numel
         stats = GradStats(numel=numel, norm=norm, nan=nan, inf=inf)
         return stats if self.loss_scale is None else stats.scaled(1.0 / self.loss_scale)
 
-    def _replace(self, old: torch.Tensor, new: torch.Tensor) -> None:
-        """Swap a live ``.grad`` reference for a copy of it (before backward adds into it)."""
+    def swap_for_copy(self, old: torch.Tensor, new: torch.Tensor) -> None:
+        """Swap a live ``.grad`` reference for a copy of it (before backward adds into it).
+
+        Does nothing unless ``after`` is ``old`` as it was when the pass ended; when ``old``
+        was changed in place since, marks the record ``modified`` instead.
+        """
         if self._after is not old or self._source_version is None:
             return  # not ours
         if old._version != self._source_version or (
@@ -276,6 +283,34 @@ class GradRecord:
         self._after, self._source_version, self._rescaled = new, None, None
         if self._delta is old:
             self._delta = new
+
+    def set_across_ranks(self, whole: GradStats, ranks: list[GradStats]) -> None:
+        """FSDP2, when the pass ends: the whole gradient's statistics and every rank's shard's
+        (numel, norm, NaN/Inf, before unscaling); ``stats`` and ``rank_stats`` read them."""
+        self._whole = whole
+        self._ranks = ranks
+
+    def drop_if_orphaned(self, live: torch.Tensor | None) -> bool:
+        """Let go of the tensors when ``after`` was the pass's ``.grad`` and the parameter's
+        ``.grad`` is now ``live``, another tensor (the watch would be the only holder); the
+        statistics stay. Returns whether the record still holds its ``after``.
+        """
+        after = self._after
+        if after is None:
+            return False
+        if self._source_version is not None and live is not after:  # an orphan
+            self._before = self._after = self._delta = self._local = None
+            return False
+        return True
+
+    def local_norm(self) -> tuple[float, int] | None:
+        """Under DDP, while the record holds ``local``: its norm and NaN/Inf count (None once
+        dropped, or without DDP). Reads the tensor without handing it out."""
+        local = self._local
+        if local is None:
+            return None
+        finite = local.isfinite()
+        return float(local.double().norm()), int((~finite).sum())
 
     def drop_tensors(self) -> list[torch.Tensor]:
         """Forget the tensors, keeping the statistics; return the ones that are free to reuse.
@@ -319,6 +354,10 @@ def attach_reading(
         for record in records:
             if record.accumulated and record._source_version is not None:
                 record._rescaled = rescaled
+
+
+_before_of = attrgetter("_before")
+_NOTHING = frozenset({None})
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
@@ -411,6 +450,19 @@ class BackwardRecord(Mapping[str, GradRecord]):
 
     def __len__(self) -> int:
         return len(self.grads)
+
+    def held_befores(self) -> dict[str, torch.Tensor]:
+        """By name, ``before`` of each accumulated gradient whose ``.grad`` held a value as the
+        pass started (the watch's own reference: the tensors are not handed out)."""
+        grads = self.grads
+        if set(map(_before_of, grads.values())) <= _NOTHING:  # in C: the usual case, none
+            return {}
+        held: dict[str, torch.Tensor] = {}
+        for name, grad in grads.items():
+            before = grad._before
+            if before is not None and grad.accumulated:
+                held[name] = before
+        return held
 
     def drop_tensors(self) -> dict[str, list[torch.Tensor]]:
         """Forget every tensor; return, by name, the ones never handed out to the user."""

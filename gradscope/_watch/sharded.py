@@ -61,27 +61,37 @@ def make_sharded_record(
     param: torch.Tensor,
     entry: Entry,
     index: int,
+    slot: int,
     scale: float | None,
     aliases: tuple[str, ...],
     *,
     keep: Keep,
     copy: Callable[[str, torch.Tensor], torch.Tensor] | None,
-) -> tuple[GradRecord, torch.Tensor | None, None]:
-    """The record of one FSDP2 parameter and the shard its local statistics describe."""
-    record = GradRecord(name, index, param.shape, loss_scale=scale, aliases=aliases)
+) -> tuple[GradRecord, torch.Tensor | None, bool]:
+    """The record of one FSDP2 parameter, the shard its local statistics describe, and whether
+    the record's ``after`` is that live shard (FSDP2 adds into it next time: copy-on-write)."""
     grad = param.grad
-    if grad is None:
-        return record, None, None
+    if grad is None or keep == "none":
+        record = GradRecord.from_pass(
+            name, index, param.shape, slot, loss_scale=scale, aliases=aliases
+        )
+        return record, None if grad is None else local_shard(grad), False
     live = local_shard(grad)  # the very tensor FSDP2 adds into next time (copy-on-write)
-    if keep == "none":
-        return record, live, None
-    if copy is not None:
-        after = copy(name, live)
-    else:
-        after, record._source_version = live, live._version
-    record._before, record._after = entry.before, after
-    record._delta = after if entry.before is None else after - entry.before
-    return record, after, None
+    before = entry.before
+    after = live if copy is None else copy(name, live)
+    record = GradRecord.from_pass(
+        name,
+        index,
+        param.shape,
+        slot,
+        loss_scale=scale,
+        aliases=aliases,
+        before=before,
+        after=after,
+        delta=after if before is None else after - before,
+        source_version=live._version if copy is None else None,
+    )
+    return record, after, copy is None
 
 
 def assemble_sharded(
@@ -104,12 +114,11 @@ def assemble_sharded(
         param = params.get(name)
         if param is None:
             continue
-        record, source, _ = make_sharded_record(
-            name, param, entry, index, scale, aliases[name], keep=keep, copy=copy
+        record, source, live = make_sharded_record(
+            name, param, entry, index, len(sources), scale, aliases[name], keep=keep, copy=copy
         )
-        if record.accumulated and record._source_version is not None:
+        if live:
             live_records[name] = record  # its after is the live shard (copy-on-write)
-        record._slot = len(sources)
         records[name] = record
         sources.append(source if source is not None else torch.zeros(0))
     return records, sources, [None] * len(sources)
@@ -123,14 +132,14 @@ def combine_across_ranks(
         return
     rows: list[Row] = []
     for record, source in zip(records, sources, strict=True):
-        norm, nan, inf = record._raw()
+        norm, nan, inf = record.recorded_raw()
         rows.append((norm, nan, inf, source.numel()))
     per_rank = gather_rows(rows, sources[0].device, layout.group)
     whole = combine(per_rank)
     for slot, record in enumerate(records):
-        record._ranks = [
+        ranks = [
             GradStats(numel=part[slot][3], norm=part[slot][0], nan=part[slot][1], inf=part[slot][2])
             for part in per_rank
         ]
         norm, nan, inf, numel = whole[slot]
-        record._whole = GradStats(numel=numel, norm=norm, nan=nan, inf=inf)
+        record.set_across_ranks(GradStats(numel=numel, norm=norm, nan=nan, inf=inf), ranks)

@@ -27,8 +27,6 @@ from .sampling import sample
 
 __all__ = ["Carried", "PassSignals"]
 
-_before_of = attrgetter("_before")
-_NOTHING = frozenset({None})
 _STRIDED = frozenset({torch.strided})
 _shape_of, _grad_of, _layout_of = attrgetter("shape"), attrgetter("grad"), attrgetter("layout")
 _device_of, _dtype_of = attrgetter("device"), attrgetter("dtype")
@@ -70,22 +68,16 @@ class PassSignals:
         self._units(record, params)
 
     def _carried(self, record: BackwardRecord) -> None:
-        grads = record.grads
-        if set(map(_before_of, grads.values())) <= _NOTHING:
+        held = record.held_befores()
+        if not held:
             return  # no .grad held a value as the pass started (zero_grad()'s default)
-        names, befores = [], []
-        for name, grad in grads.items():
-            before = grad._before
-            if before is not None and grad.accumulated:
-                names.append(name)
-                befores.append(sample(before.detach()))
-        if not names:
-            return
+        names = tuple(held)
+        befores = [sample(before.detach()) for before in held.values()]
         if all(b.dtype == befores[0].dtype and b.device == befores[0].device for b in befores):
             norms = torch.stack(torch._foreach_norm(befores, 2))
         else:
             norms = torch.stack([torch.linalg.vector_norm(b.double()).cpu() for b in befores])
-        self.carried.append(Carried(record.index, tuple(names), norms))
+        self.carried.append(Carried(record.index, names, norms))
 
     def _units(self, record: BackwardRecord, params: Mapping[str, torch.Tensor]) -> None:
         names = tuple(record.grads)

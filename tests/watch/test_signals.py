@@ -7,19 +7,18 @@ streaks must follow each change exactly as a pass-by-pass look at every paramete
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import cast
 
 import torch
 from torch import nn
 
-from gradscope._watch.records import BackwardRecord
+from gradscope._watch.records import BackwardRecord, GradRecord
 from gradscope._watch.signals import PassSignals
 
 
 def _record(names: list[str]) -> BackwardRecord:
-    grads = {n: SimpleNamespace(_before=None, accumulated=True) for n in names}
-    return cast(BackwardRecord, SimpleNamespace(grads=grads))
+    grads = {n: GradRecord.from_pass(n, 1, torch.Size(), slot) for slot, n in enumerate(names)}
+    return BackwardRecord(1, grads, [], [])
 
 
 class Oracle:
