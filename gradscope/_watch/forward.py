@@ -24,7 +24,8 @@ import math
 import operator
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -51,7 +52,7 @@ from .tracer import ArmedMode, CutTrace, OpSite
 
 __all__ = ["BackwardOrigin", "ForwardMonitor", "ForwardOrigin", "ForwardRecord"]
 
-# _check runs for every module call: what it looks up often is bound once here.
+# check runs for every module call: what it looks up often is bound once here.
 _STRIDED = torch.strided
 _ref = weakref.ref
 _device_of = operator.attrgetter("device")
@@ -80,8 +81,11 @@ class ForwardMonitor:
         self.order: list[str] = []  # module paths in first-call order
         self._ordered: set[int] = set()
         self._ordered_from: list[int] = []  # the calls of the pass order was last brought up from
-        self._live: LivePass | None = None
-        self._stack: list[int] = []
+        # The hooks' state (forward_hooks.py reads and updates it on every module call): the
+        # pass under way, the module calls in progress (indices into paths), whether a replay
+        # runs, and the op-level tracer while it is armed for this pass.
+        self.live_pass: LivePass | None = None
+        self.stack: list[int] = []
         self._pending: list[PendingPass] = []
         self._unpaired: list[ForwardRecord] = []  # forwards since the last backward pass
         self._unpaired_pending: list[PendingPass] = []  # the same, their sums not read yet
@@ -89,9 +93,9 @@ class ForwardMonitor:
         self._to_locate: tuple[int, Held, int] | None = None  # the bad pass to replay, when safe
         self._last_called: frozenset[str] = frozenset()
         self._last_called_ks: list[int] = []  # the module indices _last_called was made from
-        self._replaying = False
+        self.replaying = False
         self.replay_outputs: list[torch.Tensor] = []
-        self._mode: ArmedMode | None = None
+        self.armed_mode: ArmedMode | None = None
         self.mode = ArmedMode(self)
         self.located: OpSite | None = None  # the op where the first NaN/Inf was born
         self.locate_tried = False
@@ -108,18 +112,30 @@ class ForwardMonitor:
 
     # ----------------------------------------------------------------------------- hooks
     # forward_hooks.pre_hook and post_hook run on every module call; they call these.
+    @contextmanager
+    def replaying_pass(self) -> Iterator[None]:
+        """While the body runs, the hooks only follow the module calls (``stack``, for the
+        tracer) and collect outputs that require grad into ``replay_outputs``: no checks."""
+        self.replaying = True
+        self.stack.clear()
+        try:
+            yield
+        finally:
+            self.replaying = False
+            self.stack.clear()
+
     def _guard(self, fn: Any, *args: Any) -> None:
         try:
             fn(*args)
         except Exception as error:  # never break the user's forward; surfaced via watch.errors
             self.errors.append(error)
 
-    def _check_all(self, live: LivePass, value: Any, owner: int, k: int, kind: int) -> None:
-        """:meth:`_check` each floating tensor of a module's inputs or output."""
+    def check_all(self, live: LivePass, value: Any, owner: int, k: int, kind: int) -> None:
+        """:meth:`check` each floating tensor of a module's inputs or output."""
         for t in floating_tensors(value):
-            self._check(live, t, owner, k, kind)
+            self.check(live, t, owner, k, kind)
 
-    def _check(self, live: LivePass, t: torch.Tensor, owner: int, k: int, kind: int) -> None:
+    def check(self, live: LivePass, t: torch.Tensor, owner: int, k: int, kind: int) -> None:
         """Sum ``t`` (event ``(owner, k, kind)``) unless this pass summed it already, unchanged."""
         reduce = REDUCERS[t.dtype]
         if reduce is None or t.layout is not _STRIDED:
@@ -130,7 +146,7 @@ class ForwardMonitor:
             return
         if t.numel() == 0 or t.is_meta:
             return
-        if self._mode is None:
+        if self.armed_mode is None:
             live.sums.append(reduce(t))
         else:
             self._sum_quietly(live, t, reduce)
@@ -139,7 +155,7 @@ class ForwardMonitor:
 
     def _sum_quietly(self, live: LivePass, t: torch.Tensor, reduce: Reducer) -> None:
         """The sum, while the tracer is on: it lets gradscope's own ops pass unchecked."""
-        mode = self._mode
+        mode = self.armed_mode
         assert mode is not None
         mode.busy = True
         try:
@@ -161,10 +177,10 @@ class ForwardMonitor:
         forward_open = self.located is None and not self.locate_tried
         return forward_open or self.backward is None
 
-    def _begin(self, k: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LivePass:
-        self._stack.clear()
-        if self._live is not None:  # a pass whose outermost call never returned
-            self._note_order(self._live.called)
+    def begin(self, k: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LivePass:
+        self.stack.clear()
+        if self.live_pass is not None:  # a pass whose outermost call never returned
+            self._note_order(self.live_pass.called)
         self.resolve(wait=False)
         self.forwards += 1
         held = None
@@ -172,17 +188,17 @@ class ForwardMonitor:
             tensors = list(floating_tensors((args, kwargs) if kwargs else args))
             held = Held(self._modules[k], args, dict(kwargs), random_states(tensors))
         self._last_held = None  # the pass that keeps a replay's inputs is this one now
-        live = self._live = LivePass(self.forwards, k, torch.is_grad_enabled(), held)
+        live = self.live_pass = LivePass(self.forwards, k, torch.is_grad_enabled(), held)
         if self.mode.armed():
-            self._mode = self.mode
+            self.armed_mode = self.mode
             self.mode.start()
         return live
 
-    def _finish(self, live: LivePass, output: Any) -> None:
-        self._live = None
+    def finish(self, live: LivePass, output: Any) -> None:
+        self.live_pass = None
         if live.called != self._ordered_from:  # usually the same modules as the last pass
             self._note_order(live.called)
-        mode, self._mode = self._mode, None
+        mode, self.armed_mode = self.armed_mode, None
         if mode is not None:
             mode.stop()
         held = live.held
@@ -291,7 +307,7 @@ class ForwardMonitor:
         could break that graph's backward, so it waits for the end of a backward pass (or a read
         with every forward pass answered): on a CPU the end of the bad pass's own backward.
         """
-        if self._to_locate is None or self._unpaired or self._unpaired_pending or self._live:
+        if self._to_locate is None or self._unpaired or self._unpaired_pending or self.live_pass:
             return
         index, held, target = self._to_locate
         self._to_locate = None
@@ -300,7 +316,7 @@ class ForwardMonitor:
     def _locate(self, index: int, held: Held, target: int) -> None:
         """Run forward pass ``index`` again, checking each op of ``target``'s own code."""
         self.mode.arm_locate(target)
-        self._mode = self.mode
+        self.armed_mode = self.mode
         self.mode.start(replay=index)
         try:
             replay(self, held, lambda: held.module(*held.args, **held.kwargs), grad=False)
@@ -308,7 +324,7 @@ class ForwardMonitor:
             self.locate_error = f"{type(error).__name__}: {error}"
         finally:
             self.mode.stop()
-            self._mode = None
+            self.armed_mode = None
 
     # ----------------------------------------------------------------------------- backward
     def after_backward(
@@ -355,16 +371,16 @@ class ForwardMonitor:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        if self._mode is not None:
-            self._mode.stop()
-            self._mode = None
+        if self.armed_mode is not None:
+            self.armed_mode.stop()
+            self.armed_mode = None
         self.resolve(wait=True)
         self._to_locate = None
-        if self._live is not None:  # closed during a forward pass
-            self._note_order(self._live.called)
+        if self.live_pass is not None:  # closed during a forward pass
+            self._note_order(self.live_pass.called)
         for pending in self._pending:
             pending.held = None
-        self._live = None
+        self.live_pass = None
         self._last_held = None
         self._modules = []
         self.mode.arm_trace({})

@@ -2,11 +2,13 @@
 call, before and after it.
 
 They hold the monitor weakly, and their errors go to its ``errors`` (the watch's list), never
-into the user's forward pass. The monitor registers them as CopySafe hooks (see
-:mod:`gradscope._hooks`: a deepcopy, pickle or ``torch.save`` of the watched model carries inert
-hooks, not these), inside the module-tagging hooks where there are some
-(:func:`gradscope._graph.module_tags.share_hooks`). They run on every module call, so the common
-case (one tensor in, one tensor out) is written out here, in one frame per hook.
+into the user's forward pass. They keep the monitor's hook state (``stack``, ``live_pass``,
+``replaying``, ``armed_mode``) and call its ``begin``, ``check``, ``check_all`` and
+``finish``. The monitor registers them as CopySafe hooks (see :mod:`gradscope._hooks`: a
+deepcopy, pickle or ``torch.save`` of the watched model carries inert hooks, not these), inside
+the module-tagging hooks where there are some (:func:`gradscope._graph.module_tags.share_hooks`).
+They run on every module call, so the common case (one tensor in, one tensor out) is written out
+here, in one frame per hook.
 """
 
 from __future__ import annotations
@@ -39,13 +41,13 @@ def pre_hook(
     if monitor is None:
         return
     try:
-        stack = monitor._stack
-        if monitor._replaying:
+        stack = monitor.stack
+        if monitor.replaying:
             stack.append(k)
             return
-        live = monitor._live
+        live = monitor.live_pass
         if live is None or not stack:
-            live = monitor._begin(k, args, kwargs)
+            live = monitor.begin(k, args, kwargs)
             owner = -1
         else:
             owner = stack[-1]
@@ -54,11 +56,11 @@ def pre_hook(
         if not _is_grad_enabled():
             live.no_grad.append(k)
         if len(args) == 1 and isinstance(args[0], _Tensor):
-            monitor._check(live, args[0], owner, k, IN)
+            monitor.check(live, args[0], owner, k, IN)
         elif args:
-            monitor._check_all(live, args, owner, k, IN)
+            monitor.check_all(live, args, owner, k, IN)
         if kwargs:
-            monitor._check_all(live, kwargs, owner, k, IN)
+            monitor.check_all(live, kwargs, owner, k, IN)
     except Exception as error:  # never break the user's forward; surfaced via watch.errors
         monitor.errors.append(error)
 
@@ -70,7 +72,7 @@ def post_hook(
     if monitor is None:
         return
     try:
-        stack = monitor._stack
+        stack = monitor.stack
         if not stack:
             return
         if stack[-1] != k:
@@ -78,23 +80,23 @@ def post_hook(
                 return
             while stack[-1] != k:  # an inner call raised and skipped its hook
                 stack.pop()
-        live = monitor._live
-        if monitor._replaying or live is None:
-            if monitor._replaying:
+        live = monitor.live_pass
+        if monitor.replaying or live is None:
+            if monitor.replaying:
                 monitor.replay_outputs.extend(
                     t for t in floating_tensors(output) if t.requires_grad
                 )
             stack.pop()
             return
         if isinstance(output, _Tensor):
-            monitor._check(live, output, k, k, OUT)
+            monitor.check(live, output, k, k, OUT)
         else:
-            monitor._check_all(live, output, k, k, OUT)
-        mode = monitor._mode
+            monitor.check_all(live, output, k, k, OUT)
+        mode = monitor.armed_mode
         if mode is not None:
             mode.left(k, output, outermost=len(stack) == 1)
         stack.pop()
         if not stack:
-            monitor._finish(live, output)
+            monitor.finish(live, output)
     except Exception as error:  # never break the user's forward; surfaced via watch.errors
         monitor.errors.append(error)

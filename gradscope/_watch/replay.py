@@ -98,14 +98,10 @@ def replay(
     tensors = [t for t in (*held.args, *held.kwargs.values()) if isinstance(t, torch.Tensor)]
     current = random_states(tensors)
     _set_random_states(held.states)
-    monitor._replaying = True
-    monitor._stack.clear()
     try:
-        with torch.set_grad_enabled(grad):
+        with monitor.replaying_pass(), torch.set_grad_enabled(grad):
             run()
     finally:
-        monitor._replaying = False
-        monitor._stack.clear()
         _set_random_states(current)
         with torch.no_grad():
             for buffer, saved in buffers:

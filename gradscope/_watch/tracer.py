@@ -294,8 +294,8 @@ class ArmedMode:
             self._locate is not None
             and monitor is not None
             and monitor.located is None
-            and bool(monitor._stack)
-            and monitor._stack[-1] == self._locate
+            and bool(monitor.stack)
+            and monitor.stack[-1] == self._locate
         )
 
     def before_op(
@@ -376,7 +376,7 @@ class ArmedMode:
 
     def _cut(self, func: Any, names: set[str], reason: str) -> None:
         monitor = self._monitor()
-        stack = monitor._stack if monitor is not None else []
+        stack = monitor.stack if monitor is not None else []
         module = monitor.paths[stack[-1]] if monitor is not None and stack else ""
         location, code = _user_code()
         site = CutSite(_name(func), module, reason, location, code)

@@ -311,3 +311,36 @@ def test_the_replay_waits_while_a_forward_pass_awaits_its_backward() -> None:
     assert d[0].kind == "nonfinite_forward", str(d)
     assert d[0].evidence["op"].startswith("torch.log at ")
     assert [r.passes for r in w._monitors.forward.records] == [[1], [1], [2], [2]]
+
+
+def test_a_replaying_pass_follows_calls_without_checking_and_ends_cleanly() -> None:
+    """Inside ``replaying_pass`` the hooks record no pass and no sum: they only follow the
+    module calls and collect outputs that require grad; the flag and the call stack are reset
+    when the body ends, also when it raises inside a module call."""
+    net = Net(op="log")
+    with gradscope.watch(net, check_forward=True) as w:
+        monitor = w._monitors.forward
+        assert monitor is not None
+        inner: list[list[int]] = []
+
+        def stop_in_last(*_: object) -> None:
+            raise RuntimeError("stop")
+
+        record = net.block.register_forward_pre_hook(lambda *_: inner.append(list(monitor.stack)))
+        with monitor.replaying_pass():
+            net(torch.randn(5, 4))
+        # first.lin, first, block.lin, block, last and the root: each output once
+        assert len(monitor.replay_outputs) == 6
+        assert [monitor.paths[k] for k in inner[0]] == ["", "block"]  # calls in progress
+        stop = net.last.register_forward_pre_hook(stop_in_last)
+        monitor.stack.append(0)  # left over from a forward pass that raised
+        with pytest.raises(RuntimeError, match="stop"), monitor.replaying_pass():
+            assert monitor.replaying and monitor.stack == []
+            monitor.stack.append(0)  # as a hook that is not always called would leave it
+            net(torch.randn(5, 4))  # raises inside the root's call
+        record.remove()
+        stop.remove()
+        assert not monitor.replaying and monitor.stack == []
+        assert monitor.forwards == 0 and list(monitor.records) == []  # nothing was checked
+        net(torch.randn(5, 4)).sum().backward()  # an ordinary pass afterwards is checked
+        assert monitor.forwards == 1
