@@ -19,7 +19,7 @@ from torch import nn, optim
 from .._errors import GradscopeError
 from .._files import staged_dir
 from .._graph.build import graph
-from .._graph.graph import DEFAULT_MAX_NODES, Graph
+from .._graph.graph import Graph
 from .._lenet import LeNet
 from .._naming import named_parameters
 from .._optim.check import check_step
@@ -334,7 +334,7 @@ def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int,
     flows = [n.grad_norm for n in g.nodes if n.grad_norm is not None]
     span = f" (from {min(flows):.2g} to {max(flows):.2g})" if flows else ""
     if no_svg is None:
-        drawn = len(g._dot(None, DEFAULT_MAX_NODES, True).drawn)  # as the picture's title
+        drawn = g.drawn_count()  # as the picture's title
         say(
             f"The graph from step 4 recorded that backward pass: {graph_file.name} draws its "
             f"{len(g)} nodes as {drawn} boxes (each AccumulateGrad folded into the op that uses "

@@ -66,7 +66,6 @@ def _shape(text: str) -> tuple[int, ...]:
 def _cmd_graph(args: argparse.Namespace) -> int:
     from .._files import atomic_write
     from .._graph.build import graph
-    from .._graph.graph import DEFAULT_MAX_NODES
     from .._graph.module_tags import install_module_tagging
     from .target import DTYPES, build_model, check_memory, make_inputs, to_loss, vocab_of
 
@@ -120,7 +119,7 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     atomic_write(out, data)
     extra = ", gradient norms on the edges" if args.grads else ""
     if not focus:  # say what the picture holds, not only what was walked: its title's count
-        boxes = len(g._dot(args.depth, DEFAULT_MAX_NODES, True).drawn)
+        boxes = g.drawn_count(depth=args.depth)
         how = "" if args.depth is None else f": modules collapsed at depth {args.depth}"
         extra = f" ({boxes} drawn{how})" + extra
     print(f"wrote {out}: backward graph of {type(model).__name__}, {whole} nodes{focus}{extra}")

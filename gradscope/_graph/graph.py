@@ -278,6 +278,14 @@ class Graph:
         node budget (its notes say how), else this graph itself."""
         return self._plan(depth, max_nodes, fold)
 
+    def drawn_count(
+        self, *, depth: int | None = None, max_nodes: int = DEFAULT_MAX_NODES, fold: bool = True
+    ) -> int:
+        """How many boxes :meth:`to_svg` draws with the same options (the picture's title says
+        "N drawn"): each ``AccumulateGrad`` folded into the op that uses it, unless ``fold=False``.
+        """
+        return len(self._dot(depth, max_nodes, fold).drawn)
+
     def to_dot(
         self, *, depth: int | None = None, max_nodes: int = DEFAULT_MAX_NODES, fold: bool = True
     ) -> str:

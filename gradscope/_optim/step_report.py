@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -225,6 +226,8 @@ class StepReport:
 
     def _repr_html_(self) -> str:
         """Jupyter/VS Code: the headline, one table row per parameter, problems and notes."""
+        if not self._ready:
+            return f"<p>{html.escape(str(self))}</p>"
         from .._report.notebook import step_report_html
 
         return step_report_html(self)

@@ -144,9 +144,8 @@ def _state_cell(state: tuple[StateCheck, ...]) -> str:
 
 
 def step_report_html(report: StepReport) -> str:
-    """A :class:`~gradscope.StepReport`: headline, one row per parameter, problems and notes."""
-    if not report._ready:
-        return f"<p>{html.escape(str(report))}</p>"
+    """A filled-in :class:`~gradscope.StepReport`: headline, one row per parameter, problems
+    and notes."""
     headers = ["parameter", "group", "max abs diff", "max rel diff", "tolerance", "changed"]
     headers += ["state", "verdict"]
     rows, styles = [], []

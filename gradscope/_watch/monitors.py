@@ -23,7 +23,6 @@ from .._naming import describe
 from .assembly import loss_scale
 from .evidence import Evidence, param_order
 from .forward import ForwardMonitor
-from .reading import Reading
 from .records import BackwardRecord
 from .signals import PassSignals
 from .steps import StepMonitor
@@ -91,7 +90,7 @@ class Monitors:
             )
         self._recorder = weakref.ref(recorder)
         self.on_problem = on_problem
-        root = recorder._root
+        root = recorder.root
         self.module_types = (
             {path: type(m).__name__ for path, m in root.named_modules()} if root is not None else {}
         )
@@ -140,7 +139,7 @@ class Monitors:
         checking = self.on_problem is not None
         # Knowing now costs nothing on the CPU (the norms are read as the pass ends); on a GPU it
         # would wait for the whole backward pass, so only on_problem= asks there.
-        nonfinite = _nonfinite(record) if checking or _on_cpu(params) else None
+        nonfinite = record.any_nonfinite() if checking or _on_cpu(params) else None
         if self.forward is not None:
             self.forward.after_backward(record.index, missing, nonfinite, params, wait=checking)
         self.signals.on_pass(record, params)
@@ -232,22 +231,6 @@ def _announce(on_problem: str | None, finding: Any) -> Any:
     return announce
 
 
-def _nonfinite(record: BackwardRecord) -> bool:
-    """Whether the pass left a NaN/Inf gradient, from the counts taken as it ended (not
-    ``record.nonfinite``, whose full statistics are a pass over every gradient: 4x an MLP
-    training step). The records of a pass share one :class:`Reading` (one slot per record),
-    which answers in one call; records that do not (or FSDP2's whole-gradient statistics) are
-    asked one by one."""
-    grads = record.grads
-    readings: set[Reading | None] = set(map(_reading_of, grads.values()))
-    if len(readings) == 1 and list(map(_whole_of, grads.values())).count(None) == len(grads):
-        (reading,) = readings
-        if reading is not None:
-            return reading.any_nonfinite()
-    return any(not g.recorded.finite for g in grads.values())
-
-
-_reading_of, _whole_of = attrgetter("_reading"), attrgetter("_whole")
 _device_of = attrgetter("device")
 
 

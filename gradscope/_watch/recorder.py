@@ -169,6 +169,11 @@ class Recorder:
         return self._module if self._module is not None else self._module_ref()
 
     @property
+    def root(self) -> nn.Module | None:
+        """The user's own model inside DDP and compile wrappers; None once closed."""
+        return self._root
+
+    @property
     def module_type(self) -> str:
         """The class name of the watched model (unwrapped from DDP/compile), kept after close."""
         return self._root_type

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -243,3 +244,17 @@ def test_path_errors_say_which_inputs_exist() -> None:
         gradscope.GradscopeError, match=r"has no input 5; it has inputs \[0, 1, 2\]"
     ):
         g.path(0, 5)
+
+
+@needs_renderer
+def test_drawn_count_is_the_number_of_boxes_in_the_picture() -> None:
+    net, loss = _lenet_loss()
+    g = gradscope.graph(loss, params=net)
+    boxes = set(_svg_nodes(g.to_svg())) - {"legend"}
+    assert g.drawn_count() == len(boxes) == 12  # 16 ops less 3 TBackward0 and the flatten view
+    _, nodes, _ = oracle(loss)  # a plain next_functions traversal
+    assert g.drawn_count(fold=False) == nodes == 26  # nothing folded: every node is a box
+    assert f"({g.drawn_count()} drawn)" in g.to_dot()  # the count in the picture's title
+    big = gradscope.graph(ResidualMLP(300)(torch.randn(2, 4)).sum())
+    node_lines = re.findall(r"^\tn\d+ \[", big.to_dot(max_nodes=50), flags=re.M)
+    assert big.drawn_count(max_nodes=50) == len(node_lines) <= 50  # collapsed to the budget

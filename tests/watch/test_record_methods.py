@@ -209,3 +209,39 @@ def test_recorded_raw_is_the_reading_before_unscaling() -> None:
     assert finite.recorded.norm == 2.5  # recorded unscales, recorded_raw does not
     with pytest.raises(GradscopeError, match="no statistics"):
         GradRecord.from_pass("w", 1, torch.Size([2]), 0).recorded_raw()
+
+
+# ------------------------------------------------------------------------- any_nonfinite
+def _pass(*afters: torch.Tensor, shared: bool = True) -> BackwardRecord:
+    grads = {
+        f"p{i}": GradRecord.from_pass(f"p{i}", 1, t.shape, i if shared else 0, after=t)
+        for i, t in enumerate(afters)
+    }
+    if shared:
+        attach_reading(list(grads.values()), Reading(list(afters)), None)
+    else:
+        for t, record in zip(afters, grads.values(), strict=True):
+            attach_reading([record], Reading([t]), None)
+    return BackwardRecord(1, grads, [], [])
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("bad", [None, math.nan, math.inf, -math.inf])
+def test_any_nonfinite_agrees_with_numpy_and_the_full_statistics(
+    shared: bool, bad: float | None
+) -> None:
+    values = [np.array([1.0, 2.0]), np.array([3.0, -4.0, 0.0]), np.array([5.0])]
+    if bad is not None:
+        values[2][0] = bad
+    record = _pass(*(torch.from_numpy(v) for v in values), shared=shared)
+    expected = not all(np.isfinite(v).all() for v in values)
+    assert record.any_nonfinite() is expected
+    assert bool(record.nonfinite) is expected
+
+
+def test_any_nonfinite_reads_fsdp2s_whole_gradient_and_empty_passes() -> None:
+    record = _pass(torch.ones(2), torch.ones(3))  # this rank's shards are finite
+    whole = GradStats(numel=4, norm=math.nan, nan=1, inf=0)  # another rank's is not
+    record.grads["p1"].set_across_ranks(whole, [whole])
+    assert record.any_nonfinite() is True
+    assert BackwardRecord(1, {}, [], []).any_nonfinite() is False

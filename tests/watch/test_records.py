@@ -7,13 +7,13 @@ import torch
 
 from gradscope import BackwardRecord, GradRecord, GradscopeError, UnknownParameterError
 from gradscope._watch.reading import Reading
+from gradscope._watch.records import attach_reading
 from gradscope._watch.stats import full_stats
 
 
 def _record(name: str, tensor: torch.Tensor) -> GradRecord:
-    record = GradRecord(name, 1, tensor.shape)
-    record._after = record._delta = tensor
-    record._reading = Reading([tensor])
+    record = GradRecord.from_pass(name, 1, tensor.shape, 0, after=tensor, delta=tensor)
+    attach_reading([record], Reading([tensor]), None)
     return record
 
 
