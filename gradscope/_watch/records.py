@@ -268,7 +268,8 @@ class GradRecord:
         return stats if self.loss_scale is None else stats.scaled(1.0 / self.loss_scale)
 
     def swap_for_copy(self, old: torch.Tensor, new: torch.Tensor) -> None:
-        """Swap a live ``.grad`` reference for a copy of it (before backward adds into it).
+        """Swap a live ``.grad`` reference for a copy of it (the watch calls this before the
+        next backward adds into it; user code never needs to).
 
         Does nothing unless ``after`` is ``old`` as it was when the pass ended; when ``old``
         was changed in place since, marks the record ``modified`` instead.
@@ -286,14 +287,16 @@ class GradRecord:
 
     def set_across_ranks(self, whole: GradStats, ranks: list[GradStats]) -> None:
         """FSDP2, when the pass ends: the whole gradient's statistics and every rank's shard's
-        (numel, norm, NaN/Inf, before unscaling); ``stats`` and ``rank_stats`` read them."""
+        (numel, norm, NaN/Inf, before unscaling), which ``stats`` and ``rank_stats`` read. The
+        watch calls this; user code never needs to."""
         self._whole = whole
         self._ranks = ranks
 
     def drop_if_orphaned(self, live: torch.Tensor | None) -> bool:
         """Let go of the tensors when ``after`` was the pass's ``.grad`` and the parameter's
         ``.grad`` is now ``live``, another tensor (the watch would be the only holder); the
-        statistics stay. Returns whether the record still holds its ``after``.
+        statistics stay. Returns whether the record still holds its ``after``. The watch calls
+        this before each forward pass; user code never needs to.
         """
         after = self._after
         if after is None:
