@@ -674,3 +674,36 @@ def test_assert_grads_close_infinite_relative_difference_and_every_parameter_che
             CLOSE_HINT,
         ]
     )
+
+
+def test_assert_step_matches_reference_fails_a_step_too_small_to_check() -> None:
+    # weight.grad 2 and bias.grad 1, lr 1e-9: updates 2e-9 and 1e-9, far inside float32's
+    # rounding of weights near 0.5 (about 1e-6), so a skipped step would match as well
+    net = nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-9)
+
+    def step(lr: float) -> None:
+        opt.param_groups[0]["lr"] = lr
+        with torch.no_grad():
+            net.weight.fill_(0.5)
+            net.bias.fill_(0.25)
+        net.weight.grad = torch.full((1, 2), 2.0, dtype=net.weight.dtype)
+        net.bias.grad = torch.ones(1, dtype=net.bias.dtype)
+        opt.step()
+
+    text = _message(gt.assert_step_matches_reference, opt, lambda: step(1e-9), params=net)
+    expected = "\n".join(
+        [
+            "assert_step_matches_reference: SGD.step() could not be checked against the "
+            "documented torch.optim.SGD update rule: its reference moves every parameter by no "
+            "more than the tolerance, so a wrong step (skipped, doubled) would match too",
+            "  weight (1, 2): largest update 2e-09, tolerance TOL",
+            "  bias (1,): largest update 1e-09, tolerance TOL",
+            "Hint: make the step larger than rounding in the test: a larger lr or larger "
+            "gradients, or float64 parameters (a tolerance about 5e8 times smaller)",
+        ]
+    )
+    assert re.fullmatch(re.escape(expected).replace("TOL", r"[0-9.]+e-0[67]"), text), text
+    gt.assert_step_matches_reference(opt, lambda: step(1e-3), params=net)  # 2e-3: resolved
+    net.double()  # the same tiny step, resolved in float64
+    gt.assert_step_matches_reference(opt, lambda: step(1e-9), params=net)
