@@ -135,9 +135,10 @@ class VerifiedTraining(RuleBasedStateMachine):
             self.opt.step()
         report = self._reports()[-1]
         # every parameter the reference moves is off by a whole step: it fails, or the report
-        # says the step is within the tolerance (a small update after a restart) and so unseen
+        # says the step is within the tolerance (a small update after a restart) and so unseen;
+        # twice a zero step (tanh saturated in float32: gradients exactly 0) is still right
         moved = [p for p in report.params if p.max_update]
-        assert moved and all(p.failed or p.unresolved for p in moved), str(report)
+        assert all(p.failed or p.unresolved for p in moved), str(report)
         if any(p.failed for p in moved):
             assert not report.ok and caught, "a step with twice the lr passed"
         assert all(p.reasons for p in report.failures), str(report)
