@@ -105,7 +105,7 @@ def assert_step_matches_reference(
             Failure(
                 check.name,
                 shapes.get(check.name),
-                f"{'; '.join(check.reasons) or 'does not match'} ({where}){numbers}",
+                f"{'; '.join(check.reasons)} ({where}){numbers}",  # each FAIL has a reason
             )
         )
     raise fail(
