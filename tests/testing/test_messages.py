@@ -704,6 +704,8 @@ def test_assert_step_matches_reference_fails_a_step_too_small_to_check() -> None
         ]
     )
     assert re.fullmatch(re.escape(expected).replace("TOL", r"[0-9.]+e-0[67]"), text), text
+    text = _message(gt.assert_step_matches_reference, opt, lambda: step(1e-9), msg="warmup")
+    assert text.startswith("warmup\nassert_step_matches_reference: SGD.step() could not be")
     gt.assert_step_matches_reference(opt, lambda: step(1e-3), params=net)  # 2e-3: resolved
     net.double()  # the same tiny step, resolved in float64
     gt.assert_step_matches_reference(opt, lambda: step(1e-9), params=net)
