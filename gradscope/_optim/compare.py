@@ -21,7 +21,7 @@ from .compare_state import spread, state_checks, state_sums
 from .diagnose import explain_update, guess
 from .rules.base import flag
 from .shadow import Shadow
-from .step_report import FAIL, OK, SKIPPED, UNCHECKED, ParamCheck, StateCheck
+from .step_report import FAIL, OK, SKIPPED, UNCHECKED, UNRESOLVED, ParamCheck, StateCheck
 from .tolerance import bound
 
 __all__ = ["Outcome", "judge"]
@@ -90,6 +90,9 @@ def judge(
             f"{len(names)} parameter(s) in param groups had no gradient and were skipped "
             f"(frozen, or unused in the forward pass?): {shown}"
         )
+    unresolved = [p for p in out.params if p.unresolved]
+    if unresolved:
+        out.notes.append(_unresolved_note(unresolved))
     for g in plan.zero_lr_groups:
         what = (
             "the reference expects its parameters not to move"
@@ -103,6 +106,18 @@ def judge(
         for target in order:
             shadow.record(target.tensor, optimizer.state.get(target.tensor, {}))
     return out
+
+
+def _unresolved_note(checks: list[ParamCheck]) -> str:
+    names = [p.name for p in checks]
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    first = checks[0]
+    return (
+        f"{len(names)} parameter(s) matched but are unresolved: the reference moves them by no "
+        f"more than the tolerance (e.g. {first.name}: largest update {first.max_update:.2e}, "
+        f"tolerance {first.tolerance:.2e}), so a step off by its whole size would match too "
+        f"(a tiny lr or gradient; check a later step, or in float64): {shown}"
+    )
 
 
 def mismatch(expected: Tensor, actual: Tensor) -> Tensor:
@@ -171,6 +186,8 @@ def _batch(
         # it matched: it moved if the reference moves it; it failed: measured from the values
         changed = bool(value[5]) if value[3] else value[4] > 0
         verdict = FAIL if reasons else OK
+        if verdict == OK and 0 < value[4] <= value[2]:  # a whole wrong step would match
+            verdict = UNRESOLVED
         checks.append(
             ParamCheck(
                 target.name,
@@ -183,6 +200,7 @@ def _batch(
                 tuple(reasons),
                 tuple(states),
                 target.optimizer,
+                value[4],
             )
         )
     return checks

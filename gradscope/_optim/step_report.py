@@ -13,6 +13,7 @@ from .._errors import GradscopeError, StepMismatch
 __all__ = ["ParamCheck", "StateCheck", "StepReport", "merge"]
 
 OK, FAIL, SKIPPED, UNCHECKED = "ok", "FAIL", "skipped", "unchecked"
+UNRESOLVED = "unresolved"
 STRUCTURAL = (
     "a gradient in no param group; moved without a gradient, or with lr 0; did not move "
     "although its gradient is non-zero and lr > 0"
@@ -46,8 +47,11 @@ class ParamCheck:
     ``max_abs_diff`` is max|after - reference|, ``max_rel_diff`` the same divided by the largest
     reference update (1.0 means "off by a whole step"), ``tolerance`` the bound from
     :func:`gradscope._optim.tolerance.tolerance`; all three are None when values were not checked.
-    ``verdict`` is "ok", "FAIL", "skipped" (no gradient, left alone) or "unchecked" (values
-    not checked: ``values=False``). ``reasons`` says what went wrong and the likely fix.
+    ``verdict`` is "ok", "FAIL", "skipped" (no gradient, left alone), "unchecked" (values
+    not checked: ``values=False``) or "unresolved": the values matched, but the reference's
+    whole update (``max_update``, the largest |reference - before|) is within the tolerance,
+    so even a step off by all of its size would have matched (a tiny lr or gradient in float32;
+    check a later step, or in float64). ``reasons`` says what went wrong and the likely fix.
     ``state`` holds one :class:`StateCheck` per optimizer state entry compared (shadow mode),
     and ``optimizer`` the index of its optimizer when several were checked together.
     """
@@ -62,11 +66,17 @@ class ParamCheck:
     reasons: tuple[str, ...] = ()
     state: tuple[StateCheck, ...] = ()
     optimizer: int = 0
+    max_update: float | None = None
 
     @property
     def failed(self) -> bool:
         """True when this parameter's step did not match the reference."""
         return self.verdict == FAIL
+
+    @property
+    def unresolved(self) -> bool:
+        """True when the step matched but was too small for a wrong step to show."""
+        return self.verdict == UNRESOLVED
 
 
 @dataclass
@@ -140,6 +150,9 @@ class StepReport:
         verdict = "ok" if self.ok else f"{failed} of {len(self.params)} parameters FAILED"
         if not self.ok and not failed:
             verdict = "FAILED"
+        unresolved = sum(p.unresolved for p in self.params)
+        if unresolved:
+            verdict += f" ({unresolved} of {len(self.params)} unresolved: step within tolerance)"
         return f"step {self.step} of {self.optimizer}: {checked}: {verdict}"
 
     def table(self) -> str:

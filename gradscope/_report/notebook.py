@@ -162,7 +162,7 @@ def step_report_html(report: StepReport) -> str:
                 f"<b>{p.verdict}</b>" if p.verdict == FAIL else html.escape(p.verdict),
             ]
         )
-        styles.append(_BAD_ROW if p.verdict == FAIL else "")
+        styles.append(_BAD_ROW if p.verdict == FAIL else (_MUTED_ROW if p.unresolved else ""))
     parts = [
         _title(report.headline()),
         f'<div style="{_SCROLL}">',

@@ -101,11 +101,15 @@ def make_grad_record(
     accumulated = entry.accumulated
     if not accumulated or live is None:  # torch.autograd.grad: .grad is untouched
         grad = entry.grad  # autograd.grad returned this very tensor: its version now
+        after, source = entry.before, grad
+        if accumulated and grad is not None:  # .grad was written, then cleared by a
+            # post-accumulate hook (optimizer in backward): it held before + grad
+            after = source = grad if after is None else after + grad
         kept: dict[str, Any] = {}
         if keep != "none":
             kept = {
                 "before": entry.before,
-                "after": entry.before,
+                "after": after,
                 "delta": grad,
                 "source_version": None if grad is None else grad._version,
             }
@@ -121,7 +125,7 @@ def make_grad_record(
         )
         # never .grad itself (before and after are the copy taken before the pass): not shared
         shares = False  # pragma: no mutate (listed, it would be skipped: its after is not .grad)
-        return record, entry.grad, None, shares
+        return record, source, None, shares
     norm = entry.norm
     if norm is not None and entry.incoming != (live.data_ptr(), live._version):
         norm = None  # .grad is not the very gradient the hook measured (another hook?)

@@ -282,7 +282,9 @@ class Recorder:
         except RuntimeError:  # torch refuses the question for leaves during autograd.grad
             accumulates = False
         if old is None and accumulates and not grad.requires_grad:
-            if self._ddp or grad.layout is not _STRIDED:
+            # hold the gradient (torch then copies it into .grad) where .grad may be gone at the
+            # end of the pass: a post-accumulate hook (optimizer in backward) may clear it
+            if self._ddp or grad.layout is not _STRIDED or param._post_accumulate_grad_hooks:
                 entry = Entry(
                     grad,
                     None,

@@ -45,7 +45,8 @@ def assert_step_matches_reference(
     move as the documented rule of the optimizer (every torch.optim family check_step has a
     rule for, or ``reference=rule``) says; an optimizer without a rule is an error, not a pass.
     ``params=`` (the model) names the parameters and finds the ones missing from the
-    optimizer. Returns what ``step`` returned.
+    optimizer. A step too small to check (every parameter's update within the tolerance, so a
+    wrong step would match too) fails as well. Returns what ``step`` returned.
 
     >>> import gradscope.testing as gt
     >>> net = torch.nn.Linear(3, 1)
@@ -67,9 +68,29 @@ def assert_step_matches_reference(
     resolved = None if params is None else dict(named_parameters(params).params)
     with check_step(optimizer, params=resolved, reference=reference) as report:
         result = step()
+    shapes = _shapes(optimizer, resolved)
+    moved = [check for check in report.params if check.max_update]
+    if report.ok and moved and all(check.unresolved for check in moved):
+        raise fail(
+            function,
+            f"{type(optimizer).__name__}.step() could not be checked against "
+            f"{report.reference}: its reference moves every parameter by no more than the "
+            f"tolerance, so a wrong step (skipped, doubled) would match too",
+            [
+                Failure(
+                    check.name,
+                    shapes.get(check.name),
+                    f"largest update {fmt_num(check.max_update)}, "
+                    f"tolerance {fmt_num(check.tolerance)}",
+                )
+                for check in moved
+            ],
+            "make the step larger than rounding in the test: a larger lr or larger gradients, "
+            "or float64 parameters (a tolerance about 5e8 times smaller)",
+            msg,
+        )
     if report.ok:
         return result
-    shapes = _shapes(optimizer, resolved)
     failures = [Failure("(whole step)", None, text) for text in report.problems]
     for check in report.failures:
         numbers = ""
@@ -84,7 +105,7 @@ def assert_step_matches_reference(
             Failure(
                 check.name,
                 shapes.get(check.name),
-                f"{'; '.join(check.reasons) or 'does not match'} ({where}){numbers}",
+                f"{'; '.join(check.reasons)} ({where}){numbers}",  # each FAIL has a reason
             )
         )
     raise fail(

@@ -48,7 +48,9 @@ def test_every_real_torch_optim_step_passes(
             opt.step()
         assert report.ok, f"{kwargs}\n{report}"
         assert report.values_checked
-        assert [p.verdict for p in report.params] == ["ok"] * len(params)
+        for p in report.params:  # a tiny drawn lr: matched, but within the tolerance
+            assert p.verdict in ("ok", "unresolved")
+            assert not p.unresolved or p.max_update <= p.tolerance  # type: ignore[operator]
     assert _hooks(opt) == 0
 
 

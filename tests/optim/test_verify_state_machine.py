@@ -134,7 +134,13 @@ class VerifiedTraining(RuleBasedStateMachine):
             warnings.simplefilter("always", gradscope.GradscopeWarning)
             self.opt.step()
         report = self._reports()[-1]
-        assert not report.ok and caught, "a step with twice the lr passed"
+        # every parameter the reference moves is off by a whole step: it fails, or the report
+        # says the step is within the tolerance (a small update after a restart) and so unseen;
+        # twice a zero step (tanh saturated in float32: gradients exactly 0) is still right
+        moved = [p for p in report.params if p.max_update]
+        assert all(p.failed or p.unresolved for p in moved), str(report)
+        if any(p.failed for p in moved):
+            assert not report.ok and caught, "a step with twice the lr passed"
         assert all(p.reasons for p in report.failures), str(report)
         self.expect_note = False
         self.steps += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from html.parser import HTMLParser
 
 import torch
@@ -110,3 +111,18 @@ def test_step_report_rows_verdicts_and_reasons() -> None:
     assert verdicts == {"weight": "FAIL", "bias": "ok"}
     assert "#ffebe9" in table.styles[1 + [r[0] for r in rows].index("weight")]
     assert "reason: weight:" in shown
+
+
+def test_step_report_shows_an_unresolved_step_muted_with_its_note() -> None:
+    net = nn.Linear(3, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-10)  # updates far below float32 rounding
+    net(torch.ones(1, 3)).sum().backward()
+    with gradscope.check_step(opt, params=net) as report:
+        opt.step()
+    shown = report._repr_html_()
+    table = _Tables(shown)
+    _, *rows = table.rows
+    assert {r[0]: r[-1] for r in rows} == {"weight": "unresolved", "bias": "unresolved"}
+    assert all("#57606a" in style for style in table.styles[1:])
+    assert "2 parameter(s) matched but are unresolved" in shown
+    assert html.escape(report.headline()) in shown

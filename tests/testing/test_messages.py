@@ -674,3 +674,78 @@ def test_assert_grads_close_infinite_relative_difference_and_every_parameter_che
             CLOSE_HINT,
         ]
     )
+
+
+def test_assert_step_matches_reference_fails_a_step_too_small_to_check() -> None:
+    # weight.grad 2 and bias.grad 1, lr 1e-9: updates 2e-9 and 1e-9, far inside float32's
+    # rounding of weights near 0.5 (about 1e-6), so a skipped step would match as well
+    net = nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-9)
+
+    def step(lr: float) -> None:
+        opt.param_groups[0]["lr"] = lr
+        with torch.no_grad():
+            net.weight.fill_(0.5)
+            net.bias.fill_(0.25)
+        net.weight.grad = torch.full((1, 2), 2.0, dtype=net.weight.dtype)
+        net.bias.grad = torch.ones(1, dtype=net.bias.dtype)
+        opt.step()
+
+    text = _message(gt.assert_step_matches_reference, opt, lambda: step(1e-9), params=net)
+    expected = "\n".join(
+        [
+            "assert_step_matches_reference: SGD.step() could not be checked against the "
+            "documented torch.optim.SGD update rule: its reference moves every parameter by no "
+            "more than the tolerance, so a wrong step (skipped, doubled) would match too",
+            "  weight (1, 2): largest update 2e-09, tolerance TOL",
+            "  bias (1,): largest update 1e-09, tolerance TOL",
+            "Hint: make the step larger than rounding in the test: a larger lr or larger "
+            "gradients, or float64 parameters (a tolerance about 5e8 times smaller)",
+        ]
+    )
+    assert re.fullmatch(re.escape(expected).replace("TOL", r"[0-9.]+e-0[67]"), text), text
+    text = _message(gt.assert_step_matches_reference, opt, lambda: step(1e-9), msg="warmup")
+    assert text.startswith("warmup\nassert_step_matches_reference: SGD.step() could not be")
+    gt.assert_step_matches_reference(opt, lambda: step(1e-3), params=net)  # 2e-3: resolved
+    net.double()  # the same tiny step, resolved in float64
+    gt.assert_step_matches_reference(opt, lambda: step(1e-9), params=net)
+
+
+def test_assert_step_matches_reference_joins_every_reason_of_a_parameter() -> None:
+    # a step twice as long that also never stores SGD's momentum buffer: two reasons for each
+    # parameter, in one line; a parameter in no param group fails without numbers
+    class TwiceNoMomentum(torch.optim.SGD):
+        @torch.no_grad()
+        def step(self, closure=None):  # type: ignore[no-untyped-def]
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.add_(p.grad, alpha=-2 * group["lr"])
+
+    net, extra = nn.Linear(2, 1), nn.Linear(1, 1)
+    opt = TwiceNoMomentum(net.parameters(), lr=0.1, momentum=0.9)
+
+    def step() -> None:
+        net.weight.grad, net.bias.grad = torch.ones(1, 2), torch.ones(1)
+        extra.weight.grad = torch.ones(1, 1)
+        opt.step()
+
+    both = nn.ModuleDict({"a": net, "b": extra})
+    lines = _message(gt.assert_step_matches_reference, opt, step, params=both).splitlines()
+    assert lines[0].endswith(": 3 of 3 parameters failed"), lines[0]  # b.bias: no gradient
+    twice = "it moved twice as far as the reference: was the step applied twice?"
+    stored = "was it computed but never stored in optimizer.state[p]?"
+    for line, name, shape in ((lines[1], "a.weight", "(1, 2)"), (lines[2], "a.bias", "(1,)")):
+        pattern = (
+            f"  {name} {shape}: {twice}; momentum_buffer of {name} is missing after the step "
+            f"(the rule keeps it): {stored} (param group 0): max abs diff 0.1 (tolerance TOL), "
+            "1 of the step"
+        )
+        assert re.fullmatch(re.escape(pattern).replace("TOL", r"[0-9.]+e-07"), line), line
+    assert lines[3] == (
+        "  b.weight (1, 1): it has a gradient but is in no param group: it will never be "
+        "updated; pass all the model's parameters to the optimizer (e.g. "
+        "torch.optim.SGD(net.parameters(), ...)) or add it with "
+        "optimizer.add_param_group({'params': [...]}); if another optimizer updates it "
+        "(SparseAdam for embeddings), check both: check_step([sparse_opt, dense_opt], ...) "
+        "(in no param group)"
+    )
