@@ -45,6 +45,7 @@ class Entry:
     old_version: int
     incoming: tuple[int, int] | None = None  # (data_ptr, version) of a gradient torch may steal
     norm: torch.Tensor | None = None  # its norm, taken while it was hot in cache
+    shard: torch.Tensor | None = None  # FSDP2: the sharded parameter its hook ran on
 
 
 def take_accumulated(node: Any, entry: Entry) -> None:

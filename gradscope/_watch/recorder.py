@@ -260,6 +260,7 @@ class Recorder:
                 True,  # pragma: no mutate (accumulated: unread for FSDP2 shards)
                 None,
                 0,  # pragma: no mutate (old_version: unread for FSDP2 shards)
+                shard=param,
             )
 
     def on_grad(self, name: str, param: torch.Tensor, grad: torch.Tensor) -> None:

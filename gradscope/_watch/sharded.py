@@ -106,14 +106,16 @@ def assemble_sharded(
 ) -> tuple[dict[str, GradRecord], list[torch.Tensor], list[torch.Tensor | None]]:
     """``assembly.assemble`` for FSDP2 parameters: the records, their shards, no known norms.
 
-    A failed pass keeps every entry: the hook runs only once the shard is in ``.grad``.
+    A failed pass keeps every entry: the hook runs only once the shard is in ``.grad``. Each
+    record reads the sharded parameter its hook ran on: a failed pass is ended by the next
+    backward, when FSDP2 may have put unsharded parameters, without ``.grad``, on the modules.
     """
     records: dict[str, GradRecord] = {}
     sources: list[torch.Tensor] = []
     for name, entry in entries.items():
-        param = params.get(name)
-        if param is None:
+        if name not in params:  # no longer watched
             continue
+        param = entry.shard if entry.shard is not None else params[name]
         record, source, live = make_sharded_record(
             name, param, entry, index, len(sources), scale, aliases[name], keep=keep, copy=copy
         )
