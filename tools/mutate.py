@@ -58,6 +58,7 @@ _STEP = [
     "tests/optim/test_check.py",
     "tests/optim/test_injected_bugs.py",
     "tests/optim/test_verify.py",
+    "tests/optim/test_resolution.py",
 ]
 # the reference rules, against torch.optim itself and numbers worked out by hand
 _RULES = ["tests/optim/test_rules_literal.py", "tests/optim/test_references.py"]
