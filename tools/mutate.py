@@ -42,6 +42,7 @@ _WATCH_CORE = [
     "-k",
     "not compile and (not later or parts or one_process)",
     "tests/watch/test_recorder_parts.py",
+    "tests/watch/test_recorder_state.py",
     "tests/watch/test_assembly_parts.py",
     "tests/watch/test_sharded_one_process.py",
     "tests/watch/test_ddp_one_process.py",

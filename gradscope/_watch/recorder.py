@@ -92,9 +92,7 @@ class Recorder:
         # views, even after zero_grad(set_to_none=True): records kept past the next pass need
         # copies of their own.
         self.copy = copy or (
-            keep == "all"
-            and self._layout.kind == "ddp"
-            and bool(getattr(module, "gradient_as_bucket_view", 0))
+            keep == "all" and self._layout.kind == "ddp" and bool(module.gradient_as_bucket_view)
         )
         root = unwrap_module(module)
         self._root: nn.Module | None = root
@@ -116,7 +114,8 @@ class Recorder:
         self.notes: list[str] = []  # things to tell the user once, as warnings, on the next read
         self.closed = False
         self.keep: Keep = keep
-        self._keeper = Keeper(keep, max_bytes or 0)
+        self._keeper = Keeper(keep, max_bytes or 0)  # pragma: no mutate
+        # (Keeper.keep is never read; 0 stands for None until replaced below; max_bytes >= 1)
         self._followed = Followed(
             root, include, exclude, self._register, self._forget, nodes=not self._sharded
         )
@@ -189,7 +188,7 @@ class Recorder:
         self.poll()
         if self._in_flight is not None:  # read back the last pass's statistics while we can
             self._in_flight.wait()
-            self._in_flight = None
+            self._in_flight = None  # pragma: no mutate (no pass ends after close to read it)
         if self._pass is not None:
             self._pass.cancel()
         self._finalizer()
@@ -415,7 +414,8 @@ class Recorder:
         frozen = followed.frozen
         missing = (
             []
-            if len(records) + len(frozen) == len(params)
+            if len(records) + len(frozen) == len(params)  # pragma: no mutate
+            # (a shortcut: were it wrong, the list below is computed, and is [] then too)
             or (self._sharded and not synchronised)  # FSDP2 kept them unsharded, unseen
             else [n for n, p in params.items() if p.requires_grad and n not in records]
         )
@@ -462,12 +462,14 @@ class Recorder:
         """
         if self._in_flight is not None:  # frees the host buffers for this pass's results
             self._in_flight.wait()
-        hot = None if known.count(None) == len(known) else known
+        hot = None if known.count(None) == len(known) else known  # pragma: no mutate
+        # (a shortcut: Reading measures every None in ``known`` as it does without it)
         reading = Reading(sources, hot, copy_for=self._host_copy)
-        self._in_flight = reading if reading.pending else None
-        attach_reading(
-            records.values(), reading, None if scale is None else scaler_moved(self.scaler)
-        )
+        self._in_flight = reading if reading.pending else None  # pragma: no mutate
+        # (a Reading with nothing pending: its wait() does nothing)
+        moved = None if scale is None else scaler_moved(self.scaler)  # pragma: no mutate
+        # (no loss scale: no scaler, or a disabled one, which never unscales: it would say False)
+        attach_reading(records.values(), reading, moved)
 
     def _host_copy(self, device: torch.device) -> HostCopy:
         copy = self._copies.get(device)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -180,3 +181,73 @@ def test_nested_reentrant_checkpoints_with_no_parameter_outside_them() -> None:
     assert not w.last.missing
     for name, grad in expected.items():
         torch.testing.assert_close(w.last[name].after, grad)
+
+
+def test_a_callback_queued_during_backward_runs_before_the_pass_ends() -> None:
+    """DistributedDataParallel writes the averaged gradients from an engine callback queued
+    during the pass; the watch's end-of-pass callback runs again after such callbacks, so the
+    record holds what they wrote (here: the callback doubles every ``.grad``)."""
+    from torch.autograd import Variable
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    x = torch.randn(5, 4)
+
+    def double_every_grad() -> None:
+        for param in net.parameters():
+            param.grad.mul_(2.0)
+
+    # the first layer's gradients arrive last, long after the watch's callback was queued
+    handle = net[0].weight.register_post_accumulate_grad_hook(
+        lambda p: Variable._execution_engine.queue_callback(double_every_grad)
+    )
+    with gradscope.watch(net) as w:
+        net(x).pow(2).sum().backward()
+    handle.remove()
+    assert w.errors == []
+    for name, param in net.named_parameters():
+        record = w.last[name]
+        assert not record.modified, name
+        torch.testing.assert_close(record.after, param.grad, rtol=0, atol=0)
+        assert record.stats.norm == pytest.approx(float(param.grad.double().norm()), rel=1e-6)
+
+
+def test_a_hook_after_the_watch_that_changes_nothing_keeps_the_norm_taken_in_the_hook() -> None:
+    """A hook registered after the watch's makes the watch read the final gradient at the
+    accumulator; when that hook only looks, the gradient is the one measured (65536 elements:
+    measured inside the hook), and the record's norm is still numpy's."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 2))
+    x = torch.randn(3, 256)
+    seen: list[int] = []
+    with gradscope.watch(net) as w:
+        loss = net(x).sum()
+        handle = net[0].weight.register_hook(lambda g: seen.append(g.numel()))
+        loss.backward()
+        handle.remove()
+    assert seen == [65536] and w.errors == []
+    for name, param in net.named_parameters():
+        expected = float(np.linalg.norm(param.grad.double().numpy().ravel()))
+        assert w.last[name].stats.norm == pytest.approx(expected, rel=1e-6), name
+
+
+@pytest.mark.filterwarnings("ignore:Using backward.. with create_graph=True:UserWarning")
+def test_create_graph_with_a_hook_after_the_watch_records_a_plain_tensor() -> None:
+    """With ``create_graph=True`` the final gradient a later hook returns carries a graph: the
+    record holds a detached copy of it (what the pass added, from clones taken by hand)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    x = torch.randn(5, 4)
+    with gradscope.watch(net) as w:
+        net(x).pow(2).sum().backward()
+        before = net[2].weight.grad.detach().clone()
+        loss = net(x).pow(2).sum()
+        handle = net[2].weight.register_hook(lambda g: g * 2)
+        loss.backward(create_graph=True)
+        handle.remove()
+        after = net[2].weight.grad.detach().clone()
+    delta = w.last["2.weight"].delta
+    assert delta is not None and not delta.requires_grad and delta.grad_fn is None
+    torch.testing.assert_close(delta, after - before)
+    for param in net.parameters():
+        param.grad = None  # create_graph=True: .grad holds a graph through the parameters
