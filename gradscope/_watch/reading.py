@@ -187,7 +187,8 @@ class Reading:
                 taken = list(torch._foreach_norm(group, 2, dtype=red))
             else:  # those taken already are in the reduction dtype too
                 unmeasured = [t for t, norm in zip(group, known, strict=True) if norm is None]
-                fresh = iter(torch._foreach_norm(unmeasured, 2, dtype=red))
+                # (torch refuses an empty list: every gradient may have been measured in a hook)
+                fresh = iter(torch._foreach_norm(unmeasured, 2, dtype=red) if unmeasured else ())
                 taken = [norm if norm is not None else next(fresh) for norm in known]
             values: list[float] = torch.stack(taken).tolist()
             self._stats: list[Stats] = list(zip(values, repeat(0), repeat(0)))
@@ -218,12 +219,10 @@ class Reading:
             red = reduction_dtype(dtype)
             norms: list[torch.Tensor | None] = list(known) if known else [None] * n
             missing = [i for i in indices if norms[i] is None]
-            for i, norm in zip(
-                missing,
-                torch._foreach_norm([sources[i] for i in missing], 2, dtype=red),
-                strict=True,
-            ):
-                norms[i] = norm
+            if missing:  # (torch refuses an empty list: all may have been measured in hooks)
+                measured = torch._foreach_norm([sources[i] for i in missing], 2, dtype=red)
+                for i, norm in zip(missing, measured, strict=True):
+                    norms[i] = norm
             picked = [norms[i] for i in indices]
             if any(t.dtype != red for t in picked):  # type: ignore[union-attr]
                 picked = [t.to(red) for t in picked]  # type: ignore[union-attr]

@@ -99,3 +99,56 @@ def test_any_nonfinite_matches_numpy_on_both_read_paths(
         assert reading.any_nonfinite() is expected
         # the same answer as asking tensor by tensor
         assert expected is any(nan or inf for _, nan, inf in map(reading.get, range(len(group))))
+
+
+def test_chunks_hold_at_most_chunk_elements_unless_one_tensor_is_larger(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The temporaries of the NaN/Inf counts are bounded: tensors are taken in order, a chunk
+    closes before the tensor that would take it past ``_CHUNK`` elements (worked out by hand)."""
+    import gradscope._watch.reading as reading
+
+    monkeypatch.setattr(reading, "_CHUNK", 8)
+    sizes = [3, 7, 1, 12, 5, 3, 8]
+    chunks = reading._chunks([torch.zeros(n) for n in sizes])
+    assert [[t.numel() for t in chunk] for chunk in chunks] == [[3], [7, 1], [12], [5, 3], [8]]
+
+
+@pytest.mark.parametrize("later", [False, True])
+def test_an_empty_gradient_reads_as_norm_zero_among_others(later: bool) -> None:
+    group = [torch.tensor([3.0, 4.0]), torch.empty(0), torch.tensor([math.inf, 1.0])]
+    copy = CopyLater() if later else CopyNow()
+    reading = Reading(group, copy_for=lambda device: copy)
+    assert reading.get(0) == (pytest.approx(5.0), 0, 0)
+    assert reading.get(1) == (0.0, 0, 0)  # numpy: the norm of nothing is 0
+    assert float(np.linalg.norm(np.empty(0))) == 0.0
+    assert reading.get(2)[1:] == (0, 1) and reading.any_nonfinite()
+    assert [reading.numel(i) for i in range(3)] == [2, 0, 2]
+
+
+@pytest.mark.parametrize("dtypes", ["one", "mixed"])
+def test_norms_already_taken_are_used_as_given(dtypes: str) -> None:
+    """``known`` norms (taken in the hooks) are not taken again; the others are numpy's. A
+    deliberately different number shows which one the reading uses."""
+    torch.manual_seed(0)
+    group = [torch.randn(5), torch.randn(3, 2), torch.randn(4)]
+    if dtypes == "mixed":  # the general path: one fused norm per (device, dtype)
+        group[2] = group[2].double()
+    known = [torch.tensor(7.0), None, torch.tensor(9.0, dtype=group[2].dtype)]
+    reading = Reading(group, known, copy_for=lambda device: CopyNow())
+    assert reading.get(0) == (7.0, 0, 0)
+    assert reading.get(2) == (9.0, 0, 0)
+    expected = float(np.linalg.norm(group[1].double().numpy().ravel()))
+    assert reading.get(1)[0] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtypes", ["one", "mixed"])
+def test_a_group_whose_every_norm_was_taken_already(dtypes: str) -> None:
+    """Every gradient of a dtype measured in the hooks: nothing is left to measure there (torch's
+    fused norm refuses an empty list; this raised before, and the pass had no record)."""
+    group = [torch.tensor([3.0, 4.0]), torch.tensor([6.0, 8.0])]
+    if dtypes == "mixed":
+        group[1] = group[1].double()
+    known = [torch.tensor(5.0), None if dtypes == "mixed" else torch.tensor(10.0)]
+    reading = Reading(group, known, copy_for=lambda device: CopyNow())
+    assert [reading.get(i) for i in range(2)] == [(5.0, 0, 0), (10.0, 0, 0)]
