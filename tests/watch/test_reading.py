@@ -109,9 +109,10 @@ def test_chunks_hold_at_most_chunk_elements_unless_one_tensor_is_larger(
     import gradscope._watch.reading as reading
 
     monkeypatch.setattr(reading, "_CHUNK", 8)
-    sizes = [3, 7, 1, 12, 5, 3, 8]
+    sizes = [12, 3, 5, 7, 1, 2, 2, 2, 2, 1]
     chunks = reading._chunks([torch.zeros(n) for n in sizes])
-    assert [[t.numel() for t in chunk] for chunk in chunks] == [[3], [7, 1], [12], [5, 3], [8]]
+    expected = [[12], [3, 5], [7, 1], [2, 2, 2, 2], [1]]
+    assert [[t.numel() for t in chunk] for chunk in chunks] == expected
 
 
 @pytest.mark.parametrize("later", [False, True])

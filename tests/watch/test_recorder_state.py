@@ -57,7 +57,7 @@ def test_module_tagging_hooks_are_installed_exactly_when_asked(tag_modules: bool
     assert _hook_counts(net) == [(0, 0)] * 3  # close() removed them
 
 
-def test_a_compiled_wrapper_gets_no_module_tagging_and_is_named_by_its_model() -> None:
+def test_a_dynamo_wrapper_gets_no_module_tagging_and_is_named_by_its_model() -> None:
     net = _net()
     wrapper = _CompiledStandIn(net)
     with gradscope.watch(wrapper, check_forward=False) as w:
