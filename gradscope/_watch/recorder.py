@@ -304,7 +304,11 @@ class Recorder:
             entry = self._held_entry(name, grad, old, accumulates)
         entries[name] = entry
         hooks = param._backward_hooks  # is ours the last hook, seeing the final gradient?
-        if hooks is not None and len(hooks) > 1 and next(reversed(hooks)) != self._handles[name].id:
+        if (
+            hooks is not None
+            and len(hooks) > 1  # pragma: no mutate (a shortcut: with ours alone, the next is False)
+            and next(reversed(hooks)) != self._handles[name].id
+        ):
             self._follow_later_hooks(name, param, entry)
 
     def _held_entry(
