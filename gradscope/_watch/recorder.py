@@ -47,6 +47,8 @@ _HOT_NORM_NUMEL = 1 << 16
 _STRIDED = torch.strided
 _vector_norm = torch.linalg.vector_norm
 _will_execute = torch._C._will_engine_execute_node
+# What a closed recorder's last hooks see: a pass that records nothing and is never ended.
+_NOT_RECORDED = Pass(0, recording=False)
 
 
 def _remove_handles(handles: dict[str, RemovableHandle], extra: list[RemovableHandle]) -> None:
@@ -239,6 +241,8 @@ class Recorder:
         if current is None or current.end() is None:
             if current is not None:  # the last backward() raised midway
                 self._end_pass(current, True)
+            if self.closed:  # a hook torch had picked up before close() removed it
+                return _NOT_RECORDED
             current = self._start_pass()
         return current
 
@@ -261,6 +265,8 @@ class Recorder:
         if current is None or current.end() is None:
             if current is not None:  # the last backward() raised midway
                 self._end_pass(current, True)
+            if self.closed:  # a hook torch had picked up before close() removed it
+                return
             current = self._start_pass()
         if not current.recording:
             return

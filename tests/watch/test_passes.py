@@ -6,6 +6,7 @@ The oracle is an unwatched twin of each model (same weights, same inputs), run a
 from __future__ import annotations
 
 import copy
+import gc
 
 import numpy as np
 import pytest
@@ -251,3 +252,69 @@ def test_create_graph_with_a_hook_after_the_watch_records_a_plain_tensor() -> No
     torch.testing.assert_close(delta, after - before)
     for param in net.parameters():
         param.grad = None  # create_graph=True: .grad holds a graph through the parameters
+
+
+def test_a_nested_pass_leaves_nothing_on_the_graph_the_user_keeps() -> None:
+    """A reentrant checkpoint ends its nested pass through a hook on the checkpoint's node; once
+    the pass has ended that hook is gone, so the graph the user still holds (``loss``) keeps
+    nothing of the pass alive (its end-of-pass callback, which holds the pass's gradients)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
+    x = torch.randn(4, 3, requires_grad=True)
+    passes = []
+    with gradscope.watch(net) as w:
+        recorder = w._recorder
+        handle = net[0].weight.register_hook(lambda g: passes.append(recorder._pass))
+        loss = checkpoint(net, x, use_reentrant=True).pow(2).sum()
+        loss.backward()
+        handle.remove()
+        gc.collect()
+        assert len(passes) == 1 and passes[0].end() is None
+        assert loss.grad_fn is not None  # the graph is still held
+    assert [r.index for r in w.records] == [1] and w.errors == []
+
+
+def test_closing_after_a_failed_nested_pass_lets_go_of_the_graph_the_user_keeps() -> None:
+    """A custom backward runs a nested backward (its pass then waits on the custom node, as a
+    checkpoint's does) and raises: the node never finishes, and the user still holds the graph.
+    ``close()`` must take the watch's hook off that node, so the graph keeps nothing of it."""
+    torch.manual_seed(0)
+    net = nn.Linear(3, 3)
+
+    class NestedThenRaise(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad():
+                net(torch.ones(2, 3)).sum().backward()  # reaches the watched parameters
+            raise RuntimeError("after the nested backward")
+
+    passes = []
+    w = gradscope.watch(net)
+    handle = net.weight.register_hook(lambda g: passes.append(w._recorder._pass))
+    out = NestedThenRaise.apply(torch.randn(2, 3, requires_grad=True)).sum()
+    with pytest.raises(RuntimeError, match="after the nested backward"):
+        out.backward()
+    handle.remove()
+    assert len(passes) == 1 and passes[0].end() is not None  # held by the unfinished node
+    w.close()
+    gc.collect()
+    assert passes[0].end() is None and out.grad_fn is not None
+
+
+def test_closing_the_watch_from_a_hook_inside_backward_leaves_backward_unharmed() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    twin = copy.deepcopy(net)
+    x = torch.randn(5, 4)
+    w = gradscope.watch(net)
+    handle = net[2].weight.register_hook(lambda g: w.close())  # mid-pass, ours ran before
+    net(x).pow(2).sum().backward()
+    handle.remove()
+    twin(x).pow(2).sum().backward()
+    assert w.closed and w.errors == [] and len(w.records) == 0  # the pass never ended
+    for (name, param), twin_param in zip(net.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(param.grad, twin_param.grad, msg=name)
