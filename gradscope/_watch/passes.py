@@ -80,7 +80,7 @@ class _EndOfPass:
 
     def __init__(self, finish: Callable[[], None]) -> None:
         self._finish = finish
-        self._requeued = False  # pragma: no mutate (only tested for truth)
+        self._requeued = False  # pragma: no mutate (None reads as False; True is tested)
         self._handle: RemovableHandle | None = None
 
     def __call__(self) -> None:
@@ -88,7 +88,7 @@ class _EndOfPass:
             self._requeued = True
             Variable._execution_engine.queue_callback(self)
             return
-        self._requeued = False
+        self._requeued = False  # pragma: no mutate (None reads as False; True is tested)
         outer = _current_node()
         if outer is not None:  # a nested backward inside a node of an outer one
             self._handle = outer.register_hook(self._outer_node_done)

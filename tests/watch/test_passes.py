@@ -318,3 +318,31 @@ def test_closing_the_watch_from_a_hook_inside_backward_leaves_backward_unharmed(
     assert w.closed and w.errors == [] and len(w.records) == 0  # the pass never ended
     for (name, param), twin_param in zip(net.named_parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(param.grad, twin_param.grad, msg=name)
+
+
+def test_a_nested_pass_also_waits_for_callbacks_queued_after_it_moved_out() -> None:
+    """A reentrant checkpoint's pass moves to the outer backward when the checkpoint's node
+    finishes; a callback queued later in the outer backward (DDP queues one when its last bucket
+    is ready) still runs before the pass ends: here it doubles every ``.grad``."""
+    from torch.autograd import Variable
+
+    torch.manual_seed(0)
+    outside, inside = nn.Linear(4, 3), nn.Linear(3, 2)
+    net = nn.ModuleDict({"outside": outside, "inside": inside})
+
+    def double_every_grad() -> None:
+        for param in net.parameters():
+            param.grad.mul_(2.0)
+
+    # ``outside`` is reached after the checkpoint's node in backward
+    handle = outside.weight.register_post_accumulate_grad_hook(
+        lambda p: Variable._execution_engine.queue_callback(double_every_grad)
+    )
+    x = torch.randn(5, 4)
+    with gradscope.watch(net) as w:
+        checkpoint(inside, torch.tanh(outside(x)), use_reentrant=True).pow(2).sum().backward()
+    handle.remove()
+    assert w.errors == [] and [r.index for r in w.records] == [1]
+    for name, param in net.named_parameters():
+        assert not w.last[name].modified, name
+        torch.testing.assert_close(w.last[name].after, param.grad, rtol=0, atol=0)
