@@ -84,17 +84,23 @@ class CopyAsync:
 
     deferred = True
 
+    # (every line below is marked: pinned memory and events need CUDA, so no CPU test reaches
+    # them; tests/test_cuda.py runs them where a GPU is; CopyLater in tests/watch stands in)
     def __init__(self) -> None:
-        self._pinned: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+        self._pinned: dict[tuple[int, torch.dtype], torch.Tensor] = {}  # pragma: no mutate (CUDA)
 
     def __call__(self, values: torch.Tensor) -> tuple[torch.Tensor, Event | None]:
-        key = (values.numel(), values.dtype)
-        host = self._pinned.get(key)
-        if host is None:
-            host = self._pinned[key] = torch.empty(key[0], dtype=values.dtype, pin_memory=True)
-        host = host.view(values.shape)
-        host.copy_(values, non_blocking=True)
-        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        key = (values.numel(), values.dtype)  # pragma: no mutate (CUDA only)
+        host = self._pinned.get(key)  # pragma: no mutate (CUDA only)
+        if host is None:  # pragma: no mutate (CUDA only)
+            host = self._pinned[key] = torch.empty(  # pragma: no mutate (CUDA only)
+                key[0],  # pragma: no mutate (CUDA only)
+                dtype=values.dtype,  # pragma: no mutate (CUDA only)
+                pin_memory=True,  # pragma: no mutate (CUDA only)
+            )
+        host = host.view(values.shape)  # pragma: no mutate (CUDA only)
+        host.copy_(values, non_blocking=True)  # pragma: no mutate (CUDA only)
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]  # pragma: no mutate (CUDA only)
         event.record()
         return host, event
 
@@ -303,7 +309,9 @@ class Reading:
             if source.dtype == torch.float64:
                 now = float(robust_norms64([source])[0])
             else:
-                now = float(torch._foreach_norm([source], 2, dtype=torch.float64)[0])
+                (n64,) = torch._foreach_norm([source], 2, dtype=torch.float64)  # pragma: no mutate
+                # (2 is torch's default order too: the mutant without it is the same call)
+                now = float(n64)
             return math.isclose(now, norm, rel_tol=1e-12)
         now = float(torch._foreach_norm([source], 2, dtype=reduction_dtype(source.dtype))[0])
         if not _SAFE_LOW < now < _SAFE_HIGH:

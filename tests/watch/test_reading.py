@@ -153,3 +153,36 @@ def test_a_group_whose_every_norm_was_taken_already(dtypes: str) -> None:
     known = [torch.tensor(5.0), None if dtypes == "mixed" else torch.tensor(10.0)]
     reading = Reading(group, known, copy_for=lambda device: CopyNow())
     assert [reading.get(i) for i in range(2)] == [(5.0, 0, 0), (10.0, 0, 0)]
+
+
+def _now(device: torch.device) -> CopyNow:
+    return CopyNow()
+
+
+def _later(device: torch.device) -> CopyLater:
+    return CopyLater()
+
+
+@pytest.mark.parametrize("copy_for", [_now, _later], ids=["read-now", "read-later"])
+def test_unchanged_tells_an_in_place_change_from_none(copy_for) -> None:  # type: ignore[no-untyped-def]
+    """``unchanged`` is how a record knows ``.grad`` still holds what the pass left: checked
+    against the tensor as it was (True) and after changes made by hand (False)."""
+    one = torch.tensor([3.0])  # a single element
+    empty = torch.empty(0)
+    wide = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    reading = Reading([one, empty, wide], copy_for=copy_for)
+    assert reading.unchanged(0, one) and reading.unchanged(1, empty) and reading.unchanged(2, wide)
+    assert not reading.unchanged(0, torch.tensor([3.0, 0.0]))  # another number of elements
+    assert not reading.unchanged(0, one * 2)
+    # a float64 change far below float32 precision, far above the deferred read's 1e-12
+    assert not reading.unchanged(2, wide * (1 + 1e-10))
+
+
+def test_unchanged_compares_the_finite_part_of_a_gradient_with_nan() -> None:
+    """A NaN makes every norm NaN: read now, the finite elements' norm (here 5, by hand) tells
+    whether the rest was rescaled in place (GradScaler.unscale_ bumps no version)."""
+    for bad in (math.nan, math.inf):
+        grad = torch.tensor([bad, 3.0, 4.0])
+        reading = Reading([grad], copy_for=_now)
+        assert reading.unchanged(0, grad.clone())
+        assert not reading.unchanged(0, grad * 0.5)
