@@ -109,9 +109,9 @@ def test_chunks_hold_at_most_chunk_elements_unless_one_tensor_is_larger(
     import gradscope._watch.reading as reading
 
     monkeypatch.setattr(reading, "_CHUNK", 8)
-    sizes = [12, 3, 5, 7, 1, 2, 2, 2, 2, 1]
+    sizes = [3, 5, 12, 7, 1, 2, 2, 2, 2, 1]
     chunks = reading._chunks([torch.zeros(n) for n in sizes])
-    expected = [[12], [3, 5], [7, 1], [2, 2, 2, 2], [1]]
+    expected = [[3, 5], [12], [7, 1], [2, 2, 2, 2], [1]]
     assert [[t.numel() for t in chunk] for chunk in chunks] == expected
 
 
@@ -186,3 +186,34 @@ def test_unchanged_compares_the_finite_part_of_a_gradient_with_nan() -> None:
         reading = Reading([grad], copy_for=_now)
         assert reading.unchanged(0, grad.clone())
         assert not reading.unchanged(0, grad * 0.5)
+
+
+@pytest.mark.parametrize(("dtype", "n"), [(torch.bfloat16, 1001), (torch.float16, 4100)])
+def test_device_counts_are_exact_past_what_the_dtype_counts_exactly(dtype, n) -> None:  # type: ignore[no-untyped-def]
+    """bfloat16 holds integers exactly only up to 256, float16 up to 2048: the counts are summed
+    in float64 (numpy's counts of the same tensor are the oracle)."""
+    tensor = torch.ones(n, dtype=dtype)
+    tensor[0], tensor[1], tensor[2] = math.nan, math.inf, -math.inf
+    finite, inf = device_counts([tensor])
+    nan_count, inf_count = numpy_counts(tensor)
+    assert (int(finite[0]), int(inf[0])) == (n - nan_count - inf_count, inf_count) == (n - 3, 2)
+
+
+def test_the_deferred_read_waits_on_its_event_once() -> None:
+    copy = CopyLater()
+    reading = Reading([torch.ones(3), torch.ones(2)], copy_for=lambda device: copy)
+    assert reading.pending and [e.waits for e in copy.events] == [0]
+    assert reading.get(1) == (pytest.approx(math.sqrt(2)), 0, 0)
+    assert reading.get(0) == (pytest.approx(math.sqrt(3)), 0, 0) and not reading.pending
+    assert [e.waits for e in copy.events] == [1]
+
+
+def test_a_cuda_device_reads_later_and_others_now() -> None:
+    """Only the choice: constructing a CopyAsync touches no device (its copies need CUDA)."""
+    from gradscope._watch.reading import CopyAsync, host_copy_for
+
+    assert isinstance(host_copy_for(torch.device("cuda", 0)), CopyAsync)
+    assert host_copy_for(torch.device("cuda")).deferred is True
+    for device in ("cpu", "meta"):
+        assert type(host_copy_for(torch.device(device))) is CopyNow
+        assert host_copy_for(torch.device(device)).deferred is False
