@@ -145,14 +145,15 @@ def run_one(module: str, jobs: int, survivors: bool) -> int:
 
 def equivalents(module: str) -> list[str]:
     """``path:line: reason`` for each line marked ``# pragma: no mutate (reason)``; a reason too
-    long for the line goes in the next line's comment, ``# (reason)``."""
+    long for the line goes in the next line's comment, ``# (reason)``, or the previous line's."""
     lines = (ROOT / module).read_text(encoding="utf-8").splitlines()
     out = []
     for i, line in enumerate(lines, 1):
         if m := EQUIVALENT.search(line):
             reason = m.group(1).strip(" :-()")
-            if not reason and i < len(lines) and "# (" in lines[i]:
-                reason = lines[i].split("# (", 1)[1].rstrip(")")
+            for near in (i, i - 2):  # the next line, then the previous one (0-based)
+                if not reason and 0 <= near < len(lines) and "# (" in lines[near]:
+                    reason = lines[near].split("# (", 1)[1].rstrip(")")
             out.append(f"{module}:{i}: {reason or '(no reason given)'}")
     return out
 
