@@ -126,9 +126,10 @@ def run_one(module: str, jobs: int, survivors: bool) -> int:
     alive = _unfinished(module) if survivors else []
     if survivors and not alive:
         return 0
-    # a fresh start for this module: mutmut would keep an unmutated copy made by another
-    # module's run, and its map of which test covers which function (new tests change it)
-    stale = ["mutmut-stats.json"] if survivors else [module, module + ".meta", "mutmut-stats.json"]
+    # mutmut would keep an unmutated copy made by another module's run (newer than the source),
+    # and its map of which test covers which function (new tests change it); rerunning the
+    # survivors keeps the results (.meta) of the functions unchanged since
+    stale = [module, "mutmut-stats.json"] + ([] if survivors else [module + ".meta"])
     for name in stale:
         (ROOT / "mutants" / name).unlink(missing_ok=True)
     config = cfg._load_config()
