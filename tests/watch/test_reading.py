@@ -217,3 +217,26 @@ def test_a_cuda_device_reads_later_and_others_now() -> None:
     for device in ("cpu", "meta"):
         assert type(host_copy_for(torch.device(device))) is CopyNow
         assert host_copy_for(torch.device(device)).deferred is False
+
+
+def test_one_dtype_read_now_rechecks_nan_after_a_finite_norm_and_tiny_norms() -> None:
+    """The short path's recheck: a NaN after a finite norm is counted, and float32 squares that
+    underflow (1e-30 ** 2) are redone in float64 (numpy's norm of the same values)."""
+    tiny = torch.full((4,), 1e-30)
+    reading = Reading([torch.ones(4), torch.tensor([math.nan, 1.0]), tiny], copy_for=_now)
+    norm, nan, inf = reading.get(1)
+    assert math.isnan(norm) and (nan, inf) == (1, 0) and reading.any_nonfinite()
+    expected = float(np.linalg.norm(tiny.double().numpy()))
+    assert reading.get(2) == (pytest.approx(expected, rel=1e-6), 0, 0)
+    small = Reading([torch.ones(4), tiny], copy_for=_now)  # all finite: only the tiny recheck
+    assert small.get(1)[0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_norms_left_to_measure_are_taken_in_float32_for_bfloat16() -> None:
+    """Beside a norm taken already, a bfloat16 gradient is measured in its reduction dtype
+    (float32), not in bfloat16 (numpy's float64 norm of the same values is the oracle)."""
+    torch.manual_seed(0)
+    group = [torch.randn(1000).bfloat16(), torch.randn(1000).bfloat16()]
+    reading = Reading(group, [torch.tensor(1.0), None], copy_for=_now)
+    expected = float(np.linalg.norm(group[1].double().numpy()))
+    assert reading.get(1)[0] == pytest.approx(expected, rel=1e-5)
