@@ -42,6 +42,7 @@ _WATCH_CORE = [
     "-k",
     "not compile and (not later or parts or one_process)",
     "tests/watch/test_recorder_parts.py",
+    "tests/watch/test_recorder_state.py",
     "tests/watch/test_assembly_parts.py",
     "tests/watch/test_sharded_one_process.py",
     "tests/watch/test_ddp_one_process.py",
@@ -126,9 +127,10 @@ def run_one(module: str, jobs: int, survivors: bool) -> int:
     alive = _unfinished(module) if survivors else []
     if survivors and not alive:
         return 0
-    # a fresh start for this module: mutmut would keep an unmutated copy made by another
-    # module's run, and its map of which test covers which function (new tests change it)
-    stale = ["mutmut-stats.json"] if survivors else [module, module + ".meta", "mutmut-stats.json"]
+    # mutmut would keep an unmutated copy made by another module's run (newer than the source),
+    # and its map of which test covers which function (new tests change it); rerunning the
+    # survivors keeps the results (.meta) of the functions unchanged since
+    stale = [module, "mutmut-stats.json"] + ([] if survivors else [module + ".meta"])
     for name in stale:
         (ROOT / "mutants" / name).unlink(missing_ok=True)
     config = cfg._load_config()
@@ -145,14 +147,15 @@ def run_one(module: str, jobs: int, survivors: bool) -> int:
 
 def equivalents(module: str) -> list[str]:
     """``path:line: reason`` for each line marked ``# pragma: no mutate (reason)``; a reason too
-    long for the line goes in the next line's comment, ``# (reason)``."""
+    long for the line goes in the next line's comment, ``# (reason)``, or the previous line's."""
     lines = (ROOT / module).read_text(encoding="utf-8").splitlines()
     out = []
     for i, line in enumerate(lines, 1):
         if m := EQUIVALENT.search(line):
             reason = m.group(1).strip(" :-()")
-            if not reason and i < len(lines) and "# (" in lines[i]:
-                reason = lines[i].split("# (", 1)[1].rstrip(")")
+            for near in (i, i - 2):  # the next line, then the previous one (0-based)
+                if not reason and 0 <= near < len(lines) and "# (" in lines[near]:
+                    reason = lines[near].split("# (", 1)[1].rstrip(")")
             out.append(f"{module}:{i}: {reason or '(no reason given)'}")
     return out
 

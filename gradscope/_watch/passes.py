@@ -69,8 +69,9 @@ def take_accumulated(node: Any, entry: Entry) -> None:
 
 def _current_node() -> Any:
     """The autograd node being run on this thread (an outer one while its callbacks run)."""
-    current = getattr(torch._C, "_current_autograd_node", None)  # absent from older torch
-    return current() if current is not None else None
+    current = getattr(torch._C, "_current_autograd_node", None)  # pragma: no mutate
+    # (a fallback for a torch without it, older than the one in use)
+    return current() if current is not None else None  # pragma: no mutate (the same fallback)
 
 
 class _EndOfPass:
@@ -80,7 +81,7 @@ class _EndOfPass:
 
     def __init__(self, finish: Callable[[], None]) -> None:
         self._finish = finish
-        self._requeued = False
+        self._requeued = False  # pragma: no mutate (None reads as False; True is tested)
         self._handle: RemovableHandle | None = None
 
     def __call__(self) -> None:
@@ -88,7 +89,7 @@ class _EndOfPass:
             self._requeued = True
             Variable._execution_engine.queue_callback(self)
             return
-        self._requeued = False
+        self._requeued = False  # pragma: no mutate (None reads as False; True is tested)
         outer = _current_node()
         if outer is not None:  # a nested backward inside a node of an outer one
             self._handle = outer.register_hook(self._outer_node_done)
@@ -98,13 +99,13 @@ class _EndOfPass:
     def _outer_node_done(self, *_: Any) -> None:
         if self._handle is not None:
             self._handle.remove()  # torch calls a copy of the node's hooks: safe here
-            self._handle = None
+            self._handle = None  # pragma: no mutate (next set, or never read: see cancel)
         Variable._execution_engine.queue_callback(self)  # now in the outer pass
 
     def cancel(self) -> None:
         if self._handle is not None:
             self._handle.remove()
-            self._handle = None
+            self._handle = None  # pragma: no mutate (a pass is cancelled once: never read)
 
 
 # Until ``schedule()``: a reference whose callback is already gone.

@@ -84,17 +84,23 @@ class CopyAsync:
 
     deferred = True
 
+    # (every line below is marked: pinned memory and events need CUDA, so no CPU test reaches
+    # them; tests/test_cuda.py runs them where a GPU is; CopyLater in tests/watch stands in)
     def __init__(self) -> None:
-        self._pinned: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+        self._pinned: dict[tuple[int, torch.dtype], torch.Tensor] = {}  # pragma: no mutate (CUDA)
 
     def __call__(self, values: torch.Tensor) -> tuple[torch.Tensor, Event | None]:
-        key = (values.numel(), values.dtype)
-        host = self._pinned.get(key)
-        if host is None:
-            host = self._pinned[key] = torch.empty(key[0], dtype=values.dtype, pin_memory=True)
-        host = host.view(values.shape)
-        host.copy_(values, non_blocking=True)
-        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        key = (values.numel(), values.dtype)  # pragma: no mutate (CUDA only)
+        host = self._pinned.get(key)  # pragma: no mutate (CUDA only)
+        if host is None:  # pragma: no mutate (CUDA only)
+            host = self._pinned[key] = torch.empty(  # pragma: no mutate (CUDA only)
+                key[0],  # pragma: no mutate (CUDA only)
+                dtype=values.dtype,  # pragma: no mutate (CUDA only)
+                pin_memory=True,  # pragma: no mutate (CUDA only)
+            )
+        host = host.view(values.shape)  # pragma: no mutate (CUDA only)
+        host.copy_(values, non_blocking=True)  # pragma: no mutate (CUDA only)
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]  # pragma: no mutate (CUDA only)
         event.record()
         return host, event
 
@@ -119,7 +125,8 @@ def device_counts(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     finite: list[torch.Tensor] = []
     infinite: list[torch.Tensor] = []
     for chunk in _chunks(tensors):
-        work = torch._foreach_mul(chunk, 0.0)
+        work = torch._foreach_mul(chunk, 0.0)  # pragma: no mutate
+        # (x * 1 would do too: no finite x has a reciprocal that rounds to 0; x * 0 is clearer)
         torch._foreach_reciprocal_(work)
         torch._foreach_sign_(work)
         finite.append(torch.stack(torch._foreach_norm(work, 1, dtype=torch.float64)))
@@ -148,7 +155,9 @@ def _deferred_stats(views: list[torch.Tensor], sources: list[torch.Tensor]) -> t
     if sources[0].dtype == torch.float64:
         norms = robust_norms64(sources)
     else:  # float64 accumulation cannot over- or underflow for float32 and narrower values
-        norms = torch.stack(torch._foreach_norm(sources, 2, dtype=torch.float64))
+        fused = torch._foreach_norm(sources, 2, dtype=torch.float64)  # pragma: no mutate
+        # (2 is torch's default order too: the mutant without it is the same call)
+        norms = torch.stack(fused)
     if any(v.is_complex() for v in views):  # rare: count per complex element, tensor by tensor
         finite = torch.stack([torch.isfinite(v).sum() for v in views]).double()
         inf = torch.stack([(torch.isinf(v) & ~torch.isnan(v)).sum() for v in views]).double()
@@ -187,7 +196,8 @@ class Reading:
                 taken = list(torch._foreach_norm(group, 2, dtype=red))
             else:  # those taken already are in the reduction dtype too
                 unmeasured = [t for t, norm in zip(group, known, strict=True) if norm is None]
-                fresh = iter(torch._foreach_norm(unmeasured, 2, dtype=red))
+                # (torch refuses an empty list: every gradient may have been measured in a hook)
+                fresh = iter(torch._foreach_norm(unmeasured, 2, dtype=red) if unmeasured else ())
                 taken = [norm if norm is not None else next(fresh) for norm in known]
             values: list[float] = torch.stack(taken).tolist()
             self._stats: list[Stats] = list(zip(values, repeat(0), repeat(0)))
@@ -218,12 +228,10 @@ class Reading:
             red = reduction_dtype(dtype)
             norms: list[torch.Tensor | None] = list(known) if known else [None] * n
             missing = [i for i in indices if norms[i] is None]
-            for i, norm in zip(
-                missing,
-                torch._foreach_norm([sources[i] for i in missing], 2, dtype=red),
-                strict=True,
-            ):
-                norms[i] = norm
+            if missing:  # (torch refuses an empty list: all may have been measured in hooks)
+                measured = torch._foreach_norm([sources[i] for i in missing], 2, dtype=red)
+                for i, norm in zip(missing, measured, strict=True):
+                    norms[i] = norm
             picked = [norms[i] for i in indices]
             if any(t.dtype != red for t in picked):  # type: ignore[union-attr]
                 picked = [t.to(red) for t in picked]  # type: ignore[union-attr]
@@ -231,12 +239,16 @@ class Reading:
             self._read_now(indices, [views[i] for i in indices], values)
 
     def _read_now(self, indices: list[int], views: list[torch.Tensor], norms: list[float]) -> None:
-        for i, view, norm in zip(indices, views, norms, strict=True):
-            if _SAFE_LOW < norm < _SAFE_HIGH:
+        for i, view, norm in zip(indices, views, norms, strict=True):  # pragma: no mutate
+            # (the three lists have one entry per index by construction: strict never fires)
+            if _SAFE_LOW < norm < _SAFE_HIGH:  # pragma: no mutate (at a bound: the same norm)
                 self._stats[i] = (norm, 0, 0)
                 continue
             norm = exact_norm(view)  # squares may have under- or overflowed
-            nan, inf = count_nonfinite(view) if not math.isfinite(norm) else (0, 0)
+            nan, inf = (
+                # (a shortcut: a finite norm's NaN/Inf counts are (0, 0) when counted too)
+                count_nonfinite(view) if not math.isfinite(norm) else (0, 0)  # pragma: no mutate
+            )
             if nan or inf:
                 self._marks[i] = finite_part_norm(view)
                 self._bad = True
@@ -304,7 +316,9 @@ class Reading:
             if source.dtype == torch.float64:
                 now = float(robust_norms64([source])[0])
             else:
-                now = float(torch._foreach_norm([source], 2, dtype=torch.float64)[0])
+                (n64,) = torch._foreach_norm([source], 2, dtype=torch.float64)  # pragma: no mutate
+                # (2 is torch's default order too: the mutant without it is the same call)
+                now = float(n64)
             return math.isclose(now, norm, rel_tol=1e-12)
         now = float(torch._foreach_norm([source], 2, dtype=reduction_dtype(source.dtype))[0])
         if not _SAFE_LOW < now < _SAFE_HIGH:

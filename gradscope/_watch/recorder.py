@@ -47,6 +47,8 @@ _HOT_NORM_NUMEL = 1 << 16
 _STRIDED = torch.strided
 _vector_norm = torch.linalg.vector_norm
 _will_execute = torch._C._will_engine_execute_node
+# What a closed recorder's last hooks see: a pass that records nothing and is never ended.
+_NOT_RECORDED = Pass(0, recording=False)
 
 
 def _remove_handles(handles: dict[str, RemovableHandle], extra: list[RemovableHandle]) -> None:
@@ -92,9 +94,7 @@ class Recorder:
         # views, even after zero_grad(set_to_none=True): records kept past the next pass need
         # copies of their own.
         self.copy = copy or (
-            keep == "all"
-            and self._layout.kind == "ddp"
-            and bool(getattr(module, "gradient_as_bucket_view", 0))
+            keep == "all" and self._layout.kind == "ddp" and bool(module.gradient_as_bucket_view)
         )
         root = unwrap_module(module)
         self._root: nn.Module | None = root
@@ -116,7 +116,8 @@ class Recorder:
         self.notes: list[str] = []  # things to tell the user once, as warnings, on the next read
         self.closed = False
         self.keep: Keep = keep
-        self._keeper = Keeper(keep, max_bytes or 0)
+        self._keeper = Keeper(keep, max_bytes or 0)  # pragma: no mutate
+        # (Keeper.keep is never read; 0 stands for None until replaced below; max_bytes >= 1)
         self._followed = Followed(
             root, include, exclude, self._register, self._forget, nodes=not self._sharded
         )
@@ -194,7 +195,7 @@ class Recorder:
         self.poll()
         if self._in_flight is not None:  # read back the last pass's statistics while we can
             self._in_flight.wait()
-            self._in_flight = None
+            self._in_flight = None  # pragma: no mutate (no pass ends after close to read it)
         if self._pass is not None:
             self._pass.cancel()
         self._finalizer()
@@ -245,6 +246,8 @@ class Recorder:
         if current is None or current.end() is None:
             if current is not None:  # the last backward() raised midway
                 self._end_pass(current, True)
+            if self.closed:  # a hook torch had picked up before close() removed it
+                return _NOT_RECORDED
             current = self._start_pass()
         return current
 
@@ -268,6 +271,8 @@ class Recorder:
         if current is None or current.end() is None:
             if current is not None:  # the last backward() raised midway
                 self._end_pass(current, True)
+            if self.closed:  # a hook torch had picked up before close() removed it
+                return
             current = self._start_pass()
         if not current.recording:
             return
@@ -313,7 +318,11 @@ class Recorder:
             entry = self._held_entry(name, grad, old, accumulates)
         entries[name] = entry
         hooks = param._backward_hooks  # is ours the last hook, seeing the final gradient?
-        if hooks is not None and len(hooks) > 1 and next(reversed(hooks)) != self._handles[name].id:
+        if (
+            hooks is not None
+            and len(hooks) > 1  # pragma: no mutate (a shortcut: with ours alone, the next is False)
+            and next(reversed(hooks)) != self._handles[name].id
+        ):
             self._follow_later_hooks(name, param, entry)
 
     def _held_entry(
@@ -423,7 +432,8 @@ class Recorder:
         frozen = followed.frozen
         missing = (
             []
-            if len(records) + len(frozen) == len(params)
+            if len(records) + len(frozen) == len(params)  # pragma: no mutate
+            # (a shortcut: were it wrong, the list below is computed, and is [] then too)
             or (self._sharded and not synchronised)  # FSDP2 kept them unsharded, unseen
             else [n for n, p in params.items() if p.requires_grad and n not in records]
         )
@@ -470,12 +480,14 @@ class Recorder:
         """
         if self._in_flight is not None:  # frees the host buffers for this pass's results
             self._in_flight.wait()
-        hot = None if known.count(None) == len(known) else known
+        hot = None if known.count(None) == len(known) else known  # pragma: no mutate
+        # (a shortcut: Reading measures every None in ``known`` as it does without it)
         reading = Reading(sources, hot, copy_for=self._host_copy)
-        self._in_flight = reading if reading.pending else None
-        attach_reading(
-            records.values(), reading, None if scale is None else scaler_moved(self.scaler)
-        )
+        self._in_flight = reading if reading.pending else None  # pragma: no mutate
+        # (a Reading with nothing pending: its wait() does nothing)
+        moved = None if scale is None else scaler_moved(self.scaler)  # pragma: no mutate
+        # (no loss scale: no scaler, or a disabled one, which never unscales: it would say False)
+        attach_reading(records.values(), reading, moved)
 
     def _host_copy(self, device: torch.device) -> HostCopy:
         copy = self._copies.get(device)

@@ -99,3 +99,29 @@ def test_bucket_views_keep_every_pass_right() -> None:
             assert not record[name].modified
             torch.testing.assert_close(record[name].after, grad, rtol=0, atol=0)
             torch.testing.assert_close(record[name].local, grad)
+
+
+def test_bucket_views_under_keep_last_are_not_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """keep="last" lets go of a pass's tensors before DDP writes the next one into the buckets:
+    the record's ``after`` is ``.grad`` itself, so an in-place change shows (copies are for
+    keep="all" and copy=True only)."""
+    import gradscope._watch.keeping as keeping_module
+
+    copies: list[str] = []
+    real = keeping_module.Keeper.copy
+
+    def counting(self: object, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        copies.append(name)
+        return real(self, name, tensor)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(keeping_module.Keeper, "copy", counting)
+    ddp, net, _ = _models(gradient_as_bucket_view=True)
+    with gradscope.watch(ddp) as w:
+        ddp(torch.randn(6, 4)).pow(2).sum().backward()
+        after = _clones(net)
+        for param in net.parameters():
+            param.grad.mul_(2.0)  # clip_grad_norm_ does this
+    assert copies == [] and w.errors == []
+    for name, grad in after.items():
+        assert w.last[name].modified
+        assert w.last[name].stats.norm == pytest.approx(float(grad.double().norm()), rel=1e-6)

@@ -139,6 +139,37 @@ def test_autograd_grad_delta_follows_hooks_registered_after_the_watch() -> None:
     torch.testing.assert_close(w.last["2.bias"].delta, g2)
 
 
+def test_an_accumulating_pass_records_what_a_hook_registered_after_the_watch_returns() -> None:
+    """Into an existing ``.grad`` the pass adds what the last hook returns: a hook registered
+    after the watch's (between forward and backward) doubles it; before/after/delta are the
+    clones taken by hand."""
+    net = _net()
+    x = torch.randn(5, 4)
+    returned: list[torch.Tensor] = []
+
+    def double(grad: torch.Tensor) -> torch.Tensor:
+        returned.append(grad * 2)
+        return returned[-1]
+
+    with gradscope.watch(net) as w:
+        net(x).sum().backward()
+        before = {n: p.grad.clone() for n, p in net.named_parameters()}
+        loss = net(x).sum()
+        late = net[2].weight.register_hook(double)  # runs after the watch's hook
+        loss.backward()
+        late.remove()
+        after = {n: p.grad.clone() for n, p in net.named_parameters()}
+    assert w.errors == []
+    torch.testing.assert_close(after["2.weight"], 3 * before["2.weight"])  # same input twice
+    for name, grad in after.items():
+        record = w.last[name]
+        torch.testing.assert_close(record.before, before[name], rtol=0, atol=0)
+        torch.testing.assert_close(record.after, grad, rtol=0, atol=0)
+        torch.testing.assert_close(record.delta, grad - before[name])
+    # what the pass added is the very tensor the hook returned: held, not copied
+    assert w.last["2.weight"].delta.data_ptr() == returned[0].data_ptr()
+
+
 def test_a_frozen_parameter_with_a_later_hook_is_left_alone() -> None:
     """Found by the state machine: moving our hook last must skip frozen parameters."""
     net = _net()

@@ -165,3 +165,25 @@ def test_norms_taken_inside_the_hooks_match_numpy_under_every_hook_order() -> No
     for record, reference in zip(w.records, references, strict=True):
         for name, norm in reference.items():
             assert record[name].stats.norm == pytest.approx(norm, rel=1e-5), (record.index, name)
+
+
+@pytest.mark.parametrize("dtypes", ["float32", "float32 and float64"])
+def test_a_model_whose_every_gradient_is_measured_in_the_hooks_is_recorded(dtypes: str) -> None:
+    """Bias-free layers of >= 65536 elements each get their norm in the hook; with nothing left
+    to measure at the end of the pass (in one dtype, or in one of two), the pass used to lose
+    its record to an error (torch's fused norm refuses an empty list). Oracle: numpy."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(256, 256, bias=False), nn.Tanh(), nn.Linear(256, 256, bias=False))
+    if dtypes != "float32":
+        net.append(nn.Linear(256, 2).double())
+    x = torch.randn(3, 256)
+    with gradscope.watch(net) as w:
+        for _ in range(2):
+            net.zero_grad()
+            out = net[:3](x)
+            (net[3](out.double()) if len(net) > 3 else out).sum().backward()
+    assert w.errors == [] and [r.index for r in w.records] == [1, 2]
+    for name, param in net.named_parameters():
+        expected = float(np.linalg.norm(param.grad.double().numpy().ravel()))
+        # float32 sums over 65536 elements: within 1e-5 of numpy's float64
+        assert w.last[name].stats.norm == pytest.approx(expected, rel=1e-5), name

@@ -154,6 +154,24 @@ def test_a_pass_without_gradient_sync_records_nothing_missing_and_the_next_the_s
         assert synced[name].stats.norm == pytest.approx(float(grad.double().norm()), rel=1e-6)
 
 
+def test_records_carry_their_pass_index_and_loss_scale() -> None:
+    """Under a GradScaler FSDP2 holds the scaled gradient; the records divide it back out."""
+    net, twin = _sharded("per-layer")
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    xs = [torch.randn(6, 4) for _ in range(2)]
+    with gradscope.watch(net, scaler=scaler) as w:
+        for x in xs:
+            net.zero_grad()
+            scaler.scale(net(x).pow(2).sum()).backward()
+    twin(xs[1]).pow(2).sum().backward()
+    assert w.errors == [] and w.last.index == 2 and w.last.loss_scale == 8.0
+    for name, grad in _plain(twin).items():
+        record = w.last[name]
+        assert record.index == 2 and record.loss_scale == 8.0
+        torch.testing.assert_close(record.after, 8.0 * grad)  # as FSDP2 holds it
+        assert record.stats.norm == pytest.approx(float(grad.double().norm()), rel=1e-6)
+
+
 def test_keep_none_takes_no_copy_of_a_shard(monkeypatch: pytest.MonkeyPatch) -> None:
     import gradscope._watch.keeping as keeping_module
 

@@ -288,6 +288,9 @@ def test_torch_compile_gives_the_same_records_as_eager() -> None:
     compiled = torch.compile(compiled_net, backend="aot_eager")
     x = torch.randn(2, 1, 32, 32)
     with gradscope.watch(eager) as we, gradscope.watch(compiled) as wc:
+        # no per-module hooks under torch.compile (they would break its graph); eager has them
+        assert not any(m._forward_pre_hooks or m._forward_hooks for m in compiled_net.modules())
+        assert all(m._forward_pre_hooks and m._forward_hooks for m in eager.children())
         for _ in range(2):
             eager(x).sum().backward()
             compiled(x).sum().backward()
