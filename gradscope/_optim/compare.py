@@ -186,7 +186,8 @@ def _batch(
         # it matched: it moved if the reference moves it; it failed: measured from the values
         changed = bool(value[5]) if value[3] else value[4] > 0
         verdict = FAIL if reasons else OK
-        if verdict == OK and 0 < value[4] <= value[2]:  # a whole wrong step would match
+        within = value[4] <= value[2]  # pragma: no mutate (<= or <: never exactly equal)
+        if verdict == OK and value[4] > 0 and within:  # a whole wrong step would match
             verdict = UNRESOLVED
         checks.append(
             ParamCheck(

@@ -94,14 +94,23 @@ def test_a_zero_step_is_ok_not_unresolved() -> None:
     assert report["bias"].verdict == "ok" and report["bias"].max_update == pytest.approx(0.1)
 
 
-def test_the_note_names_six_and_counts_the_rest() -> None:
+@pytest.mark.parametrize(
+    ("biases", "tail"),
+    [
+        ((True, True, True), "1.weight, 1.bias, 2.weight, 2.bias"),  # six: all named
+        ((True, True, True, False), "1.weight, 1.bias, 2.weight, 2.bias and 1 more"),  # seven
+        ((True, True, True, True), "1.weight, 1.bias, 2.weight, 2.bias and 2 more"),  # eight
+    ],
+)
+def test_the_note_names_six_and_counts_the_rest(biases: tuple[bool, ...], tail: str) -> None:
     torch.manual_seed(0)
-    net = nn.Sequential(*(nn.Linear(2, 2) for _ in range(4)))  # 8 parameters
+    net = nn.Sequential(*(nn.Linear(2, 2, bias=b) for b in biases))
     net(torch.ones(1, 2)).sum().backward()
     opt = torch.optim.SGD(net.parameters(), lr=1e-12)
     with gradscope.check_step(opt, params=net) as report:
         opt.step()
-    assert all(p.unresolved for p in report.params)
+    count = len(report.params)
+    assert count == len(biases) + sum(biases) and all(p.unresolved for p in report.params)
     (note,) = [n for n in report.notes if "unresolved" in n]
-    assert note.startswith("8 parameter(s) matched but are unresolved")
-    assert note.endswith(": 0.weight, 0.bias, 1.weight, 1.bias, 2.weight, 2.bias and 2 more")
+    assert note.startswith(f"{count} parameter(s) matched but are unresolved")
+    assert note.endswith(f": 0.weight, 0.bias, {tail}")
