@@ -79,6 +79,36 @@ def test_a_group_with_only_lr_follows_torchs_defaults(name: str) -> None:
             _close(opt.state[p][key], want, (name, step, key))
 
 
+def _follow_torch(name: str, p: torch.nn.Parameter, hyper: dict[str, Any], steps: int) -> None:
+    """Step torch.optim and the rule side by side from the same values; compare every result."""
+    cls, rule, _ = DEFAULTS[name]
+    opt = cls([p], **hyper)
+    for step in range(steps):
+        p.grad = _grads(step)[: p.numel()]
+        update = rule(p.detach().clone(), p.grad.clone(), _rule_state(opt.state[p]), hyper)
+        opt.step()
+        _close(p.detach(), update.param, (name, step, "param"))
+        for key, want in update.state.items():
+            _close(opt.state[p][key], want, (name, step, key))
+
+
+@pytest.mark.parametrize("name", list(DEFAULTS))
+def test_a_parameter_holding_inf_stays_inf_without_weight_decay_as_in_torch(name: str) -> None:
+    # without weight decay the parameter never enters the gradient: 0 * inf would be NaN
+    lr = DEFAULTS[name][2]
+    hyper: dict[str, Any] = {"lr": lr} | ({"weight_decay": 0.0} if name != "Rprop" else {})
+    p = torch.nn.Parameter(torch.tensor([math.inf, -math.inf, 1.0], dtype=torch.float64))
+    _follow_torch(name, p, hyper, steps=3)
+    assert p.detach()[:2].tolist() == [math.inf, -math.inf]  # torch's own result, for the record
+
+
+@pytest.mark.parametrize("name", [n for n in DEFAULTS if n != "Rprop"])
+def test_a_weight_decay_of_exactly_1_is_applied_as_in_torch(name: str) -> None:
+    lr = DEFAULTS[name][2]
+    p = torch.nn.Parameter(torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64))
+    _follow_torch(name, p, {"lr": lr, "weight_decay": 1.0}, steps=3)
+
+
 # ---- SGD -------------------------------------------------------------------------------------
 
 
