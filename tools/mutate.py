@@ -60,7 +60,11 @@ _STEP = [
     "tests/optim/test_verify.py",
 ]
 # the reference rules, against torch.optim itself and numbers worked out by hand
-_RULES = ["tests/optim/test_rules_literal.py", "tests/optim/test_references.py"]
+_RULES = [
+    "tests/optim/test_rules_literal.py",
+    "tests/optim/test_rules_adaptive.py",
+    "tests/optim/test_references.py",
+]
 # module -> the test files that exercise it (the slow long-run and state-machine files are left
 # out: minutes each, and they kill nothing the focused files miss)
 MODULES: dict[str, list[str]] = {
