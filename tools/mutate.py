@@ -201,7 +201,8 @@ def main() -> int:
     if args.one:
         return run_one(modules[0], args.jobs, args.survivors)
     if not args.report_only:
-        env = dict(os.environ, OMP_NUM_THREADS="1", CI="true")  # CI: derandomized hypothesis
+        # derandomized hypothesis that does not shrink a failing example (tests/conftest.py)
+        env = dict(os.environ, OMP_NUM_THREADS="1", CI="true", GRADSCOPE_MUTATE="1")
         for module in modules:  # one process each: mutmut keeps its configuration globally
             print(f"==> {module}: {' '.join(MODULES[module])}", flush=True)
             command = [sys.executable, __file__, "--one", "--jobs", str(args.jobs), module]
