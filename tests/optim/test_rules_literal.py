@@ -506,3 +506,35 @@ def test_sparse_adam_on_a_dense_gradient_moves_every_row() -> None:
     want = [1.0 - weight * 0.2 / (math.sqrt(4e-3) + 1e-8)]
     want.append(2.0 + weight * 0.1 / (math.sqrt(1e-3) + 1e-8))
     np.testing.assert_allclose(_arr(update.param), want, rtol=1e-12)
+
+
+# a later step for each rule: step 11, where RAdam takes its adaptive (rectified) step (with
+# the default beta2 0.999, rho_t = 1999 - 22 beta2^11 / (1 - beta2^11) is about 10 > 5)
+_MOMENTS = {"step": 10.0, "exp_avg": _t(G), "exp_avg_sq": _t(G * G)}
+_L2_RULES: dict[str, tuple[Rule, dict[str, Any], set[str]]] = {
+    "Adam": (adam_rules.adam, _MOMENTS, {"exp_avg", "exp_avg_sq", "param"}),
+    "NAdam": (adam_rules.nadam, _MOMENTS | {"mu_product": 0.5}, {"exp_avg", "exp_avg_sq", "param"}),
+    "RAdam": (adam_rules.radam, _MOMENTS, {"exp_avg", "exp_avg_sq", "param"}),
+    "Adamax": (
+        adam_rules.adamax,
+        {"step": 10.0, "exp_inf": _t(np.abs(G))},
+        {"exp_avg", "exp_inf", "param"},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(_L2_RULES))
+@pytest.mark.parametrize("decay", [{}, {"weight_decay": 0.0}])
+def test_no_weight_decay_means_no_l2_sensitivity(name: str, decay: dict[str, float]) -> None:
+    # without decay d is the gradient itself: nothing cancels, so nothing is added
+    rule, state, _ = _L2_RULES[name]
+    assert rule(_t(P), _t(G), state, {"lr": LR} | decay).error == {}
+
+
+@pytest.mark.parametrize("name", list(_L2_RULES))
+def test_a_weight_decay_of_1_has_the_l2_sensitivity(name: str) -> None:
+    rule, state, keys = _L2_RULES[name]
+    update = rule(_t(P), _t(G), state, {"lr": LR, "weight_decay": 1.0})
+    assert set(update.error) == keys
+    # |g| + wd |p| enters every entry: exp_avg's is (1 - beta1) times it (beta1 0.9 by default)
+    np.testing.assert_allclose(_arr(update.error["exp_avg"]), 0.1 * (np.abs(G) + np.abs(P)))
