@@ -132,6 +132,11 @@ def run_one(module: str, jobs: int, survivors: bool) -> int:
     # a fresh start for this module: mutmut would keep an unmutated copy made by another
     # module's run, and its map of which test covers which function (new tests change it)
     stale = ["mutmut-stats.json"] if survivors else [module, module + ".meta", "mutmut-stats.json"]
+    copy = ROOT / "mutants" / module
+    if survivors and copy.exists() and "__mutmut_orig" not in copy.read_text(encoding="utf-8"):
+        # another module's run since left a plain copy, newer than the source: mutmut would
+        # take it for this module's mutants and every mutant would survive
+        stale.append(module)
     for name in stale:
         (ROOT / "mutants" / name).unlink(missing_ok=True)
     config = cfg._load_config()
