@@ -49,7 +49,7 @@ def l2_errors(
     ``m / denom`` by at most ``scale / denom`` times it, with ``scale`` the rule's
     ``d(step)/d(d)`` bound times ``denom`` (derived in the docs of ``tolerance.py``).
     """
-    magnitude = grad.abs().add_(param.abs(), alpha=num(group.get("weight_decay", 0)))
+    magnitude = grad.abs().add_(param.abs(), alpha=num(group["weight_decay"]))  # L2 decay is on
     return {
         "exp_avg": magnitude * (1 - beta1),
         "exp_avg_sq": (magnitude * d).abs_().mul_(2 * (1 - beta2)),
