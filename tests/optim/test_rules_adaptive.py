@@ -147,6 +147,14 @@ def test_adagrad_first_step_starts_from_the_initial_accumulator_value_by_hand() 
     assert update.error == {}
 
 
+def test_adagrad_first_step_without_an_initial_accumulator_value_starts_from_0() -> None:
+    # torch's default initial_accumulator_value is 0: sum = g^2, the step lr * g / |g|
+    # (torch fills the sum when the optimizer is made, so only a rule called alone reads this)
+    update = adaptive.adagrad(_t(P), _t(G), {}, {"lr": LR, "eps": 0.0})
+    _same(update.state["sum"], G * G)
+    _same(update.param, P - LR * np.sign(G))
+
+
 def test_adagrad_initial_accumulator_value_as_in_torch() -> None:
     p = torch.nn.Parameter(_t(P))
     opt = optim.Adagrad([p], lr=LR, initial_accumulator_value=0.25)
