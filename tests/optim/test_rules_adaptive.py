@@ -198,3 +198,11 @@ def test_adadelta_later_step_with_l2_decay_by_hand() -> None:
 def test_without_weight_decay_there_is_no_extra_sensitivity(rule: Any) -> None:
     update = rule(_t(P), _t(G), {}, {"lr": LR, "weight_decay": 0.0})
     assert update.error == {}
+
+
+def test_adadelta_without_lr_uses_torchs_default_of_1() -> None:
+    # first step: v = (1 - rho) d^2, delta = sqrt(eps) / sqrt(v + eps) * d, p <- p - 1.0 * delta
+    rho, eps = 0.9, 1e-6
+    update = adaptive.adadelta(_t(P), _t(G), {}, {"rho": rho, "eps": eps})
+    delta = np.sqrt(eps) / np.sqrt((1 - rho) * G * G + eps) * G
+    _same(update.param, P - delta)
