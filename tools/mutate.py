@@ -62,7 +62,11 @@ _STEP = [
     "tests/optim/test_resolution.py",
 ]
 # the reference rules, against torch.optim itself and numbers worked out by hand
-_RULES = ["tests/optim/test_rules_literal.py", "tests/optim/test_references.py"]
+_RULES = [
+    "tests/optim/test_rules_literal.py",
+    "tests/optim/test_rules_adaptive.py",
+    "tests/optim/test_references.py",
+]
 # module -> the test files that exercise it (the slow long-run and state-machine files are left
 # out: minutes each, and they kill nothing the focused files miss)
 MODULES: dict[str, list[str]] = {
@@ -201,7 +205,8 @@ def main() -> int:
     if args.one:
         return run_one(modules[0], args.jobs, args.survivors)
     if not args.report_only:
-        env = dict(os.environ, OMP_NUM_THREADS="1", CI="true")  # CI: derandomized hypothesis
+        # derandomized hypothesis that does not shrink a failing example (tests/conftest.py)
+        env = dict(os.environ, OMP_NUM_THREADS="1", CI="true", GRADSCOPE_MUTATE="1")
         for module in modules:  # one process each: mutmut keeps its configuration globally
             print(f"==> {module}: {' '.join(MODULES[module])}", flush=True)
             command = [sys.executable, __file__, "--one", "--jobs", str(args.jobs), module]

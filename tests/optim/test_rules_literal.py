@@ -79,6 +79,36 @@ def test_a_group_with_only_lr_follows_torchs_defaults(name: str) -> None:
             _close(opt.state[p][key], want, (name, step, key))
 
 
+def _follow_torch(name: str, p: torch.nn.Parameter, hyper: dict[str, Any], steps: int) -> None:
+    """Step torch.optim and the rule side by side from the same values; compare every result."""
+    cls, rule, _ = DEFAULTS[name]
+    opt = cls([p], **hyper)
+    for step in range(steps):
+        p.grad = _grads(step)[: p.numel()]
+        update = rule(p.detach().clone(), p.grad.clone(), _rule_state(opt.state[p]), hyper)
+        opt.step()
+        _close(p.detach(), update.param, (name, step, "param"))
+        for key, want in update.state.items():
+            _close(opt.state[p][key], want, (name, step, key))
+
+
+@pytest.mark.parametrize("name", list(DEFAULTS))
+def test_a_parameter_holding_inf_stays_inf_without_weight_decay_as_in_torch(name: str) -> None:
+    # without weight decay the parameter never enters the gradient: 0 * inf would be NaN
+    lr = DEFAULTS[name][2]
+    hyper: dict[str, Any] = {"lr": lr} | ({"weight_decay": 0.0} if name != "Rprop" else {})
+    p = torch.nn.Parameter(torch.tensor([math.inf, -math.inf, 1.0], dtype=torch.float64))
+    _follow_torch(name, p, hyper, steps=3)
+    assert p.detach()[:2].tolist() == [math.inf, -math.inf]  # torch's own result, for the record
+
+
+@pytest.mark.parametrize("name", [n for n in DEFAULTS if n != "Rprop"])
+def test_a_weight_decay_of_exactly_1_is_applied_as_in_torch(name: str) -> None:
+    lr = DEFAULTS[name][2]
+    p = torch.nn.Parameter(torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64))
+    _follow_torch(name, p, {"lr": lr, "weight_decay": 1.0}, steps=3)
+
+
 # ---- SGD -------------------------------------------------------------------------------------
 
 
@@ -476,3 +506,35 @@ def test_sparse_adam_on_a_dense_gradient_moves_every_row() -> None:
     want = [1.0 - weight * 0.2 / (math.sqrt(4e-3) + 1e-8)]
     want.append(2.0 + weight * 0.1 / (math.sqrt(1e-3) + 1e-8))
     np.testing.assert_allclose(_arr(update.param), want, rtol=1e-12)
+
+
+# a later step for each rule: step 11, where RAdam takes its adaptive (rectified) step (with
+# the default beta2 0.999, rho_t = 1999 - 22 beta2^11 / (1 - beta2^11) is about 10 > 5)
+_MOMENTS = {"step": 10.0, "exp_avg": _t(G), "exp_avg_sq": _t(G * G)}
+_L2_RULES: dict[str, tuple[Rule, dict[str, Any], set[str]]] = {
+    "Adam": (adam_rules.adam, _MOMENTS, {"exp_avg", "exp_avg_sq", "param"}),
+    "NAdam": (adam_rules.nadam, _MOMENTS | {"mu_product": 0.5}, {"exp_avg", "exp_avg_sq", "param"}),
+    "RAdam": (adam_rules.radam, _MOMENTS, {"exp_avg", "exp_avg_sq", "param"}),
+    "Adamax": (
+        adam_rules.adamax,
+        {"step": 10.0, "exp_inf": _t(np.abs(G))},
+        {"exp_avg", "exp_inf", "param"},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(_L2_RULES))
+@pytest.mark.parametrize("decay", [{}, {"weight_decay": 0.0}])
+def test_no_weight_decay_means_no_l2_sensitivity(name: str, decay: dict[str, float]) -> None:
+    # without decay d is the gradient itself: nothing cancels, so nothing is added
+    rule, state, _ = _L2_RULES[name]
+    assert rule(_t(P), _t(G), state, {"lr": LR} | decay).error == {}
+
+
+@pytest.mark.parametrize("name", list(_L2_RULES))
+def test_a_weight_decay_of_1_has_the_l2_sensitivity(name: str) -> None:
+    rule, state, keys = _L2_RULES[name]
+    update = rule(_t(P), _t(G), state, {"lr": LR, "weight_decay": 1.0})
+    assert set(update.error) == keys
+    # |g| + wd |p| enters every entry: exp_avg's is (1 - beta1) times it (beta1 0.9 by default)
+    np.testing.assert_allclose(_arr(update.error["exp_avg"]), 0.1 * (np.abs(G) + np.abs(P)))

@@ -49,7 +49,7 @@ def l2_errors(
     ``m / denom`` by at most ``scale / denom`` times it, with ``scale`` the rule's
     ``d(step)/d(d)`` bound times ``denom`` (derived in the docs of ``tolerance.py``).
     """
-    magnitude = grad.abs().add_(param.abs(), alpha=num(group.get("weight_decay", 0)))
+    magnitude = grad.abs().add_(param.abs(), alpha=num(group["weight_decay"]))  # L2 decay is on
     return {
         "exp_avg": magnitude * (1 - beta1),
         "exp_avg_sq": (magnitude * d).abs_().mul_(2 * (1 - beta2)),
@@ -183,15 +183,17 @@ def adamax(param: A, grad: A, state: dict[str, Any], group: dict[str, Any]) -> U
     eps = num(group.get("eps", 1e-8))
     t = steps_taken(state) + 1
     g = -grad if flag(group, "maximize") else grad
-    decayed, g = _decay(param, g, group, lr, False)
+    weight_decay = num(group.get("weight_decay", 0))  # always L2: torch has no decoupled Adamax
+    if weight_decay != 0:
+        g = g.add(param, alpha=weight_decay)
     m_old: A | None = array(state, "exp_avg")
     u_old: A | None = array(state, "exp_inf")
     m = (zeros_like(g) if m_old is None else m_old).lerp(g, 1 - beta1)
     u = (zeros_like(g) if u_old is None else u_old).mul(beta2).maximum(g.abs().add_(eps))
     weight = lr / (1 - beta1**t)
-    new_param = decayed.addcdiv(m, u, value=-weight)
+    new_param = param.addcdiv(m, u, value=-weight)
     error: dict[str, A | float] = {}
-    if num(group.get("weight_decay", 0)) != 0:
+    if weight_decay != 0:
         scale = (m / u).abs_().mul_(weight).add_(weight * (1 - beta1))
         error = l2_errors(grad, param, group, g, u, scale, beta1, beta2)
         del error["exp_avg_sq"]  # u = max(beta2 u, |d| + eps) moves by at most |d|'s error

@@ -53,16 +53,16 @@ def asgd(param: A, grad: A, state: dict[str, Any], group: dict[str, Any]) -> Upd
     weight_decay = num(group.get("weight_decay", 0))
     t = steps_taken(state) + 1
     eta = num(state.get("eta", lr))
-    mu = num(state.get("mu", 1.0))
     g = -grad if flag(group, "maximize") else grad
     if weight_decay != 0:
         g = g.add(param, alpha=weight_decay)
     new_param = param.mul(1 - lambd * eta).add_(g, alpha=-eta)
     average: A | None = array(state, "ax")
-    if mu != 1 and average is not None:
-        new_average = average.add(new_param.add(average, alpha=-1.0), alpha=mu)
-    else:
+    # torch starts ax and mu together on the first step, and copies the parameter while mu is 1
+    if average is None or (mu := num(state["mu"])) == 1:
         new_average = new_param.clone()
+    else:
+        new_average = average.add(new_param.add(average, alpha=-1.0), alpha=mu)
     new_state: dict[str, A | float] = {
         "step": t,
         "eta": lr / (1 + lambd * lr * t) ** alpha,
