@@ -66,9 +66,7 @@ def test_a_group_with_only_lr_follows_torchs_defaults(name: str) -> None:
     cls, rule, lr = DEFAULTS[name]
     p = torch.nn.Parameter(torch.tensor([1.0, -0.5, 2.0, 0.25, -3.0], dtype=torch.float64))
     opt = cls([p], lr=lr)
-    group = {"lr": lr}
-    if name == "AdamW":  # the one difference: the AdamW rule falls back to Adam's decay, 0
-        group["weight_decay"] = opt.defaults["weight_decay"]
+    group = {"lr": lr}  # AdamW too: its rule falls back to torch's 1e-2, not Adam's 0
     for step in range(12):  # RAdam's rectification starts at step 6 with the default betas
         p.grad = _grads(step)
         update = rule(p.detach().clone(), p.grad.clone(), _rule_state(opt.state[p]), group)

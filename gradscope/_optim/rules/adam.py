@@ -72,6 +72,8 @@ def adamw(param: A, grad: A, state: dict[str, Any], group: dict[str, Any]) -> Up
     >>> adamw(torch.tensor([1.0]), torch.tensor([3.0]), {}, {"lr": 0.1, "weight_decay": 0.5}).param
     tensor([0.8500])
     """
+    if "weight_decay" not in group:  # torch.optim.AdamW's default, not Adam's 0
+        group = {**group, "weight_decay": 1e-2}
     return _adam(param, grad, state, group, True)
 
 
