@@ -49,7 +49,7 @@ class ParamCheck:
     :func:`gradscope._optim.tolerance.tolerance`; all three are None when values were not checked.
     ``verdict`` is "ok", "FAIL", "skipped" (no gradient, left alone), "unchecked" (values
     not checked: ``values=False``) or "unresolved": the values matched, but the reference's
-    whole update (``max_update``, the largest |reference - before|) is within the tolerance,
+    whole update (``max_update``, ``max|reference - before|``) is within the tolerance,
     so even a step off by all of its size would have matched (a tiny lr or gradient in float32;
     check a later step, or in float64). ``reasons`` says what went wrong and the likely fix.
     ``state`` holds one :class:`StateCheck` per optimizer state entry compared (shadow mode),
