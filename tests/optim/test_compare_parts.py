@@ -790,3 +790,74 @@ def test_structural_a_parameter_that_became_nan_has_changed() -> None:
     report = _structural(optim.SGD(net.parameters(), lr=0.0), net, poison)
     assert report["weight"].changed and not report["bias"].changed
     assert report["weight"].verdict == "FAIL"
+
+
+# ---- scalar state entries (step, NAdam's mu_product) ----------------------------------------
+
+
+def _nadam_after(steps: int, after: Callable[[optim.Optimizer], None] | None = None) -> Any:
+    net = nn.Linear(2, 1)
+    opt = optim.NAdam(net.parameters(), lr=0.1)
+    reports = []
+    for _ in range(steps):
+        net.zero_grad()
+        net(torch.ones(1, 2)).sum().backward()
+        with gradscope.check_step(opt, params=net) as report:
+            opt.step()
+            if after is not None:
+                after(opt)
+        reports.append(report)
+    return reports[-1], opt, net
+
+
+def test_scalar_state_verdicts_and_tolerances_worked_out_by_hand() -> None:
+    # NAdam's mu_product after steps 1 and 2 (torch's own state is the oracle): its tolerance is
+    # c * (eps * (|new| + |old|) + tiny) in float32 with c = 8 (docs/optimizer.rst); step: 0.5
+    _, opt, net = _nadam_after(1)
+    old = float(opt.state[net.weight]["mu_product"])
+    net.zero_grad()
+    net(torch.ones(1, 2)).sum().backward()
+    with gradscope.check_step(opt, params=net) as report:
+        opt.step()
+    new = float(opt.state[net.weight]["mu_product"])
+    finfo = torch.finfo(torch.float32)
+    checks = {s.entry: s for s in report["weight"].state}
+    assert {k: s.verdict for k, s in checks.items()} == {
+        "exp_avg": "ok",
+        "exp_avg_sq": "ok",
+        "mu_product": "ok",
+        "step": "ok",
+    }
+    assert checks["step"].tolerance == 0.5 and checks["step"].max_abs_diff == 0.0
+    want = 8 * (finfo.eps * (abs(new) + abs(old)) + finfo.tiny)
+    assert checks["mu_product"].tolerance == pytest.approx(want, rel=1e-6)
+
+
+def test_a_scalar_state_entry_removed_by_the_step_is_missing() -> None:
+    def forget(opt: optim.Optimizer) -> None:
+        for p in opt.param_groups[0]["params"]:
+            del opt.state[p]["mu_product"]
+
+    report, _, _ = _nadam_after(1, forget)
+    (missing,) = [s for s in report["bias"].state if s.entry == "mu_product"]
+    assert (missing.verdict, missing.max_abs_diff, missing.tolerance) == ("FAIL", None, None)
+    assert missing.reason == (
+        "is missing after the step (the rule keeps it): was it computed but never stored in "
+        "optimizer.state[p]?"
+    )
+
+
+def test_a_step_count_off_by_half_is_within_its_tolerance_and_a_whole_one_is_not() -> None:
+    def shift(by: float) -> Callable[[optim.Optimizer], None]:
+        def move(opt: optim.Optimizer) -> None:
+            for p in opt.param_groups[0]["params"]:
+                opt.state[p]["step"] += by
+
+        return move
+
+    report, _, _ = _nadam_after(1, shift(0.5))
+    (step,) = [s for s in report["weight"].state if s.entry == "step"]
+    assert (step.verdict, step.max_abs_diff, step.tolerance) == ("ok", 0.5, 0.5)
+    report, _, _ = _nadam_after(1, shift(1.0))
+    (step,) = [s for s in report["weight"].state if s.entry == "step"]
+    assert (step.verdict, step.reason) == ("FAIL", "is 2, the rule expects 1")
