@@ -12,6 +12,7 @@ computed, and ``record.synchronised`` says whether the pass synchronised (False 
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -59,6 +60,11 @@ def main() -> None:
     assert synced == [(i + 1) % ACCUMULATE == 0 for i in range(3 * ACCUMULATE)], synced
     if rank == 0:
         print(f"{len(watch.records)} passes recorded, {sum(synced)} synchronised")
+    # DDP holds the process group inside a reference cycle: free it now, while the group is
+    # alive, not during interpreter shutdown, where gloo's threads can abort the process
+    del model, optimizer
+    gc.collect()
+    dist.barrier()  # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
 
 
