@@ -17,7 +17,7 @@ from torch import Tensor
 from .._distributed.shards import local_shard
 from .arrays import max_abs_of_differences
 from .batch import Batch, Plan, Target, grad_of, rule_input, shaped
-from .compare_state import spread, state_checks, state_sums
+from .compare_state import mismatch, spread, state_checks, state_sums
 from .diagnose import explain_update, guess
 from .rules.base import flag
 from .shadow import Shadow
@@ -120,12 +120,6 @@ def _unresolved_note(checks: list[ParamCheck]) -> str:
     )
 
 
-def mismatch(expected: Tensor, actual: Tensor) -> Tensor:
-    """|expected - actual|, 0 where both are the same Inf or both NaN (the rule predicted it)."""
-    same = (expected == actual) | (expected.isnan() & actual.isnan())
-    return torch.where(same, 0.0, (expected - actual).abs())
-
-
 def _position(optimizer: torch.optim.Optimizer, target: Target) -> int:
     assert target.group is not None  # only targets in a param group are put in order
     for i, tensor in enumerate(optimizer.param_groups[target.group]["params"]):
@@ -180,6 +174,7 @@ def _batch(
         value = _value(batch, i, numbers, after, nan_expected.get(i))
         states: list[StateCheck] = []
         if check_state and batch.state_checked:
+            assert shadow is not None  # the state is checked against a shadow only
             states = state_checks(batch, i, numbers, entries[i], scalars, shadow, step, optimizer)
         reasons = list(value[3])
         reasons += [f"{s.entry} of {target.name} {s.reason}" for s in states if s.failed]

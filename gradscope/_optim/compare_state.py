@@ -9,7 +9,6 @@ entries (``step``, ``mu_product``) are compared as numbers.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,7 +20,12 @@ from .shadow import Shadow
 from .step_report import FAIL, OK, StateCheck
 from .tolerance import bound, real_dtype
 
-__all__ = ["spread", "state_checks", "state_sums"]
+__all__ = ["mismatch", "spread", "state_checks", "state_sums"]
+
+_MISSING = (
+    "is missing after the step (the rule keeps it): was it computed but never stored in "
+    "optimizer.state[p]?"
+)
 
 
 def state_sums(
@@ -37,7 +41,8 @@ def state_sums(
     """
     entries: list[dict[str, Tensor | None]] = [{} for _ in batch.targets]
     scalar_tensors: list[Tensor] = []
-    if not (check_state and batch.state_checked):
+    if not (check_state and batch.state_checked):  # pragma: no mutate
+        # (with `or`, differences nobody reads: update_of recovers the update either way)
         return entries, scalar_tensors
     keys = sorted({k for s in batch.state for k, v in s.items() if isinstance(v, Tensor)})
     for key in keys:
@@ -47,7 +52,9 @@ def state_sums(
             want = batch.state[i].get(key)
             if isinstance(want, Tensor) and _matches(value, target, want):
                 assert isinstance(value, Tensor)
-                got = shaped(rule_input(value, batch.compute, target.window), want)
+                window = target.window
+                got = shaped(rule_input(value, batch.compute, window), want)  # pragma: no mutate
+                # (compute only widens (b)float16 to float32, exactly; torch promotes alike)
                 entries[i][key] = got
                 expected.append(want)
                 actual.append(got)
@@ -83,22 +90,25 @@ def _matches(value: object, target: Target, want: Tensor) -> bool:
 
 def spread(values: Tensor, present: list[bool]) -> Tensor:
     """``values`` (one per present entry) laid out per target, NaN where the entry is missing."""
-    out = torch.full((len(present),), float("nan"), dtype=values.dtype, device=values.device)
+    out = torch.full((len(present),), math.nan, dtype=values.dtype, device=values.device)
     index = [i for i, p in enumerate(present) if p]
     if index:
-        out[torch.tensor(index, device=values.device)] = values
+        out[index] = values
     return out
 
 
-def _not_updated(batch: Batch, target: Target, key: str, optimizer_state: dict[str, Any]) -> bool:
+def mismatch(expected: Tensor, actual: Tensor) -> Tensor:
+    """|expected - actual|, 0 where both are the same Inf or both NaN (the rule predicted it)."""
+    same = (expected == actual) | (expected.isnan() & actual.isnan())
+    return torch.where(same, 0.0, (expected - actual).abs())
+
+
+def _not_updated(batch: Batch, target: Target, key: str, value: Tensor) -> bool:
     """Whether the step left a state tensor untouched: the same tensor, its version unchanged.
 
     torch's fused kernels do not bump version counters, so for them this says nothing.
     """
     if batch.fused or key not in target.state_versions:
-        return False
-    value = optimizer_state.get(key)
-    if not isinstance(value, Tensor):
         return False
     return target.state_versions[key] == (id(value), value._version)
 
@@ -109,11 +119,12 @@ def state_checks(
     numbers: dict[str, list[float]],
     entries: dict[str, Tensor | None],
     scalars: object,
-    shadow: Shadow | None,
+    shadow: Shadow,
     step: int,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer,
 ) -> list[StateCheck]:
-    target = batch.targets[i]
+    """The verdict on each state entry of target ``i``, in key order (``scalars``: the scalar
+    entries' values as read after the step, in the order :func:`state_sums` read them)."""
     out = []
     for key, want in sorted(batch.state[i].items()):
         if not isinstance(want, Tensor):
@@ -122,18 +133,14 @@ def state_checks(
             continue
         got = entries.get(key)
         if got is None:
-            reason = (
-                "is missing after the step (the rule keeps it): was it computed but never "
-                "stored in optimizer.state[p]?"
-            )
-            out.append(StateCheck(key, FAIL, reason=reason))
+            out.append(StateCheck(key, FAIL, reason=_MISSING))
             continue
         gap = numbers[f"diff:{key}"][i]
         kept = batch.odd_state.get(i, {}).get(key)
-        if math.isnan(gap) and kept is not None:  # a NaN or Inf the rule predicts is a match
-            same = (kept == got) | (kept.isnan() & got.isnan())
-            gap = float(torch.where(same, 0.0, (kept - got).abs()).max())
-        scale = numbers[f"new:{key}"][i] + numbers.get(f"old:{key}", [0.0] * (i + 1))[i]
+        if kept is not None:  # the rule predicts a NaN or Inf somewhere: where it does, a match
+            gap = float(mismatch(kept, got).max())
+        new, old = numbers[f"new:{key}"][i], numbers.get(f"old:{key}")
+        scale = new + (old[i] if old is not None else 0.0)
         eps = max(batch.eps, torch.finfo(real_dtype(batch.dtype)).eps)
         tol = bound(batch.dtype, eps, scale)
         if f"err:{key}" in numbers:
@@ -142,48 +149,60 @@ def state_checks(
             tol += bound(batch.dtype, 1.0, batch.user_error[i])
         if gap <= tol:
             out.append(StateCheck(key, OK, gap, tol))
-            continue
-        state = {} if optimizer is None else optimizer.state.get(target.tensor, {})
-        if _not_updated(batch, target, key, state):
-            date = -1 if shadow is None else shadow.unchanged_since(target.tensor, key, step)
-            since = f"from step {date}" if date >= 0 else "from before this step"
-            reason = f"was not updated: it still equals the value {since}"
-        elif not bool(got.count_nonzero() > 0) and numbers[f"new:{key}"][i] > 0:
-            reason = (
-                f"is still all zeros after the step (the rule's value reaches "
-                f"{numbers[f'new:{key}'][i]:.3g}): was it computed but never written back to "
-                f"optimizer.state[p]?"
-            )
         else:
-            reason = "does not match the rule"
-            diff = batch.state[i][key]
-            assert isinstance(diff, Tensor)  # expected - actual, after the in-place subtraction
-            # expected param = actual + (expected - actual); before = expected - update
-            before = after_value(batch, i) + batch.expected[i] - batch.update_of(i)
-            named = explain_state(
-                batch.rule.function, key, batch.hyper, -diff, grad_of(batch, i), before
-            )
-            hint = named or state_hint(key)
-            if hint:
-                reason += f": {hint}"
-        out.append(StateCheck(key, FAIL, gap, tol, reason))
+            reason = _failure(batch, i, key, got, new, shadow, step, optimizer)
+            out.append(StateCheck(key, FAIL, gap, tol, reason))
     return out
+
+
+def _failure(
+    batch: Batch,
+    i: int,
+    key: str,
+    got: Tensor,
+    reaches: float,
+    shadow: Shadow,
+    step: int,
+    optimizer: torch.optim.Optimizer,
+) -> str:
+    """Why a state entry is off: left alone, still all zeros, or named by its mistake."""
+    target = batch.targets[i]
+    if _not_updated(batch, target, key, optimizer.state[target.tensor][key]):
+        date = shadow.unchanged_since(target.tensor, key, step)
+        if date >= 0:
+            since = f"from step {date}"
+        else:
+            since = "from before this step" if step == 0 else "from before step 0"
+        return f"was not updated: it still equals the value {since}"
+    all_zero = not bool(got.count_nonzero() > 0)
+    if all_zero and reaches > 0:  # pragma: no mutate
+        # (>= 0: a rule's all-zero entry matches an all-zero one, gap 0, and never gets here)
+        return (
+            f"is still all zeros after the step (the rule's value reaches {reaches:.3g}): was it "
+            f"computed but never written back to optimizer.state[p]?"
+        )
+    diff = batch.state[i][key]
+    assert isinstance(diff, Tensor)  # expected - actual, after the in-place subtraction
+    # expected param = actual + (expected - actual); before = expected - update
+    before = after_value(batch, i) + batch.expected[i] - batch.update_of(i)
+    named = explain_state(batch.rule.function, key, batch.hyper, -diff, grad_of(batch, i), before)
+    hint = named or state_hint(key)
+    return f"does not match the rule: {hint}" if hint else "does not match the rule"
 
 
 def after_value(batch: Batch, i: int) -> Tensor:
     """The parameter's value now (window, compute dtype): expected minus the difference."""
     target = batch.targets[i]
-    return shaped(rule_input(target.tensor, batch.compute, target.window), batch.expected[i])
+    window = target.window
+    now = rule_input(target.tensor, batch.compute, window)  # pragma: no mutate
+    # (compute only widens (b)float16 to float32, exactly; torch promotes alike where used)
+    return shaped(now, batch.expected[i])
 
 
 def _scalar_check(batch: Batch, i: int, key: str, want: float, actual: float) -> StateCheck:
     old = batch.old_scalars[i].get(key)
     if math.isnan(actual):
-        reason = (
-            "is missing after the step (the rule keeps it): was it computed but never stored "
-            "in optimizer.state[p]?"
-        )
-        return StateCheck(key, FAIL, reason=reason)
+        return StateCheck(key, FAIL, reason=_MISSING)
     gap = abs(actual - want)
     # torch keeps scalars in float32 (down to subnormals: NAdam's mu_product reaches 1e-40)
     eps = max(batch.eps, torch.finfo(torch.float32).eps)
