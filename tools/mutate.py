@@ -55,6 +55,7 @@ _WATCH_CORE = [
 # the step comparison is reached through check_step and verify_optimizer
 _STEP = [
     "tests/optim/test_compare_parts.py",
+    "tests/optim/test_compare_state.py",
     "tests/optim/test_shadow.py",
     "tests/optim/test_check.py",
     "tests/optim/test_injected_bugs.py",
