@@ -190,22 +190,23 @@ class Reading:
             # The common case, kept short (it runs once per backward pass): one device, one
             # dtype, dense real tensors, read now.
             self._numel: list[int] | None = None  # each tensor's own
-            group = [t.detach() for t in tensors] if detach else list(tensors)
+            group = [t.detach() for t in tensors] if detach else list(tensors)  # pragma: no mutate
+            # (a norm is the same detached or not: detaching spares autograd its bookkeeping)
             red = reduction_dtype(tensors[0].dtype)
             if known is None:
-                taken = list(torch._foreach_norm(group, 2, dtype=red))
+                taken = _norms(group, red)
             else:  # those taken already are in the reduction dtype too
-                unmeasured = [t for t, norm in zip(group, known, strict=True) if norm is None]
-                # (torch refuses an empty list: every gradient may have been measured in a hook)
-                fresh = iter(torch._foreach_norm(unmeasured, 2, dtype=red) if unmeasured else ())
+                pairs = zip(group, known, strict=True)  # pragma: no mutate (one norm each)
+                unmeasured = [t for t, norm in pairs if norm is None]
+                fresh = iter(_norms(unmeasured, red))
                 taken = [norm if norm is not None else next(fresh) for norm in known]
             values: list[float] = torch.stack(taken).tolist()
             self._stats: list[Stats] = list(zip(values, repeat(0), repeat(0)))
             # norms are >= 0 or NaN, so their sum is finite exactly when none is NaN or Inf
-            if not (
-                math.isfinite(sum(values)) and min(values) > _SAFE_LOW and max(values) < _SAFE_HIGH
-            ):
-                odd = [i for i, v in enumerate(values) if not _SAFE_LOW < v < _SAFE_HIGH]
+            safe = min(values) > _SAFE_LOW and max(values) < _SAFE_HIGH  # pragma: no mutate
+            # (at a bound, the norm redone in float64 is the same norm)
+            if not (math.isfinite(sum(values)) and safe):
+                odd = [i for i, v in enumerate(values) if _unsafe(v)]
                 self._read_now(odd, [group[i] for i in odd], [values[i] for i in odd])
             return
         self._stats = [(0.0, 0, 0)] * n
@@ -228,20 +229,17 @@ class Reading:
             red = reduction_dtype(dtype)
             norms: list[torch.Tensor | None] = list(known) if known else [None] * n
             missing = [i for i in indices if norms[i] is None]
-            if missing:  # (torch refuses an empty list: all may have been measured in hooks)
-                measured = torch._foreach_norm([sources[i] for i in missing], 2, dtype=red)
-                for i, norm in zip(missing, measured, strict=True):
-                    norms[i] = norm
-            picked = [norms[i] for i in indices]
-            if any(t.dtype != red for t in picked):  # type: ignore[union-attr]
-                picked = [t.to(red) for t in picked]  # type: ignore[union-attr]
-            values = torch.stack(picked).tolist()  # type: ignore[arg-type]
+            measured = _norms([sources[i] for i in missing], red)
+            for i, norm in zip(missing, measured, strict=True):  # pragma: no mutate (one each)
+                norms[i] = norm
+            # norms taken in the hooks are in the reduction dtype; stack would promote any other
+            values = torch.stack([norms[i] for i in indices]).tolist()  # type: ignore[misc]
             self._read_now(indices, [views[i] for i in indices], values)
 
     def _read_now(self, indices: list[int], views: list[torch.Tensor], norms: list[float]) -> None:
         for i, view, norm in zip(indices, views, norms, strict=True):  # pragma: no mutate
             # (the three lists have one entry per index by construction: strict never fires)
-            if _SAFE_LOW < norm < _SAFE_HIGH:  # pragma: no mutate (at a bound: the same norm)
+            if not _unsafe(norm):
                 self._stats[i] = (norm, 0, 0)
                 continue
             norm = exact_norm(view)  # squares may have under- or overflowed
@@ -320,10 +318,26 @@ class Reading:
                 # (2 is torch's default order too: the mutant without it is the same call)
                 now = float(n64)
             return math.isclose(now, norm, rel_tol=1e-12)
-        now = float(torch._foreach_norm([source], 2, dtype=reduction_dtype(source.dtype))[0])
-        if not _SAFE_LOW < now < _SAFE_HIGH:
+        red = reduction_dtype(source.dtype)
+        now = float(torch._foreach_norm([source], 2, dtype=red)[0])  # pragma: no mutate
+        # (2 is torch's default order; dtype= is checked by the bfloat16 test)
+        if _unsafe(now):
             now = exact_norm(view)
         return now == norm
+
+
+def _norms(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """Each tensor's 2-norm, accumulated in ``dtype``, in one fused call (none for none: torch's
+    fused norm refuses an empty list, and every gradient may have been measured in a hook)."""
+    if not tensors:
+        return []
+    return list(torch._foreach_norm(tensors, 2, dtype=dtype))  # pragma: no mutate
+    # (2 is torch's default order too: the mutant without it is the same call)
+
+
+def _unsafe(norm: float) -> bool:
+    """Whether a norm may have under- or overflowed in its squares, or is NaN or Inf."""
+    return not _SAFE_LOW < norm < _SAFE_HIGH  # pragma: no mutate (at a bound: the same norm)
 
 
 def _plain(tensors: Sequence[torch.Tensor]) -> bool | None:

@@ -240,3 +240,31 @@ def test_norms_left_to_measure_are_taken_in_float32_for_bfloat16() -> None:
     reading = Reading(group, [torch.tensor(1.0), None], copy_for=_now)
     expected = float(np.linalg.norm(group[1].double().numpy()))
     assert reading.get(1)[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_short_path_takes_one_dtype_of_dense_real_nonempty_tensors() -> None:
+    """The short path keeps no element counts of its own (``numel`` is None: each tensor's own);
+    anything else (two dtypes, complex, sparse, an empty tensor) takes the general path."""
+    plain = [torch.ones(3), torch.ones(2, 2, requires_grad=True)]
+    assert [Reading(plain, copy_for=_now).numel(i) for i in range(2)] == [None, None]
+    others = {
+        "two dtypes": [torch.ones(3), torch.ones(2, dtype=torch.float64)],
+        "complex": [torch.ones(3, dtype=torch.complex64)],
+        "sparse": [torch.ones(3).to_sparse()],
+        "empty": [torch.ones(3), torch.empty(0)],
+    }
+    for what, group in others.items():
+        reading = Reading(group, copy_for=_now)
+        assert reading.numel(0) is not None, what
+        assert reading.get(0)[0] == pytest.approx(math.sqrt(3)), what
+
+
+def test_unchanged_retakes_a_bfloat16_norm_in_float32() -> None:
+    """The norm is retaken the way it was taken (float32 for bfloat16): taken in bfloat16 it
+    would round differently and call an untouched gradient changed."""
+    torch.manual_seed(0)
+    grad = torch.randn(1000).bfloat16()
+    reading = Reading([grad], copy_for=_now)
+    in_bf16 = float(torch._foreach_norm([grad], 2)[0])
+    assert in_bf16 != reading.get(0)[0]  # (so the test can tell the two apart)
+    assert reading.unchanged(0, grad.clone())
