@@ -78,6 +78,7 @@ MODULES: dict[str, list[str]] = {
     ],
     "gradscope/_watch/recorder.py": _WATCH_CORE,
     "gradscope/_watch/assembly.py": _WATCH_CORE,
+    "gradscope/_watch/ending.py": _WATCH_CORE,
     "gradscope/_watch/passes.py": [
         "tests/watch/test_recorder_parts.py",
         "tests/watch/test_passes.py",

@@ -41,8 +41,8 @@ class Entry:
     grad: torch.Tensor | None  # the incoming gradient (what this pass adds), if held
     before: torch.Tensor | None
     accumulated: bool  # False under torch.autograd.grad, which leaves .grad alone
-    old: torch.Tensor | None  # .grad when the gradient arrived, and its version
-    old_version: int
+    old: torch.Tensor | None = None  # .grad when the gradient arrived, and its version
+    old_version: int = 0  # pragma: no mutate (unread where old is None, see arrived)
     incoming: tuple[int, int] | None = None  # (data_ptr, version) of a gradient torch may steal
     norm: torch.Tensor | None = None  # its norm, taken while it was hot in cache
     shard: torch.Tensor | None = None  # FSDP2: the sharded parameter its hook ran on

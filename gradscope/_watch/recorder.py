@@ -1,16 +1,16 @@
 """The recording machinery behind watch(): per-parameter hooks, one record per backward pass.
 
 Recording only: which parameters are watched (following the module as it changes) is in
-``following``, when a pass starts and ends in ``passes``, how a pass's records are built in
-``assembly``, which tensors are kept in ``keeping``, the statistics in ``reading`` and
-``stats``, the records in ``records``, the functions torch calls in ``trampolines``, FSDP2's
-sharded parameters in ``sharded``, and the public object in ``watch``, which owns one
-recorder (tables and pages are in ``gradscope._report``). Only the watch holds the recorder,
-and hooks hold it weakly, so dropping the watch drops the recorder, which removes its hooks:
-neither can keep the model alive. Errors inside a hook are stored on the recorder, never
-raised out of ``backward()``. The hooks run in every pass: a parameter whose ``.grad`` was
-None gets one small entry; the end of the pass builds the records in one loop and takes the
-norms in one fused call.
+``following``, when a pass starts and ends in ``passes``, what ending a pass makes of it in
+``ending``, how its records are built in ``assembly``, which tensors are kept in ``keeping``,
+the statistics in ``reading`` and ``stats``, the records in ``records``, the functions torch
+calls in ``trampolines``, FSDP2's sharded parameters in ``sharded``, and the public object in
+``watch``, which owns one recorder (tables and pages are in ``gradscope._report``). Only the
+watch holds the recorder, and hooks hold it weakly, so dropping the watch drops the recorder,
+which removes its hooks: neither can keep the model alive. Errors inside a hook are stored on
+the recorder, never raised out of ``backward()``. The hooks run in every pass: a parameter
+whose ``.grad`` was None gets one small entry; the end of the pass builds the records in one
+loop and takes the norms in one fused call.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from .._distributed.shards import local_shard
 from .._graph.module_tags import install_module_tagging
 from .._hooks import CopySafe
 from .._naming import ParamNames, unwrap_module
-from .assembly import assemble, loss_scale, scaler_moved
+from .assembly import loss_scale
+from .ending import StatsReader, pass_record
 from .following import Followed
 from .keeping import Keep, Keeper, default_max_bytes
 from .passes import Entry, Pass, take_accumulated
-from .reading import HostCopy, Reading, host_copy_for
-from .records import BackwardRecord, GradRecord, attach_reading
-from .sharded import assemble_sharded, combine_across_ranks, register
+from .records import BackwardRecord, GradRecord
+from .sharded import register
 from .stats import reduction_dtype
 from .trampolines import after_forward, before_forward, on_grad, on_shard
 
@@ -47,6 +47,8 @@ _HOT_NORM_NUMEL = 1 << 16
 _STRIDED = torch.strided
 _vector_norm = torch.linalg.vector_norm
 _will_execute = torch._C._will_engine_execute_node
+# Entry.accumulated of an FSDP2 shard: sharded assembly never reads it.
+_SHARD_ACCUMULATES = True  # pragma: no mutate (unread for FSDP2 shards)
 # What a closed recorder's last hooks see: a pass that records nothing and is never ended.
 _NOT_RECORDED = Pass(0, recording=False)
 
@@ -106,9 +108,7 @@ class Recorder:
         self.passes_seen = 0
         # The newest record of each parameter, whose ``after`` may be ``.grad`` itself.
         self._last_record: dict[str, GradRecord] = {}
-        self._in_flight: Reading | None = None  # the newest pass's statistics, if still deferred
-        # How results reach the host, per device (the seam tests replace: host_copy_for).
-        self._copies: dict[torch.device, HostCopy] = {}
+        self._reader = StatsReader()  # the newest pass's statistics, if still deferred
         self.errors: list[BaseException] = []
         # Called with each new record and the current name -> parameter mapping (the watch's
         # diagnosis evidence, see _watch/monitors.py); each call is guarded like a hook.
@@ -193,9 +193,7 @@ class Recorder:
     def close(self) -> None:
         """Remove every hook (idempotent) and let go of the model. Records stay readable."""
         self.poll()
-        if self._in_flight is not None:  # read back the last pass's statistics while we can
-            self._in_flight.wait()
-            self._in_flight = None  # pragma: no mutate (no pass ends after close to read it)
+        self._reader.wait()  # read back the last pass's statistics while we can
         if self._pass is not None:
             self._pass.cancel()
         self._finalizer()
@@ -257,14 +255,8 @@ class Recorder:
         if current.recording and name not in current.entries:  # pragma: no mutate
             # (FSDP2's hook runs once per parameter and pass; a skipped pass's entries are unread)
             # a shard's record reads only ``before``: sharded assembly never asks ``arrived``
-            current.entries[name] = Entry(
-                None,
-                self._befores.pop(name, None),
-                True,  # pragma: no mutate (accumulated: unread for FSDP2 shards)
-                None,
-                0,  # pragma: no mutate (old_version: unread for FSDP2 shards)
-                shard=param,
-            )
+            before = self._befores.pop(name, None)
+            current.entries[name] = Entry(None, before, _SHARD_ACCUMULATES, shard=param)
 
     def on_grad(self, name: str, param: torch.Tensor, grad: torch.Tensor) -> None:
         current = self._pass  # (current_pass inlined: this runs for every parameter)
@@ -291,13 +283,7 @@ class Recorder:
             # hold the gradient (torch then copies it into .grad) where .grad may be gone at the
             # end of the pass: a post-accumulate hook (optimizer in backward) may clear it
             if self._ddp or grad.layout is not _STRIDED or param._post_accumulate_grad_hooks:
-                entry = Entry(
-                    grad,
-                    None,
-                    True,
-                    None,
-                    0,  # pragma: no mutate (old_version: unread where old is None, see arrived)
-                )
+                entry = Entry(grad, None, True)
             else:
                 # torch moves this very tensor into .grad unless someone holds it, so do not
                 # hold it (that would cost a copy); remember its address and measure it while
@@ -306,13 +292,7 @@ class Recorder:
                 if grad.numel() >= _HOT_NORM_NUMEL and not grad.is_cuda and not grad.is_complex():
                     norm = _vector_norm(grad, dtype=reduction_dtype(grad.dtype))
                 entry = Entry(
-                    None,
-                    None,
-                    True,
-                    None,
-                    0,  # pragma: no mutate (old_version: unread where old is None, see arrived)
-                    (grad.data_ptr(), grad._version),
-                    norm,
+                    None, None, True, incoming=(grad.data_ptr(), grad._version), norm=norm
                 )
         else:
             entry = self._held_entry(name, grad, old, accumulates)
@@ -333,13 +313,7 @@ class Recorder:
         # is free: torch adds it into the existing .grad, or does not use .grad
         held = grad.detach().clone() if grad.requires_grad else grad
         if old is None:
-            return Entry(
-                held,
-                None,
-                accumulates,
-                None,
-                0,  # pragma: no mutate (old_version: unread where old is None, see arrived)
-            )
+            return Entry(held, None, accumulates)
         before = self._snapshot_before(name, old) if self.keep != "none" else None
         return Entry(held, before, accumulates, old, old._version)
 
@@ -396,67 +370,27 @@ class Recorder:
             current.cancel()
         if not current.recording:
             return
-        followed = self._followed
-        followed.sync()
-        scale = loss_scale(self.scaler)
-        params, keep, index = followed.names.params, self.keep, current.index
-        copy = self._keeper.copy if self.copy else None
-        if self._sharded:
-            records, sources, known = assemble_sharded(
-                current.entries,
-                params,
-                followed.aliases,
-                index,
-                scale,
-                keep,
-                copy,
-                self._last_record,
-            )
-        else:
-            records, sources, known = assemble(
-                current.entries,
-                params,
-                followed.aliases,
-                index,
-                scale,
-                failed,
-                keep,
-                copy,
-                self._ddp,
-                self._last_record,
-            )
-        self._read_stats(records, sources, known, scale)
-        synchronised = self._synchronising
-        if self._sharded and not failed:  # every rank ends every pass here: one collective
-            combine_across_ranks(list(records.values()), sources, self._layout)
-        frozen = followed.frozen
-        missing = (
-            []
-            if len(records) + len(frozen) == len(params)  # pragma: no mutate
-            # (a shortcut: were it wrong, the list below is computed, and is [] then too)
-            or (self._sharded and not synchronised)  # FSDP2 kept them unsharded, unseen
-            else [n for n, p in params.items() if p.requires_grad and n not in records]
+        self._followed.sync()
+        keep = self.keep
+        backward = pass_record(
+            current,
+            failed,
+            self._followed,
+            self._layout,
+            scale=loss_scale(self.scaler),
+            scaler=self.scaler,
+            keep=keep,
+            copy=self._keeper.copy if self.copy else None,
+            live_records=self._last_record,
+            synchronised=self._synchronising,
+            reader=self._reader,
         )
-        backward = BackwardRecord(
-            index=index,
-            grads=records,
-            missing=missing,
-            frozen=frozen,  # these four are replaced, never changed in place, by sync()
-            aliases=followed.names.canonical,
-            replaced=followed.replaced,
-            shapes=followed.shapes,
-            loss_scale=scale,
-            errors=current.errors,
-            failed=failed,
-            synchronised=synchronised,
-        )
-        followed.replaced = []
         oldest = self.records[0] if len(self.records) == self.records.maxlen else None
         self.records.append(backward)
         if failed:
             self.notes.append(
-                f"backward pass {index} raised before it finished; it is recorded with "
-                f"the {len(records)} gradient(s) that arrived (record.failed)"
+                f"backward pass {backward.index} raised before it finished; it is recorded "
+                f"with the {len(backward.grads)} gradient(s) that arrived (record.failed)"
             )
         if keep == "all":
             note = self._keeper.added(backward, oldest)
@@ -464,33 +398,3 @@ class Recorder:
                 self.notes.append(note)
         for listener in self.end_of_pass:
             self.guard(listener, backward, self.names.params)
-
-    def _read_stats(
-        self,
-        records: dict[str, GradRecord],
-        sources: list[torch.Tensor],
-        known: list[torch.Tensor | None],
-        scale: float | None,
-    ) -> None:
-        """Give each record its norm and NaN/Inf counts, now or, on CUDA, when first read.
-
-        Reading the norms back on a CUDA device would wait for the whole backward pass; instead
-        they travel asynchronously and are read at the latest when the next pass ends, by which
-        time they have long arrived (so the watch holds at most one pass in flight).
-        """
-        if self._in_flight is not None:  # frees the host buffers for this pass's results
-            self._in_flight.wait()
-        hot = None if known.count(None) == len(known) else known  # pragma: no mutate
-        # (a shortcut: Reading measures every None in ``known`` as it does without it)
-        reading = Reading(sources, hot, copy_for=self._host_copy)
-        self._in_flight = reading if reading.pending else None  # pragma: no mutate
-        # (a Reading with nothing pending: its wait() does nothing)
-        moved = None if scale is None else scaler_moved(self.scaler)  # pragma: no mutate
-        # (no loss scale: no scaler, or a disabled one, which never unscales: it would say False)
-        attach_reading(records.values(), reading, moved)
-
-    def _host_copy(self, device: torch.device) -> HostCopy:
-        copy = self._copies.get(device)
-        if copy is None:
-            copy = self._copies[device] = host_copy_for(device)
-        return copy

@@ -14,15 +14,15 @@ import pytest
 import torch.distributed as dist
 from read_paths import CopyLater
 
+import gradscope._watch.ending as ending_module
 import gradscope._watch.forward_pass as forward_module
-import gradscope._watch.recorder as recorder_module
 
 
 @pytest.fixture(params=["read-now", "read-later"])
 def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the test with statistics read when the pass ends, then with the deferred read."""
     if request.param == "read-later":
-        monkeypatch.setattr(recorder_module, "host_copy_for", lambda device: CopyLater())
+        monkeypatch.setattr(ending_module, "host_copy_for", lambda device: CopyLater())
         # the diagnosis's forward sums travel the same way
         monkeypatch.setattr(forward_module, "host_copy_for", lambda device: CopyLater())
     return str(request.param)

@@ -19,12 +19,12 @@ def backward(net: nn.Module, x: torch.Tensor) -> None:
 
 
 def test_an_error_inside_a_hook_never_breaks_backward(lenet, lenet_input, monkeypatch) -> None:
-    import gradscope._watch.recorder as recorder_module
+    import gradscope._watch.ending as ending_module
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("internal failure")
 
-    monkeypatch.setattr(recorder_module, "Reading", broken)
+    monkeypatch.setattr(ending_module, "Reading", broken)
     expected = torch.autograd.grad(lenet(lenet_input).pow(2).sum(), lenet.conv1.bias)[0]
     w = gradscope.watch(lenet)
     backward(lenet, lenet_input)

@@ -18,6 +18,7 @@ from read_paths import FakeEvent
 from torch import nn
 
 import gradscope
+import gradscope._watch.ending as ending_module
 import gradscope._watch.keeping as keeping_module
 import gradscope._watch.monitors as monitors_module
 import gradscope._watch.recorder as recorder_module
@@ -174,13 +175,13 @@ def test_keep_none_never_copies_a_gradient(monkeypatch) -> None:
 
 def test_the_host_copy_of_a_device_is_made_once(monkeypatch) -> None:
     made: list[torch.device] = []
-    real = recorder_module.host_copy_for
+    real = ending_module.host_copy_for
 
     def counting(device: torch.device):  # type: ignore[no-untyped-def]
         made.append(device)
         return real(device)
 
-    monkeypatch.setattr(recorder_module, "host_copy_for", counting)
+    monkeypatch.setattr(ending_module, "host_copy_for", counting)
     net, x = _net(), torch.randn(5, 4)
     with gradscope.watch(net) as w:
         for _ in range(3):
@@ -382,7 +383,7 @@ class _OneBuffer:
 
 def test_a_deferred_pass_is_read_before_the_next_pass_reuses_the_host_buffer(monkeypatch) -> None:
     one = _OneBuffer()
-    monkeypatch.setattr(recorder_module, "host_copy_for", lambda device: one)
+    monkeypatch.setattr(ending_module, "host_copy_for", lambda device: one)
     # as for a model on a CUDA device: the diagnosis does not read each pass as it ends
     monkeypatch.setattr(monitors_module, "_on_cpu", lambda params: False)
     net = _net()

@@ -37,7 +37,7 @@ from read_paths import CopyLater
 from torch import nn
 
 import gradscope
-import gradscope._watch.recorder as recorder_module
+import gradscope._watch.ending as ending_module
 from gradscope import GradscopeError, GradscopeWarning
 from gradscope._hooks import CopySafe
 from gradscope._watch.reading import host_copy_for
@@ -130,7 +130,7 @@ class WatchMachine(RuleBasedStateMachine):
             handle.remove()
         if self.watch is not None:
             self.watch.close()
-        recorder_module.host_copy_for = host_copy_for  # type: ignore[assignment]
+        ending_module.host_copy_for = host_copy_for  # type: ignore[assignment]
 
     # ------------------------------------------------------------------------------ helpers
     def _names(self) -> list[str]:
@@ -233,7 +233,7 @@ class WatchMachine(RuleBasedStateMachine):
 
     def _start(self, copy: bool, keep: str, bound: int | None, scaler: bool, later: bool) -> None:
         factory = (lambda device: CopyLater()) if later else host_copy_for
-        recorder_module.host_copy_for = factory  # type: ignore[assignment]
+        ending_module.host_copy_for = factory  # type: ignore[assignment]
         self.keep, self.copy, self.uses_scaler = keep, copy, scaler
         self.watch = gradscope.watch(
             self.net,
