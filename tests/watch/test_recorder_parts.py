@@ -12,6 +12,7 @@ import copy
 import gc
 import weakref
 
+import numpy as np
 import pytest
 import torch
 from read_paths import FakeEvent
@@ -520,3 +521,16 @@ def test_a_failed_pass_ended_after_a_parameter_was_removed_keeps_the_others() ->
     assert failed.failed and set(failed.grads) == changed - {"2.bias"}
     for name in failed.grads:
         torch.testing.assert_close(failed[name].delta, after[name] - before[name])
+
+
+def test_closing_again_after_a_pass_is_harmless() -> None:
+    """close() is idempotent: the second one finds nothing in flight (on the read-later path the
+    first one read the last pass back), and the record keeps numpy's norm of the gradient."""
+    net, x = _net(), torch.randn(5, 4)
+    w = gradscope.watch(net)
+    net(x).pow(2).sum().backward()
+    expected = float(np.linalg.norm(net[0].weight.grad.double().numpy()))  # type: ignore[union-attr]
+    w.close()
+    w.close()
+    assert w.last["0.weight"].stats.norm == pytest.approx(expected, rel=1e-6)
+    assert w.errors == []
