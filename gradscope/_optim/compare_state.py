@@ -74,7 +74,8 @@ def state_sums(
             elif isinstance(value, (int, float)):
                 scalar_tensors.append(torch.tensor(float(value), dtype=torch.float64))
             else:
-                scalar_tensors.append(torch.tensor(float("nan"), dtype=torch.float64))
+                missing = torch.tensor(math.nan, dtype=torch.float64)  # pragma: no mutate
+                scalar_tensors.append(missing)  # (a NaN in any dtype: stack promotes to float64)
     return entries, scalar_tensors
 
 

@@ -234,6 +234,31 @@ def test_a_parameter_the_optimizer_keeps_no_state_for_has_every_entry_missing() 
     )
 
 
+class _NoStateAdam(optim.Adam):
+    """Adam's signature, a plain -lr * g step, and nothing kept in optimizer.state."""
+
+    @torch.no_grad()
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(p.grad, alpha=-group["lr"])
+
+
+def test_an_adam_that_keeps_no_state_has_its_step_count_missing_too() -> None:
+    w = nn.Parameter(torch.tensor([1.0, -2.0]))
+    w.grad = torch.tensor([0.5, 0.25])
+    report = _checked(_NoStateAdam([w], lr=0.1), {"w": w})
+    missing = (
+        "is missing after the step (the rule keeps it): was it computed but never stored in "
+        "optimizer.state[p]?"
+    )
+    assert [(s.entry, s.verdict, s.reason) for s in report["w"].state] == [
+        ("exp_avg", "FAIL", missing),
+        ("exp_avg_sq", "FAIL", missing),
+        ("step", "FAIL", missing),
+    ]
+
+
 class _PlainCount(optim.SGD):
     """SGD that counts its steps in a Python int past 2**24, where float32 stops counting."""
 

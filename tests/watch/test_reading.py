@@ -268,3 +268,13 @@ def test_unchanged_retakes_a_bfloat16_norm_in_float32() -> None:
     in_bf16 = float(torch._foreach_norm([grad], 2)[0])
     assert in_bf16 != reading.get(0)[0]  # (so the test can tell the two apart)
     assert reading.unchanged(0, grad.clone())
+
+
+def test_a_nan_norm_after_safe_ones_is_still_rechecked() -> None:
+    """Python's min() and max() pass over a NaN that is not first ([1, nan] looks safe): the
+    NaN norm is caught by the sum, and its counts are taken (numpy's of the same tensor)."""
+    bad = torch.tensor([math.nan, 1.0, math.inf])
+    reading = Reading([torch.ones(4), bad], copy_for=_now)
+    norm, nan, inf = reading.get(1)
+    assert math.isnan(norm) and (nan, inf) == numpy_counts(bad) == (1, 1)
+    assert reading.get(0) == (2.0, 0, 0) and reading.any_nonfinite()
