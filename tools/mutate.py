@@ -130,9 +130,9 @@ def run_one(module: str, jobs: int, survivors: bool) -> int:
     import mutmut.configuration as cfg
     from mutmut.__main__ import cli
 
+    # with nothing left alive, no names: mutmut then runs only mutants without a result, those
+    # of functions changed since the last run (it makes them anew)
     alive = _unfinished(module) if survivors else []
-    if survivors and not alive:
-        return 0
     # mutmut would keep an unmutated copy made by another module's run (newer than the source),
     # and its map of which test covers which function (new tests change it); rerunning the
     # survivors keeps the results (.meta) of the functions unchanged since
@@ -144,7 +144,7 @@ def run_one(module: str, jobs: int, survivors: bool) -> int:
     config.pytest_add_cli_args_test_selection = list(MODULES[module])
     cfg._config = config
     try:
-        names = alive or [mutant_prefix(module) + "*"]
+        names = alive if survivors else [mutant_prefix(module) + "*"]
         cli(["run", "--max-children", str(jobs), *names], standalone_mode=False)
     except SystemExit as done:
         return int(done.code or 0)
