@@ -17,7 +17,8 @@ from .data import (
     collapsed,
     span_groups,
 )
-from .dot import DotGraph, build_dot, drawn_node_count, format_norm
+from .dot import DotGraph, build_dot, format_norm
+from .folding import drawn_node_count
 from .layout import BUDGET_S, estimate
 from .render import RenderResult, find_renderers, render
 from .skeleton import Walked
