@@ -3,12 +3,11 @@
 This is the command-line layer: it writes its narration to the stream it is given (the CLI
 passes stdout) and progress to a :class:`Progress` (stderr, terminals only). The files it
 leaves in the output folder are written into a staging folder first, then moved in place.
+Step 6, the hand-written update, is in ``manual_step.py``.
 """
 
 from __future__ import annotations
 
-import textwrap
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,9 +21,11 @@ from .._graph.build import graph
 from .._graph.graph import Graph
 from .._lenet import LeNet
 from .._naming import named_parameters
-from .._optim.check import check_step
 from .._report.html import write_report
 from .._watch.watch import Watch, watch
+from .manual_step import manual_update
+from .narrator import Narrator
+from .node_words import chain, node_label
 from .progress import Progress
 
 __all__ = ["DEFAULT_STEPS", "FILES", "run_demo"]
@@ -44,93 +45,6 @@ FILES = {
     ),
     SUMMARY: "what the demo printed, then the last pass's table",
 }
-
-
-@dataclass
-class _Narrator:
-    """Writes the demo's text to a stream and keeps a copy for summary.txt."""
-
-    stream: TextIO
-    lines: list[str] = field(default_factory=list)
-
-    def say(self, text: str = "", indent: int = 0) -> None:
-        pad = " " * indent
-        for line in text.split("\n") if text else [""]:
-            wrapped = textwrap.wrap(line, 96, initial_indent=pad, subsequent_indent=pad + "  ")
-            for out in wrapped or [""]:
-                self.lines.append(out)
-                self.stream.write(out + "\n")
-        self.stream.flush()
-
-    def raw(self, text: str, indent: int = 4) -> None:
-        """Lines written as they are (code, aligned columns): never re-wrapped."""
-        for line in text.strip("\n").split("\n"):
-            self.lines.append(" " * indent + line)
-            self.stream.write(" " * indent + line + "\n")
-        self.stream.flush()
-
-    def step(self, number: int, title: str) -> None:
-        self.say()
-        self.say(f"Step {number}. {title}")
-
-
-def _node_label(node: Any, names: dict[int, str]) -> str:
-    """A grad_fn's class name, plus the parameter it writes when it is an AccumulateGrad."""
-    label = type(node).__name__
-    variable = getattr(node, "variable", None)
-    if variable is not None:
-        name = names.get(id(variable))
-        return f"{label} -> writes {name}.grad" if name else f"{label} (a leaf tensor)"
-    used = sorted(_parameters_used(node, names))
-    return f"{label} (uses {', '.join(used)})" if used else label
-
-
-def _parameters_used(node: Any, names: dict[int, str]) -> set[str]:
-    """Parameters a node reads directly, looking through the transposes torch inserts."""
-    found: set[str] = set()
-    for child, _ in getattr(node, "next_functions", ()):
-        if child is None:
-            continue
-        variable = getattr(child, "variable", None)
-        if variable is not None and id(variable) in names:
-            found.add(names[id(variable)])
-        elif type(child).__name__ in ("TBackward0", "PermuteBackward0", "ViewBackward0"):
-            found |= _parameters_used(child, names)
-    return found
-
-
-# What the tutorial calls the ops whose backward nodes torch names differently.
-_OP_NAMES = {
-    "Convolution": "conv2d",
-    "MaxPool2DWithIndices": "maxpool2d",
-    "Addmm": "linear",
-    "MseLoss": "MSELoss",
-    # The tutorial's LeNet calls torch.flatten(x, 1), which autograd records as a view.
-    "View": "flatten",
-}
-
-
-def _chain(loss: torch.Tensor, names: dict[int, str]) -> tuple[list[str], list[str]]:
-    """The ops from the input side to the loss, following each node's non-parameter input.
-
-    Returns (the tutorial's words with the layer each op uses, torch's node names).
-    """
-    words: list[str] = []
-    nodes: list[str] = []
-    node = loss.grad_fn
-    while node is not None:
-        label = type(node).__name__
-        nodes.append(label)
-        op = label.removesuffix("0").removesuffix("Backward")
-        used = sorted({name.rsplit(".", 1)[0] for name in _parameters_used(node, names)})
-        words.append(_OP_NAMES.get(op, op.lower()) + (f" [{', '.join(used)}]" if used else ""))
-        inner = [
-            n
-            for n, _ in node.next_functions
-            if n is not None and type(n).__name__ not in ("AccumulateGrad", "TBackward0")
-        ]
-        node = inner[0] if inner else None
-    return ["input", *reversed(words), "loss"], list(reversed(nodes))
 
 
 def _vector(tensor: torch.Tensor | None) -> str:
@@ -166,57 +80,6 @@ def _train(
     return w, losses, last_graph
 
 
-def _manual_update(n: _Narrator, net: nn.Module) -> None:
-    """The tutorial's hand-written SGD step, checked; then a wrong one, caught."""
-    lr = LEARNING_RATE
-    n.step(6, "Updating the weights by hand: weight = weight - learning_rate * gradient")
-    n.raw(
-        f"learning_rate = {lr}\n"
-        f"optimizer = optim.SGD(net.parameters(), lr={lr})  # only to say what to expect\n"
-        "with gradscope.check_step(optimizer, params=net, manual=True) as report:\n"
-        "    for f in net.parameters():\n"
-        "        f.data.sub_(f.grad.data * learning_rate)"
-    )
-    optimizer = optim.SGD(net.parameters(), lr=lr)
-    saved = {name: p.detach().clone() for name, p in net.named_parameters()}
-    with check_step(optimizer, params=net, manual=True) as report:
-        for f in net.parameters():
-            f.data.sub_(f.grad.data * lr)  # type: ignore[union-attr]
-    n.say(report.headline(), 2)
-    n.say(
-        f"check_step computed what SGD(lr={lr}).step() would do before the block and compared "
-        f"the result with it: all {len(report.params)} parameters match.",
-        2,
-    )
-    n.say()
-    n.say("A deliberately wrong update, a typo for one parameter (add_ instead of sub_):", 2)
-    n.raw(
-        "with gradscope.check_step(optimizer, params=net, manual=True) as report:\n"
-        "    for name, f in net.named_parameters():\n"
-        "        if name == 'fc1.weight':\n"
-        "            f.data.add_(f.grad.data * learning_rate)   # the typo\n"
-        "        else:\n"
-        "            f.data.sub_(f.grad.data * learning_rate)"
-    )
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            p.copy_(saved[name])
-    with check_step(optimizer, params=net, manual=True) as report:
-        for name, f in net.named_parameters():
-            if name == "fc1.weight":
-                f.data.add_(f.grad.data * lr)  # type: ignore[union-attr]
-            else:
-                f.data.sub_(f.grad.data * lr)  # type: ignore[union-attr]
-    n.say(report.headline(), 2)
-    for failure in report.failures:
-        off = "" if failure.max_rel_diff is None else f", off by {failure.max_rel_diff:.2f} steps"
-        n.say(f"{failure.name}{off}: {'; '.join(failure.reasons)}", 4)
-    with torch.no_grad():  # undo the wrong step so training starts from the right one
-        for name, p in net.named_parameters():
-            p.copy_(saved[name] - lr * p.grad)  # type: ignore[operator]
-    n.say("(The typo is undone before training: every parameter gets the correct step.)", 2)
-
-
 def _save_graph(g: Graph, stage: Path) -> tuple[Path, str | None]:
     """backward-graph.svg; or the DOT source, and why, when no Graphviz renderer works here."""
     try:
@@ -241,13 +104,13 @@ def run_demo(
     """Run the tutorial, narrate it to ``stream`` and write the pictures into ``out``."""
     progress = progress if progress is not None else Progress(enabled=False)
     with staged_dir(out) as stage:
-        narrator = _Narrator(stream)
+        narrator = Narrator(stream)
         _steps(narrator, stage, progress, steps, seed, out)
         written = sorted(p.name for p in stage.iterdir())
     return [out / name for name in written]
 
 
-def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int, out: Path) -> None:
+def _steps(n: Narrator, stage: Path, progress: Progress, steps: int, seed: int, out: Path) -> None:
     torch.manual_seed(seed)
     say, code = n.say, n.raw
     net = LeNet()
@@ -284,7 +147,7 @@ def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int,
     say(f"print(loss)  ->  {loss!r}", 2)
 
     n.step(3, "The computation that produced the loss, read from loss.grad_fn")
-    words, nodes = _chain(loss, names)
+    words, nodes = chain(loss, names)
     say(" -> ".join(words), 2)
     say(
         "Autograd's backward nodes behind it, from the input side: " + ", ".join(nodes) + ". "
@@ -303,7 +166,7 @@ def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int,
     for i, path in enumerate(paths):
         if i:
             node = node.next_functions[0][0]
-        n.raw(f"{path:<56} {_node_label(node, names)}", 2)
+        n.raw(f"{path:<56} {node_label(node, names)}", 2)
     say(
         'The tutorial\'s comment calls that third node "ReLU", but torch prints AccumulateGrad: '
         "the leaf node that adds the incoming gradient into fc3.bias.grad. gradscope names the "
@@ -349,7 +212,7 @@ def _steps(n: _Narrator, stage: Path, progress: Progress, steps: int, seed: int,
             2,
         )
 
-    _manual_update(n, net)
+    manual_update(n, net, LEARNING_RATE)
 
     n.step(7, f"Training with torch.optim: SGD(lr={LEARNING_RATE}), {steps} steps")
     code(
@@ -399,7 +262,7 @@ class CarelessLeNet(LeNet):
 
 
 def _diagnosis_section(
-    n: _Narrator,
+    n: Narrator,
     inputs: torch.Tensor,
     target: torch.Tensor,
     seed: int,

@@ -5,6 +5,8 @@ of each op that uses it (through a ``TBackward0``-style view too). That halves t
 and removes the fan-out edges of a parameter used many times, which is what makes Graphviz slow.
 A view between two ops (one consumer, one input) becomes part of the edge (its tooltip names
 it): views keep the gradient's norm, and a transformer has one for every two ops that compute.
+What is folded is decided in ``folding.py`` and which module box a node sits in in
+``clusters.py``; this module writes both as DOT.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .._text import printable
-from .walk import VIEW_OPS, GraphEdge, GraphNode
+from .clusters import placement
+from .folding import folding, pass_through
+from .walk import GraphEdge, GraphNode
 
-__all__ = ["DotGraph", "build_dot", "drawn_node_count", "format_bytes", "format_norm"]
+__all__ = ["DotGraph", "build_dot", "format_bytes", "format_norm"]
 
 # light to dark blue for small to large gradients; red is kept for NaN/Inf. Node fills may be
 # light (the node has a border and dark text); edges are lines on white, so their scale starts
@@ -70,72 +74,6 @@ def _q(text: str) -> str:
     return '"' + "\\n".join(lines) + '"'
 
 
-def _folding(
-    nodes: Sequence[GraphNode], edges: Sequence[GraphEdge]
-) -> tuple[set[int], dict[int, list[int]]]:
-    """Nodes not drawn, and for each drawn op the parameter nodes shown in its label."""
-    consumers: dict[int, list[int]] = {}
-    children: dict[int, list[int]] = {}
-    for e in edges:
-        consumers.setdefault(e.dst, []).append(e.src)
-        children.setdefault(e.src, []).append(e.dst)
-    by_id = {n.id: n for n in nodes}
-    hidden: set[int] = set()
-    shown_in: dict[int, list[int]] = {}
-    for n in nodes:
-        if n.kind != "parameter" or not consumers.get(n.id):
-            continue
-        hidden.add(n.id)
-        for c in consumers[n.id]:
-            view = by_id[c]
-            # TBackward0 -> weight: fold the view too when it only carries this parameter
-            if (
-                view.kind == "op"
-                and view.op in VIEW_OPS
-                and children.get(c) == [n.id]
-                and len(consumers.get(c, [])) >= 1
-            ):
-                hidden.add(c)
-                for cc in consumers[c]:
-                    shown_in.setdefault(cc, []).append(n.id)
-            else:
-                shown_in.setdefault(c, []).append(n.id)
-    return hidden, shown_in
-
-
-def _pass_through(
-    nodes: Sequence[GraphNode], edges: Sequence[GraphEdge], hidden: set[int]
-) -> dict[int, int]:
-    """Views with one consumer and one input, drawn as part of an edge: view -> its input.
-
-    A transformer layer has a dozen view/transpose nodes between the ops that compute; they
-    keep the gradient's norm, so the edge carries the same number without them.
-    """
-    consumers: dict[int, int] = {}
-    children: dict[int, list[int]] = {}
-    for e in edges:
-        consumers[e.dst] = consumers.get(e.dst, 0) + 1
-        children.setdefault(e.src, []).append(e.dst)
-    kinds = {n.id: n.kind for n in nodes}
-    return {
-        n.id: children[n.id][0]
-        for n in nodes
-        if n.kind == "op"
-        and n.op in VIEW_OPS
-        and n.id not in hidden
-        and consumers.get(n.id) == 1
-        and len(children.get(n.id, ())) == 1
-        and kinds[children[n.id][0]] == "op"
-    }
-
-
-def drawn_node_count(nodes: Sequence[GraphNode], edges: Sequence[GraphEdge], fold: bool) -> int:
-    if not fold:
-        return len(nodes)
-    hidden, _ = _folding(nodes, edges)
-    return len(nodes) - len(hidden) - len(_pass_through(nodes, edges, hidden))
-
-
 class _Scale:
     def __init__(self, values: list[float]) -> None:
         finite = [math.log10(v) for v in values if v > 0 and math.isfinite(v)]
@@ -177,8 +115,8 @@ def build_dot(
     fold: bool = True,
 ) -> DotGraph:
     """The DOT statements; gradient colours appear only where nodes carry ``grad_norm``."""
-    hidden, shown_in = _folding(nodes, edges) if fold else (set(), {})
-    through = _pass_through(nodes, edges, hidden) if fold else {}
+    hidden, shown_in = folding(nodes, edges) if fold else (set(), {})
+    through = pass_through(nodes, edges, hidden) if fold else {}
     hidden = hidden | set(through)
     by_id = {n.id: n for n in nodes}
     norms = [n.grad_norm for n in nodes if n.grad_norm is not None]
@@ -209,7 +147,7 @@ def build_dot(
         if e.src not in hidden and dst not in hidden:
             shown.append((e, dst, via))
     lines: dict[str, list[str]] = {}
-    placed = _placement(drawn, [(e.src, dst) for e, dst, _ in shown])
+    placed = placement(drawn, [(e.src, dst) for e, dst, _ in shown])
     for n in drawn:
         cluster, name = placed[n.id]
         lines.setdefault(cluster, []).append(
@@ -241,76 +179,6 @@ def build_dot(
 
 def _attrs(attrs: dict[str, str]) -> str:
     return " ".join(f"{k}={_q(v)}" for k, v in attrs.items())
-
-
-_CLUSTER_AT = 3
-_MAX_CROSSINGS = 24
-
-
-def _placement(
-    drawn: Sequence[GraphNode], lines: Sequence[tuple[int, int]]
-) -> dict[int, tuple[str, str | None]]:
-    """Each node's cluster, and the module name to write on it instead of a cluster.
-
-    A cluster per module makes nested boxes around single nodes, and dot spreads clusters
-    diagonally. So only modules with drawn submodules or at least three drawn nodes (attention)
-    get a cluster; a node of another module (a Linear, a LayerNorm, a ReLU called twice) sits
-    in its parent's cluster with the module's name on it, and a collapsed module sits in its
-    parent's cluster too. A cluster that edges cross in and out of many times (a ModuleList
-    whose entries the parent calls between its own ops) costs dot minutes and shows nothing:
-    it is dissolved into its parent, its nodes keep their names.
-    """
-
-    def module_of(n: GraphNode) -> str | None:
-        return n.module if (n.module is not None and n.module_source) else None
-
-    count: dict[str, int] = {}
-    for n in drawn:
-        m = module_of(n)
-        if m is not None:
-            count[m] = count.get(m, 0) + 1
-    parents = {m for m, k in count.items() if k >= _CLUSTER_AT}  # many ops: a box of its own
-    for m in count:
-        parts = m.split(".") if m else []
-        parents.update(".".join(parts[:k]) for k in range(len(parts)))
-    home: dict[int, tuple[str, str | None]] = {}  # node -> (its cluster, its module)
-    for n in drawn:
-        m = module_of(n)
-        if m is None:
-            home[n.id] = ("", None)
-        elif n.kind == "module" or (m not in parents and m):
-            home[n.id] = (m.rpartition(".")[0], None if n.kind == "module" else m)
-        else:
-            home[n.id] = (m, m)
-    dissolved = _crowded(home, lines)
-    out: dict[int, tuple[str, str | None]] = {}
-    for i, (cluster, m) in home.items():
-        while cluster in dissolved:
-            cluster = cluster.rpartition(".")[0]
-        name = None
-        if m is not None and m != cluster:
-            name = m[len(cluster) + 1 :] if cluster else m
-        out[i] = (cluster, name)
-    return out
-
-
-def _crowded(home: dict[int, tuple[str, str | None]], lines: Sequence[tuple[int, int]]) -> set[str]:
-    """Clusters more than ``_MAX_CROSSINGS`` drawn edges enter or leave."""
-    crossings: dict[str, int] = {}
-    for a, b in lines:
-        inside_a = _ancestors(home[a][0])
-        inside_b = _ancestors(home[b][0])
-        for path in inside_a ^ inside_b:
-            crossings[path] = crossings.get(path, 0) + 1
-    return {path for path, k in crossings.items() if k > _MAX_CROSSINGS}
-
-
-def _ancestors(cluster: str) -> set[str]:
-    """The clusters a node in ``cluster`` is drawn inside (``""`` is no cluster)."""
-    if not cluster:
-        return set()
-    parts = cluster.split(".")
-    return {".".join(parts[: k + 1]) for k in range(len(parts))}
 
 
 def _node_stmt(

@@ -10,15 +10,11 @@ from typing import Any
 from .._errors import GradscopeError
 from .._naming import describe
 from .around import neighbourhood
-from .data import (
-    GraphData,
-    NonfiniteGradient,
-    chain_groups,
-    collapsed,
-    span_groups,
-)
-from .dot import DotGraph, build_dot, drawn_node_count, format_norm
+from .budget import collapsed_at, within_budget
+from .data import GraphData, NonfiniteGradient
+from .dot import DotGraph, build_dot
 from .layout import BUDGET_S, estimate
+from .listing import chains_text
 from .render import RenderResult, find_renderers, render
 from .skeleton import Walked
 from .walk import GraphEdge, GraphNode
@@ -160,41 +156,7 @@ class Graph:
 
     def text(self, max_lines: int = 200) -> str:
         """One line per chain: each node once, ``#id`` where a line starts at a known node."""
-        data = self._data()
-        kids: dict[int, list[GraphEdge]] = {}
-        for e in data.edges:
-            kids.setdefault(e.src, []).append(e)
-        for v in kids.values():
-            v.sort(key=lambda e: e.slot)
-
-        def show(n: GraphNode) -> str:
-            s = n.label
-            if n.grad_norm is not None:
-                s += f" |g|={format_norm(n.grad_norm)}"
-            return s
-
-        lines = [repr(self)]
-        printed: set[int] = set()
-        starts = list(reversed(data.roots))
-        while starts and len(lines) <= max_lines:
-            start = starts.pop()
-            chain = [f"#{start} {show(data.by_id[start])}"]
-            printed.add(start)
-            here = start
-            while True:
-                nxt = [e.dst for e in kids.get(here, []) if e.dst not in printed]
-                if not nxt:
-                    break
-                # branches start their own line from the node they hang off
-                starts.extend([here] * (len(nxt) - 1))
-                here = nxt[0]
-                printed.add(here)
-                chain.append(f"#{here} {show(data.by_id[here])}")
-            if len(chain) > 1 or start in data.roots:
-                lines.append(" -> ".join(chain))
-        if len(printed) < len(data.nodes):
-            lines.append(f"... ({len(data.nodes) - len(printed)} more nodes; see g.nodes)")
-        return "\n".join(lines)
+        return chains_text(self._data(), repr(self), max_lines)
 
     # -- smaller graphs -----------------------------------------------------------------------
     def around(self, target: GraphNode | NonfiniteGradient | int | str, radius: int = 2) -> Graph:
@@ -219,56 +181,13 @@ class Graph:
                 f"collapse(depth) takes a positive int (1 = each top-level submodule), "
                 f"not {describe(depth)}"
             )
-        data = self._data()
-        group: dict[int, str] = {}
-        for n in data.nodes:
-            if n.module:
-                parts = n.module.split(".")
-                if len(parts) >= depth:  # ops of shallower modules stay ops in their cluster
-                    group[n.id] = ".".join(parts[:depth])
-        return Graph(collapsed(data, group, f"modules collapsed at depth {depth}"))
-
-    def _collapse_chains(self) -> Graph:
-        """Fallback without module paths: runs of single-input single-output ops become one."""
-        data = self._data()
-        return Graph(
-            collapsed(data, chain_groups(data), "chains of single-input ops drawn as one node")
-        )
+        return Graph(collapsed_at(self._data(), depth))
 
     def _plan(self, depth: int | None, max_nodes: int, fold: bool) -> Graph:
         if depth is not None:
             return self.collapse(depth)
-        data = self._data()
-        if drawn_node_count(data.nodes, data.edges, fold) <= max_nodes:
-            return self
-        deepest = max((len(n.module.split(".")) for n in data.nodes if n.module), default=0)
-        best: Graph | None = None
-        for d in range(deepest, 0, -1):
-            best = self.collapse(d)
-            count = drawn_node_count(best.nodes, best.edges, fold)
-            if count <= max_nodes:
-                return best._note(
-                    f"{len(data.nodes)} nodes is above the budget of {max_nodes}: "
-                    f"collapsed to module depth {d}; pass depth=... or max_nodes=... to override"
-                )
-        del best
-        smaller = self._collapse_chains()
-        if drawn_node_count(smaller.nodes, smaller.edges, fold) > max_nodes:
-            smaller = smaller._collapse_spans(max_nodes)
-        return smaller._note(
-            f"{len(data.nodes)} nodes is above the budget of {max_nodes}: collapsed; "
-            f"pass max_nodes=... to draw everything"
-        )
-
-    def _collapse_spans(self, max_nodes: int) -> Graph:
-        """Last resort: consecutive ops in topological order, drawn as one node per span."""
-        groups, size = span_groups(self._data(), max_nodes)
-        note = f"spans of {size} consecutive ops drawn as one node"
-        return Graph(collapsed(self._data(), groups, note))
-
-    def _note(self, note: str) -> Graph:
-        data = self._data()
-        return Graph(replace(data, notes=(*data.notes, note)))
+        smaller = within_budget(self._data(), max_nodes, fold)
+        return self if smaller is None else Graph(smaller)
 
     # -- output -------------------------------------------------------------------------------
     def drawn(

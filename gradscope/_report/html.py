@@ -8,12 +8,11 @@ without it the page keeps its table and sparklines and says how to get the chart
 from __future__ import annotations
 
 import html
-import math
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
@@ -21,14 +20,15 @@ from .._errors import GradscopeError
 from .._files import atomic_write
 from .._text import printable
 from .._version import __version__
-from .._watch.records import BackwardRecord, GradRecord, names_in
+from .._watch.records import BackwardRecord
 from .findings import diagnosis_html
 from .graph_view import GRAPH_CSS, GRAPH_JS, graph_section
-from .plots import PLOT_HINT, LayerFlow, NormSeries, flow_svg, norms_svg
-from .sparkline import SparkScale, fmt_number, sparkline
+from .plots import PLOT_HINT, NormSeries, flow_svg, norms_svg
+from .series import layer_flow, norm_series, ordered
 from .summary import Summary
+from .table import TABLE_JS, params_table
 
-__all__ = ["Reportable", "layer_flow", "norm_series", "render_report", "write_report"]
+__all__ = ["Reportable", "render_report", "write_report"]
 
 
 class _HasSvg(Protocol):
@@ -47,101 +47,6 @@ class Reportable(Protocol):
 
     @property
     def model_name(self) -> str: ...
-
-
-# --------------------------------------------------------------------------- data
-def _norm(grad: GradRecord) -> float:
-    return grad.recorded.norm  # recorded for every pass; .stats might compute the full set
-
-
-def _ordered(names: Sequence[str], order: Sequence[str]) -> list[str]:
-    rank = {name: i for i, name in enumerate(order)}
-    return sorted(names, key=lambda name: rank.get(name, len(rank)))
-
-
-def norm_series(records: Sequence[BackwardRecord], order: Sequence[str] = ()) -> list[NormSeries]:
-    """Each parameter's gradient norm in every recorded pass where it got a gradient.
-
-    Parameters come in ``order`` (module order, say), the others after in order of first sight.
-    """
-    series = []
-    for name in _ordered(names_in(records), order):
-        points = [(r.index, _norm(r.grads[name])) for r in records if name in r.grads]
-        series.append(NormSeries(name, tuple(p for p, _ in points), tuple(v for _, v in points)))
-    return series
-
-
-def _layer_of(name: str) -> str:
-    return name.rsplit(".", 1)[0] if "." in name else name
-
-
-def _tensor_of(grad: GradRecord) -> torch.Tensor | None:
-    """The gradient this pass left, or None when it was dropped or changed in place since."""
-    if grad.modified:  # clip_grad_norm_ and the like rewrote .grad after the pass: value gone
-        return None
-    return grad.after if grad.accumulated else grad.delta
-
-
-def _flat(tensor: torch.Tensor) -> torch.Tensor:
-    values = tensor.detach()
-    if values.layout != torch.strided:
-        values = values.to_dense()
-    return values.reshape(-1).to(torch.float64)
-
-
-def layer_flow(record: BackwardRecord, order: Sequence[str] = ()) -> tuple[list[LayerFlow], bool]:
-    """Mean and max |grad| per layer (parameters grouped by module) in one pass.
-
-    A layer none of whose parameters received a gradient comes back with ``missing`` set to
-    ``"no gradient"`` or ``"frozen"`` and no values. Returns the layers in the order of their
-    parameters in ``order`` and whether exact means were available: when the pass's tensors
-    were not kept (``keep="none"``, an older pass, or ``.grad`` changed in place after the
-    pass, as ``clip_grad_norm_`` does), the root mean square ``norm / sqrt(numel)`` stands in
-    for the mean and the max is unknown.
-    """
-    layers: dict[str, list[GradRecord]] = {}
-    # Layers none of whose parameters got a gradient are kept, as gaps that say why: a chart
-    # that silently left them out would hide exactly the layer that does not learn.
-    absent = {name: "no gradient" for name in record.missing}
-    absent.update((name, "frozen") for name in record.frozen)
-    for name in _ordered([*record.grads, *(n for n in absent if n not in record.grads)], order):
-        grad = record.grads.get(name)
-        layers.setdefault(_layer_of(name), []).extend([grad] if grad is not None else [])
-    flows = []
-    exact = True
-    for layer, grads in layers.items():
-        if not grads:
-            why = {absent[n] for n in absent if _layer_of(n) == layer}
-            flows.append(LayerFlow(layer, None, None, missing=" / ".join(sorted(why))))
-            continue
-        tensors = [_tensor_of(g) for g in grads]
-        if any(t is None for t in tensors):
-            exact = False
-            stats = [g.stats for g in grads]
-            count = sum(s.numel for s in stats)
-            squares = sum(s.norm**2 for s in stats)
-            highs = [s.abs_max for s in stats]
-            flows.append(
-                LayerFlow(
-                    layer=layer,
-                    mean_abs=math.sqrt(squares / count) if count else None,
-                    max_abs=None if None in highs else max(h for h in highs if h is not None),
-                    finite=all(s.finite for s in stats),
-                )
-            )
-            continue
-        values = torch.cat([_flat(t) for t in tensors if t is not None])
-        finite = torch.isfinite(values)
-        magnitudes = values[finite].abs()
-        flows.append(
-            LayerFlow(
-                layer=layer,
-                mean_abs=float(magnitudes.mean()) if magnitudes.numel() else None,
-                max_abs=float(magnitudes.max()) if magnitudes.numel() else None,
-                finite=bool(finite.all()),
-            )
-        )
-    return flows, exact
 
 
 # --------------------------------------------------------------------------- html pieces
@@ -211,112 +116,13 @@ border-radius:6px}
 footer{margin-top:32px;color:var(--muted);font-size:12px}
 """
 
-# Sort the table by a clicked column; filter rows by parameter name. No libraries, no requests.
-_JS = """
-(function(){
-  var table=document.getElementById("params");
-  var body=table.tBodies[0];
-  var heads=table.tHead.rows[0].cells;
-  Array.prototype.forEach.call(heads,function(th,col){
-    th.addEventListener("click",function(){
-      var down=th.getAttribute("data-dir")!=="down";
-      Array.prototype.forEach.call(heads,function(h){h.removeAttribute("data-dir");});
-      th.setAttribute("data-dir",down?"down":"up");
-      var rows=Array.prototype.slice.call(body.rows);
-      rows.sort(function(a,b){
-        var x=a.cells[col].getAttribute("data-v"),y=b.cells[col].getAttribute("data-v");
-        var nx=parseFloat(x),ny=parseFloat(y),r;
-        if(!isNaN(nx)&&!isNaN(ny)){r=nx-ny;}else{r=String(x).localeCompare(String(y));}
-        return down?-r:r;
-      });
-      rows.forEach(function(r){body.appendChild(r);});
-    });
-  });
-  var filter=document.getElementById("filter");
-  filter.addEventListener("input",function(){
-    var q=filter.value.toLowerCase();
-    Array.prototype.forEach.call(body.rows,function(r){
-      r.style.display=r.cells[0].textContent.toLowerCase().indexOf(q)>=0?"":"none";
-    });
-  });
-})();
-"""
-
-
-def _cell(text: str, sort: Any, cls: str = "") -> str:
-    klass = f' class="{cls}"' if cls else ""
-    return f'<td{klass} data-v="{_escape(str(sort))}">{text}</td>'
-
-
-def _table(summary: Summary, series: dict[str, NormSeries], record: BackwardRecord) -> str:
-    head = [
-        "parameter",
-        "shape",
-        "norm",
-        "mean",
-        "std",
-        "abs max",
-        "non-finite",
-        "flags",
-        "norm over passes",
-    ]
-    scale = SparkScale.of(list(series.values()))  # one scale for every row: heights compare
-    rows = []
-    for row in summary.rows:
-        flags = []
-        nonfinite = None if row.nan is None or row.inf is None else row.nan + row.inf
-        if nonfinite:
-            flags.append('<span class="flag bad">NaN/Inf</span>')
-        if row.name in record.missing:
-            flags.append('<span class="flag">missing</span>')
-        if row.name in record.frozen:
-            flags.append('<span class="flag">frozen</span>')
-        for part in row.note.split("; "):
-            if part and part not in ("NON-FINITE", "no gradient", "frozen"):
-                flags.append(f'<span class="flag">{_escape(part)}</span>')
-        classes = "nonfinite" if nonfinite else ("nograd" if row.norm is None else "")
-        shape = "×".join(map(str, row.shape)) or "–"
-        numel = math.prod(row.shape) if row.shape else 0
-
-        def num(value: float | None) -> str:
-            return _cell(fmt_number(value), "" if value is None else value)
-
-        cells = [
-            _cell(_escape(row.name), row.name, "name"),
-            _cell(shape, numel),
-            num(row.norm),
-            num(row.mean),
-            num(row.std),
-            num(row.abs_max),
-            _cell(
-                "–" if nonfinite is None else str(nonfinite), -1 if nonfinite is None else nonfinite
-            ),
-            _cell(" ".join(flags), len(flags), "note"),
-            _cell(sparkline(series.get(row.name), scale), 0),
-        ]
-        rows.append(f'<tr class="{classes}">' + "".join(cells) + "</tr>")
-    header = "".join(
-        f'<th class="note">{h}</th>' if h == "flags" else f"<th>{h}</th>" for h in head[:-1]
-    )
-    header += (
-        f'<th title="every row on the same scale, a faint line per power of 10">{head[-1]}'
-        f'<br><span class="scale">{html.escape(scale.caption)}</span></th>'
-    )
-
-    return (
-        '<input id="filter" type="search" placeholder="filter parameters" '
-        'aria-label="filter parameters">'
-        f'<table id="params"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}'
-        "</tbody></table>"
-    )
-
 
 def _alerts(
     records: Sequence[BackwardRecord], last: BackwardRecord, errors: int, order: Sequence[str]
 ) -> str:
     items = []
     if last.nonfinite:
-        bad = ", ".join(_ordered(last.nonfinite, order))
+        bad = ", ".join(ordered(last.nonfinite, order))
         items.append(("bad", f"NaN/Inf in the gradient of: {bad}"))
     if last.missing:
         items.append(("", f"received no gradient (unused or detached): {', '.join(last.missing)}"))
@@ -419,7 +225,7 @@ def render_report(
 {findings_html}
 {_alerts(records, last, len(watch.errors), order)}
 <h2>Parameters</h2>
-{_table(summary, {s.name: s for s in series}, last)}
+{params_table(summary, {s.name: s for s in series}, last)}
 <h2>Gradient flow</h2>
 {flow_html}
 <h2>Gradient norm over the recorded passes</h2>
@@ -429,7 +235,7 @@ def render_report(
 {graph_html}
 <footer>gradscope {_escape(__version__)} · torch {_escape(torch.__version__)}
 · this page is self-contained: it loads nothing from the network</footer>
-<script>{_JS}</script>
+<script>{TABLE_JS}</script>
 {graph_js}
 </body></html>
 """

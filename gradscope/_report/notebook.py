@@ -15,8 +15,9 @@ from collections.abc import Iterable, Sequence
 from .._optim.step_report import FAIL, StateCheck, StepReport
 from .._watch.records import BackwardRecord
 from .findings import diagnosis_html
-from .html import Reportable, norm_series
+from .html import Reportable
 from .plots import NormSeries
+from .series import norm_series
 from .sparkline import SparkScale, fmt_number, sparkline
 from .summary import Summary
 

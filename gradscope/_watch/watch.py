@@ -1,14 +1,14 @@
 """watch(): the public face of the recorder: options, records, history, summary and messages.
 
-The hooks themselves live in ``_recorder``; this module validates arguments, reads records and
-explains what went wrong.
+The hooks themselves live in ``_recorder``; this module reads records and explains what went
+wrong. Its arguments are checked in ``arguments.py``, its explanations written in ``messages.py``.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .._errors import GradscopeError, GradscopeWarning, UnknownParameterError
-from .._naming import describe, named_parameters, reject_meta, suggest
+from .._errors import GradscopeError, GradscopeWarning
+from .._naming import describe, named_parameters, reject_meta
+from .arguments import check_arguments, patterns
+from .messages import canonical_name, why_no_record
 from .monitors import Monitors, optimizers_of
 from .recorder import Keep, Recorder
 from .records import BackwardRecord, GradRecord
@@ -28,8 +30,6 @@ if TYPE_CHECKING:
     from .._report.summary import Summary
 
 __all__ = ["Keep", "Watch", "watch"]
-
-_KEEP_CHOICES = ("last", "all", "none")
 
 
 class Watch:
@@ -56,28 +56,19 @@ class Watch:
         on_problem: str | None = None,
         check_forward: bool = True,
     ) -> None:
-        if not isinstance(module, nn.Module):
-            raise GradscopeError(
-                f"watch() takes an nn.Module, not {describe(module)}; "
-                "pass the model whose parameters you want to watch, e.g. watch(net)"
-            )
-        if not isinstance(keep, str) or keep not in _KEEP_CHOICES:
-            raise GradscopeError(
-                f"keep={keep!r} is not one of {', '.join(map(repr, _KEEP_CHOICES))}"
-            )
-        _positive(every, "every", "(record every N-th pass)")
-        if history is not None:
-            _positive(history, "history", "(the newest records kept), or None for no bound")
-        if max_bytes is not None:
-            _positive(max_bytes, "max_bytes", 'bytes of tensors keep="all" may hold, or None')
-        for flag, value in (("copy", copy), ("tag_modules", tag_modules)):
-            if not isinstance(value, bool):
-                raise GradscopeError(f"{flag}= takes True or False, not {describe(value)}")
-        if scaler is not None and not hasattr(scaler, "get_scale"):
-            raise GradscopeError(f"scaler= takes a torch.amp.GradScaler, not {describe(scaler)}")
+        check_arguments(
+            module,
+            keep=keep,
+            every=every,
+            history=history,
+            max_bytes=max_bytes,
+            copy=copy,
+            tag_modules=tag_modules,
+            scaler=scaler,
+        )
         optimizers = optimizers_of(optimizer)
-        include_list = _patterns(include, "include")
-        exclude_list = _patterns(exclude, "exclude")
+        include_list = patterns(include, "include")
+        exclude_list = patterns(exclude, "exclude")
         reject_meta(named_parameters(module).params, "watch()")
         self._recorder = Recorder(
             module,
@@ -307,34 +298,10 @@ class Watch:
 
     # ----------------------------------------------------------------------------- messages
     def _resolve(self, name: str) -> str:
-        if not isinstance(name, str):
-            raise GradscopeError(f"parameter names are strings, not {describe(name)}")
-        known: dict[str, str] = {}
-        for record in self._recorder.records:
-            known.update(record.aliases)
-        known.update(self._recorder.names.canonical)
-        if name in known:
-            return known[name]
-        raise UnknownParameterError(
-            f"the watch has no parameter named {name!r}{suggest(name, known)}"
-        )
+        return canonical_name(self._recorder, name)
 
     def _why_no_record(self) -> str:
-        reasons = []
-        if self.closed:
-            reasons.append("the watch is closed")
-        seen = self._recorder.passes_seen
-        if seen and self.every > 1:
-            reasons.append(f"every={self.every} skipped the {seen} passes seen so far")
-        if not any(p.requires_grad for p in self._recorder.names.params.values()):
-            reasons.append("every watched parameter has requires_grad=False")
-        if not reasons:
-            reasons = [
-                "backward() has not run since watch() started",
-                "the forward pass ran under torch.no_grad() or inference_mode()",
-                "the loss does not depend on this module (is the watch on the right model?)",
-            ]
-        return "no backward pass was recorded yet; likely because " + "; or ".join(reasons)
+        return why_no_record(self._recorder)
 
     def _catch_up(self) -> None:
         """End a pass whose backward() raised, then warn about what happened since last time."""
@@ -353,32 +320,6 @@ class Watch:
         for note in notes[self._warned_notes :]:
             warnings.warn(f"gradscope: {note}", GradscopeWarning, stacklevel=3)
         self._warned_notes = len(notes)
-
-
-def _positive(value: object, name: str, what: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise GradscopeError(f"{name}={value!r}: pass a positive int {what}")
-
-
-def _patterns(value: object, argument: str) -> list[str]:
-    """``include=``/``exclude=``: one glob pattern or an iterable of them."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, torch.Tensor) or not isinstance(value, Iterable):
-        raise GradscopeError(
-            f"{argument}= takes a glob pattern on parameter names or a list of them, such as "
-            f"'fc*' or ['*.weight', 'head.*'], not {describe(value)}"
-        )
-    patterns = list(value)
-    for item in patterns:
-        if not isinstance(item, str):
-            raise GradscopeError(
-                f"{argument}= entries must be glob patterns (str), got {describe(item)} in "
-                f"{argument}={patterns!r}"
-            )
-    return patterns
 
 
 def watch(

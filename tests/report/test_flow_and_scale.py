@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 import gradscope
-from gradscope._report.html import layer_flow
 from gradscope._report.plots import NormSeries, flow_svg
+from gradscope._report.series import layer_flow
 from gradscope._report.sparkline import SparkScale, sparkline
 
 

@@ -21,7 +21,8 @@ from torch import nn
 
 import gradscope
 from gradscope import GradscopeError
-from gradscope._report.html import inline_svg, layer_flow, norm_series, write_report
+from gradscope._report.html import inline_svg, write_report
+from gradscope._report.series import layer_flow, norm_series
 
 
 class _Page(HTMLParser):
