@@ -40,7 +40,8 @@ class Entry:
 
     grad: torch.Tensor | None  # the incoming gradient (what this pass adds), if held
     before: torch.Tensor | None
-    accumulated: bool  # False under torch.autograd.grad, which leaves .grad alone
+    # False under torch.autograd.grad, which leaves .grad alone; FSDP2 shards take the default
+    accumulated: bool = True  # pragma: no mutate (only FSDP2 shards take it, and never read it)
     old: torch.Tensor | None = None  # .grad when the gradient arrived, and its version
     old_version: int = 0  # pragma: no mutate (unread where old is None, see arrived)
     incoming: tuple[int, int] | None = None  # (data_ptr, version) of a gradient torch may steal

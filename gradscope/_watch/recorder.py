@@ -47,8 +47,6 @@ _HOT_NORM_NUMEL = 1 << 16
 _STRIDED = torch.strided
 _vector_norm = torch.linalg.vector_norm
 _will_execute = torch._C._will_engine_execute_node
-# Entry.accumulated of an FSDP2 shard: sharded assembly never reads it.
-_SHARD_ACCUMULATES = True  # pragma: no mutate (unread for FSDP2 shards)
 # What a closed recorder's last hooks see: a pass that records nothing and is never ended.
 _NOT_RECORDED = Pass(0, recording=False)
 
@@ -256,7 +254,7 @@ class Recorder:
             # (FSDP2's hook runs once per parameter and pass; a skipped pass's entries are unread)
             # a shard's record reads only ``before``: sharded assembly never asks ``arrived``
             before = self._befores.pop(name, None)
-            current.entries[name] = Entry(None, before, _SHARD_ACCUMULATES, shard=param)
+            current.entries[name] = Entry(None, before, shard=param)
 
     def on_grad(self, name: str, param: torch.Tensor, grad: torch.Tensor) -> None:
         current = self._pass  # (current_pass inlined: this runs for every parameter)
