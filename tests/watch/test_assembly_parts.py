@@ -8,6 +8,7 @@ live (see ``tools/mutate.py``): a norm taken in the hook that no longer describe
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -333,3 +334,74 @@ def test_optimizer_in_backward_records_the_gradient_the_optimizer_used(hooks_fir
     for handle in handles:
         handle.remove()
     assert [r.index for r in w.records] == [1, 2] and w.errors == []
+
+
+def test_optimizer_in_backward_on_top_of_an_existing_grad_records_their_sum() -> None:
+    """``.grad`` held a gradient before the pass (accumulation): torch adds the pass's gradient
+    into it, the optimizer steps with the sum and clears it. The record: before the old
+    ``.grad``, after the sum the optimizer used, delta what the pass added (worked out by hand)."""
+    torch.manual_seed(0)
+    net, x = nn.Linear(3, 2), torch.randn(4, 3)
+    old = {"weight": torch.full((2, 3), 0.5), "bias": torch.tensor([1.0, -1.0])}
+    for name, param in net.named_parameters():
+        param.grad = old[name].clone()
+    with torch.no_grad():
+        out = x @ net.weight.T + net.bias
+        added = {"weight": (2 * out).T @ x, "bias": (2 * out).sum(0)}
+        stepped = {n: p.detach() - 0.1 * (old[n] + added[n]) for n, p in net.named_parameters()}
+    handles = _optimizer_in_backward(net)
+    with gradscope.watch(net) as w:
+        net(x).pow(2).sum().backward()
+    for handle in handles:
+        handle.remove()
+    assert w.errors == []
+    for name, param in net.named_parameters():
+        record = w.last[name]
+        torch.testing.assert_close(record.before, old[name])
+        torch.testing.assert_close(record.after, old[name] + added[name])
+        torch.testing.assert_close(record.delta, added[name])
+        torch.testing.assert_close(param.detach(), stepped[name])
+        assert param.grad is None
+
+
+def _through(net: nn.Module, x: torch.Tensor, late: Callable[[torch.Tensor], None]) -> None:
+    """Backward through ``net`` with ``late`` run on the input's gradient, after every
+    parameter's gradient has been accumulated (torch runs accumulators first)."""
+    leaf = x.clone().requires_grad_(True)
+    inner = leaf * 1.0
+    inner.register_hook(late)
+    net(inner).pow(2).sum().backward()
+
+
+def test_a_gradient_cleared_during_backward_leaves_a_record_without_statistics() -> None:
+    """Something sets ``.grad`` to None after torch stored the pass's gradient there (and after
+    the watch's hook saw it go by): nothing is left to measure, and nothing is invented."""
+    torch.manual_seed(0)
+    net, x = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), torch.randn(5, 3)
+
+    def clear(grad: torch.Tensor) -> None:
+        net[2].weight.grad = None
+
+    with gradscope.watch(net) as w:
+        _through(net, x, clear)
+    record = w.last["2.weight"]
+    assert w.errors == [] and record.after is None and record.delta is None
+    assert (record.stats.numel, record.stats.norm) == (0, 0.0)
+    assert w.last["0.weight"].stats.norm == pytest.approx(float(net[0].weight.grad.norm()))
+
+
+def test_a_big_gradient_changed_in_place_during_backward_is_measured_as_it_ends() -> None:
+    """The hook measured the incoming gradient (large: while hot); doubled in place later in
+    the same backward, ``.grad`` is measured again: the record's norm is the final one's."""
+    torch.manual_seed(0)
+    net, x = nn.Sequential(nn.Linear(BIG, BIG), nn.Tanh(), nn.Linear(BIG, 2)), torch.randn(3, BIG)
+    weight = net[0].weight
+
+    def double(grad: torch.Tensor) -> None:
+        weight.grad.mul_(2.0)  # type: ignore[union-attr]
+
+    with gradscope.watch(net) as w:
+        _through(net, x, double)
+    expected = float(weight.grad.double().norm())  # type: ignore[union-attr]
+    assert w.errors == []
+    assert w.last["0.weight"].stats.norm == pytest.approx(expected, rel=1e-6)
