@@ -390,7 +390,10 @@ def test_a_gradient_cleared_during_backward_leaves_a_record_without_statistics()
     assert w.last["0.weight"].stats.norm == pytest.approx(float(net[0].weight.grad.norm()))
 
 
-def test_a_big_gradient_changed_in_place_during_backward_is_measured_as_it_ends() -> None:
+@pytest.mark.parametrize(("keep", "copy"), [("last", False), ("none", False), ("last", True)])
+def test_a_big_gradient_changed_in_place_during_backward_is_measured_as_it_ends(
+    keep: str, copy: bool
+) -> None:
     """The hook measured the incoming gradient (large: while hot); doubled in place later in
     the same backward, ``.grad`` is measured again: the record's norm is the final one's."""
     torch.manual_seed(0)
@@ -400,7 +403,7 @@ def test_a_big_gradient_changed_in_place_during_backward_is_measured_as_it_ends(
     def double(grad: torch.Tensor) -> None:
         weight.grad.mul_(2.0)  # type: ignore[union-attr]
 
-    with gradscope.watch(net) as w:
+    with gradscope.watch(net, keep=keep, copy=copy) as w:  # type: ignore[arg-type]
         _through(net, x, double)
     expected = float(weight.grad.double().norm())  # type: ignore[union-attr]
     assert w.errors == []
