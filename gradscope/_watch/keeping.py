@@ -38,8 +38,7 @@ def default_max_bytes(params: Mapping[str, torch.Tensor]) -> int:
 class Keeper:
     """The copy buffers and the memory bound of one recorder."""
 
-    def __init__(self, keep: Keep, max_bytes: int) -> None:
-        self.keep: Keep = keep
+    def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._pool: dict[str, list[torch.Tensor]] = {}
         self._dropped: BackwardRecord | None = None  # the newest record already emptied

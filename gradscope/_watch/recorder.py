@@ -114,8 +114,8 @@ class Recorder:
         self.notes: list[str] = []  # things to tell the user once, as warnings, on the next read
         self.closed = False
         self.keep: Keep = keep
-        self._keeper = Keeper(keep, max_bytes or 0)  # pragma: no mutate
-        # (Keeper.keep is never read; 0 stands for None until replaced below; max_bytes >= 1)
+        self._keeper = Keeper(max_bytes or 0)  # pragma: no mutate
+        # (0 stands for None until replaced below; max_bytes >= 1)
         self._followed = Followed(
             root, include, exclude, self._register, self._forget, nodes=not self._sharded
         )
