@@ -33,7 +33,11 @@ _TOLERANCE = [
     "tests/optim/test_references.py",
     "tests/optim/test_check.py",
 ]
-_TESTING = ["tests/testing/test_testing.py", "tests/testing/test_messages.py"]
+_TESTING = [
+    "tests/testing/test_testing.py",
+    "tests/testing/test_messages.py",
+    "tests/testing/test_grads.py",
+]
 # the watch's recorder and assembly: the records against clones of .grad, torch and twins.
 # Every mutant that survives runs all of these: the older files run on the read-now path only
 # (their read-later twins kill nothing more; the parts files run both) and without the

@@ -245,7 +245,7 @@ def assert_grad_norms(
     if not grads:
         raise _nothing_to_check(function, len(params), msg)
     norms = {n: _norm(g) for n, g in grads.items()}
-    low_hit = high_hit = False
+    low_hit = high_hit = False  # pragma: no mutate (None is as false: only truth is asked)
 
     def verdict(norm: float) -> str | None:
         nonlocal low_hit, high_hit
