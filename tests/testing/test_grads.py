@@ -99,3 +99,15 @@ def test_no_grad_looks_past_a_parameter_without_a_gradient() -> None:
         "  1.bias (1,): has a gradient: norm 0.5, largest |element| 0.5 at index (0,), 1 of 1 "
         "element non-zero",
     ]
+
+
+def test_no_grad_with_allow_zero_looks_past_an_all_zero_gradient() -> None:
+    net = nn.Linear(2, 1)
+    net.weight.grad, net.bias.grad = torch.zeros(1, 2), torch.tensor([-2.0])
+    gt.assert_no_grad(net, "weight", allow_zero=True)
+    with pytest.raises(AssertionError) as error:
+        gt.assert_no_grad(net, allow_zero=True)
+    assert _message(error).splitlines()[1] == (
+        "  bias (1,): has a gradient: norm 2, largest |element| 2 at index (0,), 1 of 1 element "
+        "non-zero"
+    )
