@@ -120,6 +120,7 @@ MODULES: dict[str, list[str]] = {
 }
 # exit codes mutmut counts as killed: a test failed, pytest errored, a timeout, the type check
 KILLED = {1, 3, 36, 24, -24, 152, 255, 37}
+TIMEOUT = {24, -24, 152}  # of those, mutmut's timeouts
 EQUIVALENT = re.compile(r"#\s*pragma:\s*no mutate\b(.*)")
 
 
@@ -128,15 +129,21 @@ def mutant_prefix(module: str) -> str:
     return module.removesuffix(".py").replace("/", ".") + "."
 
 
-def run_one(module: str, jobs: int, survivors: bool) -> int:
+def run_one(module: str, jobs: int, survivors: bool, timeouts: bool = False) -> int:
     """Mutate ``module`` and run its mutants against its tests (in this process); with
-    ``survivors``, run again only the mutants the last run left alive or did not reach."""
+    ``survivors``, run again only the mutants the last run left alive or did not reach; with
+    ``timeouts``, only those it stopped for running too long (killed, as mutmut counts them)."""
     import mutmut.configuration as cfg
     from mutmut.__main__ import cli
 
     # with nothing left alive, no names: mutmut then runs only mutants without a result, those
     # of functions changed since the last run (it makes them anew)
     alive = _unfinished(module) if survivors else []
+    if timeouts:
+        alive = _timed_out(module)
+        if not alive:
+            return 0
+        survivors = True
     # mutmut would keep an unmutated copy made by another module's run (newer than the source),
     # and its map of which test covers which function (new tests change it); rerunning the
     # survivors keeps the results (.meta) of the functions unchanged since
@@ -187,6 +194,13 @@ def _unfinished(module: str) -> list[str]:
     return sorted((k for k, c in codes.items() if c not in KILLED), key=_order)
 
 
+def _timed_out(module: str) -> list[str]:
+    """The mutants the last run of ``module`` stopped for running past the time limit."""
+    meta = ROOT / "mutants" / (module + ".meta")
+    codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+    return sorted((k for k, c in codes.items() if c in TIMEOUT), key=_order)
+
+
 def _order(name: str) -> tuple[str, int]:
     stem, _, n = name.rpartition("_")
     return stem, int(n) if n.isdigit() else 0
@@ -201,6 +215,9 @@ def main() -> int:
     parser.add_argument(
         "--survivors", action="store_true", help="rerun the last run's survivors and unreached"
     )
+    parser.add_argument(
+        "--timeouts", action="store_true", help="rerun the last run's timeouts (on a quiet machine)"
+    )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.chdir(ROOT)
@@ -209,7 +226,7 @@ def main() -> int:
         if module not in MODULES:
             raise SystemExit(f"mutate: {module} has no tests listed; add it to MODULES")
     if args.one:
-        return run_one(modules[0], args.jobs, args.survivors)
+        return run_one(modules[0], args.jobs, args.survivors, args.timeouts)
     if not args.report_only:
         # derandomized hypothesis that does not shrink a failing example (tests/conftest.py)
         env = dict(os.environ, OMP_NUM_THREADS="1", CI="true", GRADSCOPE_MUTATE="1")
@@ -217,6 +234,7 @@ def main() -> int:
             print(f"==> {module}: {' '.join(MODULES[module])}", flush=True)
             command = [sys.executable, __file__, "--one", "--jobs", str(args.jobs), module]
             command += ["--survivors"] if args.survivors else []
+            command += ["--timeouts"] if args.timeouts else []
             done = subprocess.run(command, env=env, check=False)
             if not done.returncode and args.survivors and score(module)[3]:
                 # the source changed since the last run: mutmut made the mutants of the changed
@@ -233,6 +251,8 @@ def main() -> int:
         ratio = killed / total if total else 1.0
         low |= ratio < args.target
         note = f"  ({pending} not run)" if pending else ""
+        timed_out = len(_timed_out(module))
+        note += f"  ({timed_out} of the kills are timeouts)" if timed_out else ""
         print(f"{module:40} {killed:6} / {total:<6} {100 * ratio:6.1f}%{note}")
         for name in alive:
             print(f"    survived: {name}")
