@@ -161,13 +161,13 @@ def radam(param: A, grad: A, state: dict[str, Any], group: dict[str, Any]) -> Up
     rho_inf = 2 / (1 - beta2) - 1
     rho = rho_inf - 2 * t * beta2**t / bias2
     new_state: dict[str, A | float] = {"step": t, "exp_avg": m, "exp_avg_sq": v}
-    error: dict[str, A | float] = {}
-    if rho <= 5:
-        return Update(decayed.add(m, alpha=-lr / bias1), new_state, error)
+    if rho <= 5:  # not rectified yet: a plain momentum step, no amplified rounding
+        return Update(decayed.add(m, alpha=-lr / bias1), new_state)
     rect = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
     denom = v.sqrt().add_(eps)
     weight = lr * rect * math.sqrt(bias2) / bias1
     new_param = decayed.addcdiv(m, denom, value=-weight)
+    error: dict[str, A | float] = {}
     if num(group.get("weight_decay", 0)) != 0 and not decoupled:
         scale = (m / denom).abs_().mul_(weight).add_(weight * (1 - beta1))
         error = l2_errors(grad, param, group, g, denom, scale, beta1, beta2)
